@@ -1,0 +1,25 @@
+# The two commands of the README:  `make demo` (install + start the app)  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install system-deps
+
+demo: install
+	$(PY) -m demo.app
+
+test: install
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+# Debian packages the tests and the demo use (ffmpeg for video, chromium for the browser test).
+system-deps:
+	bash scripts/install_system_deps.sh
+
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)

@@ -1,0 +1,5 @@
+import sys
+
+from shotstream.cli import main
+
+sys.exit(main())

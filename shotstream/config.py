@@ -1,0 +1,243 @@
+"""The one source of configuration: dataclasses with documented defaults and named presets.
+
+Every option of the model, the video geometry and the sampler lives here. Presets are plain
+functions returning a `ShotStreamConfig`; command lines override fields with `key=value`
+(`model.dim=128`, `video.height=96`), and unknown keys or bad values fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class VideoConfig:
+    """Pixel and latent geometry shared by the world, the autoencoder and the model."""
+
+    height: int = 128
+    width: int = 128
+    fps: int = 16
+    frames_per_shot: int = 33  # 4k+1: the causal autoencoder keeps frame 0 alone
+    temporal_stride: int = 4  # autoencoder compression in time
+    spatial_stride: int = 8  # autoencoder compression in height and width
+    latent_channels: int = 16
+
+    @property
+    def latent_frames_per_shot(self) -> int:
+        return latent_frame_count(self.frames_per_shot, self.temporal_stride)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.height // self.spatial_stride, self.width // self.spatial_stride
+
+    def validate(self) -> None:
+        if self.height % self.spatial_stride or self.width % self.spatial_stride:
+            raise ValueError(
+                f"video size {self.height}x{self.width} must be a multiple of the spatial stride {self.spatial_stride}"
+            )
+        latent_frame_count(self.frames_per_shot, self.temporal_stride)
+
+
+def latent_frame_count(frames: int, temporal_stride: int = 4) -> int:
+    """Frames of a causal-VAE latent for `frames` pixel frames (frame 0 is encoded alone)."""
+    if frames < 1 or (frames - 1) % temporal_stride:
+        raise ValueError(f"a shot must have {temporal_stride}k+1 frames, got {frames}")
+    return 1 + (frames - 1) // temporal_stride
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the Wan2.1-style DiT. Names follow Wan's `WanModel` arguments."""
+
+    dim: int = 256
+    ffn_dim: int = 1024
+    num_heads: int = 4
+    num_layers: int = 6
+    text_dim: int = 384  # width of the text encoder's token states (MiniLM: 384, umT5-XXL: 4096)
+    text_len: int = 64  # text tokens kept per caption (Wan: 512)
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Streaming geometry (DESIGN.md section 1): chunk of latent frames, global-context budget.
+    chunk_frames: int = 3
+    context_frames: int = 6
+    # RoPE discontinuity indicator: "rope" adds shot_flag * shot_phase to every temporal angle,
+    # "none" is the ablation without it, "learned" adds a learned embedding to the target's
+    # first chunk instead.
+    shot_indicator: str = "rope"
+    shot_phase: float = 1.0 / 6.0
+    # Local cache size in latent frames (0 = whole shot) and attention-sink frames kept when
+    # the window rolls; only long shots need them.
+    local_window: int = 0
+    sink_frames: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def validate(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"model.dim={self.dim} is not divisible by model.num_heads={self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 8:
+            raise ValueError(f"head dim {self.head_dim} must be even and >= 8 for 3D RoPE")
+        if self.shot_indicator not in ("rope", "none", "learned"):
+            raise ValueError(f"model.shot_indicator must be rope, none or learned, got {self.shot_indicator!r}")
+        if self.chunk_frames < 1 or self.context_frames < 0:
+            raise ValueError("model.chunk_frames must be >= 1 and model.context_frames >= 0")
+
+
+@dataclass
+class SamplerConfig:
+    """Flow-matching sampling. Timesteps are on Wan's 0..1000 scale before the shift."""
+
+    shift: float = 8.0  # timestep shift applied to sigma = t / 1000 (Wan: 8 for few-step students)
+    student_timesteps: tuple[float, ...] = (1000.0, 740.0, 500.0, 260.0)
+    teacher_steps: int = 50
+    teacher_shift: float = 3.0
+    guidance_scale: float = 3.0  # classifier-free guidance of the teacher (1 = off)
+
+
+@dataclass
+class ShotStreamConfig:
+    preset: str = "tiny"
+    video: VideoConfig = field(default_factory=VideoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def validate(self) -> "ShotStreamConfig":
+        self.video.validate()
+        self.model.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShotStreamConfig":
+        return from_dict(cls, data, where="config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ShotStreamConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data).validate()
+
+
+def tiny() -> ShotStreamConfig:
+    """Trains end to end on a 2-core CPU: 128x128, 33-frame shots, a 6-layer width-256 DiT."""
+    return ShotStreamConfig(preset="tiny")
+
+
+def wan21_1_3b() -> ShotStreamConfig:
+    """Wan2.1-T2V-1.3B dimensions (480x832, 81 frames, umT5-XXL text states)."""
+    return ShotStreamConfig(
+        preset="wan2.1-1.3b",
+        video=VideoConfig(height=480, width=832, fps=16, frames_per_shot=81, latent_channels=16),
+        model=ModelConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, text_dim=4096, text_len=512),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], ShotStreamConfig]] = {"tiny": tiny, "wan2.1-1.3b": wan21_1_3b}
+
+
+def get_preset(name: str) -> ShotStreamConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}{_did_you_mean(name, PRESETS)}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loud, typed overrides and dict loading (shared by every config dataclass in the project).
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value, tp, where: str):
+    """Convert `value` (str from a command line or JSON value) to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        try:
+            return tuple(_coerce(v, item_tp, where) for v in value)
+        except TypeError:
+            raise ValueError(f"{where}: expected a list, got {value!r}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if tp is not str and isinstance(value, bool):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        try:
+            return tp(value) if not (tp is int and isinstance(value, str)) else int(value, 0)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass `cls` from a (nested) dict; unknown keys raise with a suggestion."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    types = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types:
+            raise KeyError(f"{where}: unknown key {key!r}{_did_you_mean(key, types)}")
+        tp = types[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg, overrides: typing.Iterable[str]):
+    """Apply `a.b=value` strings to a nested dataclass in place; returns it for chaining."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        target, parts = cfg, key.strip().split(".")
+        for depth, part in enumerate(parts):
+            types = _field_types(type(target))
+            if part not in types:
+                path = ".".join(parts[:depth] + [part])
+                raise KeyError(f"unknown config key {path!r}{_did_you_mean(part, types)}")
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(types[part]):
+                    raise ValueError(f"{key!r} is a group; set one of its fields, e.g. {key}.{fields(types[part])[0].name}=...")
+                setattr(target, part, _coerce(raw, types[part], key))
+            else:
+                target = getattr(target, part)
+    return cfg
