@@ -1,0 +1,115 @@
+"""Model folders (config.json + model.safetensors) and the official Wan2.1 / ShotStream layouts.
+
+`WanDiT` uses Wan's own parameter names, so an official checkpoint maps onto it by stripping the
+wrappers training code adds (`model.`, `generator.`, `module.`, FSDP / compile prefixes). Loading
+is strict: any missing, unexpected or misshaped key is named in the error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, load_tensors, save_checkpoint
+from shotstream.config import ModelConfig, ShotStreamConfig, from_dict
+from shotstream.model.dit import WanDiT
+
+# Prefixes that Wan / Self-Forcing / ShotStream training wrappers put in front of WanModel keys.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "generator.", "model.")
+# Entries of an official .pt dict that hold the weights, in order of preference.
+STATE_ENTRIES = ("generator_ema", "generator", "model", "state_dict")
+# Our parameters that the official layout does not have.
+SHOTSTREAM_ONLY = ("shot_embedding",)
+
+
+def save_pretrained(model: WanDiT, config: ShotStreamConfig, path: str | Path, kind: str = "causal",
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write a model folder. `kind` records how the weights were trained (causal / bidirectional)."""
+    meta = {"kind": kind, **config.to_dict()}
+    return save_checkpoint(path, meta, model.state_dict(), dtype=dtype)
+
+
+def from_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[WanDiT, ShotStreamConfig, str]:
+    """Load a model folder written by `save_pretrained`: (model in eval mode, config, kind)."""
+    meta, tensors = load_checkpoint(path)
+    kind = meta.pop("kind", "causal")
+    try:
+        config = ShotStreamConfig.from_dict(meta).validate()
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: {e.args[0] if e.args else e}") from None
+    model = WanDiT(config.model, config.video.latent_channels)
+    check_keys(model.state_dict(), tensors, str(Path(path) / "model.safetensors"))
+    model.load_state_dict(tensors)
+    return model.to(device=device, dtype=dtype).eval(), config, kind
+
+
+def model_config_from_wan(wan_config: dict) -> ModelConfig:
+    """Map an official Wan2.1 `config.json` (dim, ffn_dim, num_heads, ...) onto ModelConfig."""
+    keys = {"dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "text_len", "freq_dim", "eps", "qk_norm", "cross_attn_norm"}
+    cfg = from_dict(ModelConfig, {k: v for k, v in wan_config.items() if k in keys}, where="wan config")
+    if "patch_size" in wan_config:
+        cfg.patch_size = tuple(wan_config["patch_size"])
+    return cfg
+
+
+def official_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
+    """Read an official checkpoint file and return WanModel-named tensors."""
+    file = Path(file)
+    if file.suffix == ".safetensors":
+        state = load_tensors(file)
+    else:
+        try:
+            raw = torch.load(str(file), map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError) as e:
+            raise CheckpointError(f"{file}: unreadable or truncated weights file ({e})") from None
+        state = next((raw[k] for k in STATE_ENTRIES if isinstance(raw, dict) and isinstance(raw.get(k), dict)), raw)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{file}: expected a state dict")
+    return {strip_prefixes(k): v for k, v in state.items()}
+
+
+def strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in WRAPPER_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def load_official(model: WanDiT, path: str | Path) -> WanDiT:
+    """Load official Wan2.1 / ShotStream weights (a file, or a folder holding them) into `model`.
+
+    Strict: the error names every missing, unexpected or misshaped key. Parameters that exist
+    only in this implementation (the learned-indicator ablation) keep their initial values.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pt")) or sorted(path.glob("*.pth"))
+        if not files:
+            raise CheckpointError(f"{path}: no .safetensors / .pt weights in folder")
+        state = {}
+        for f in files:  # sharded checkpoints
+            state.update(official_state_dict(f))
+    elif path.is_file():
+        state = official_state_dict(path)
+    else:
+        raise CheckpointError(f"{path}: weights not found")
+    expected = {k: v for k, v in model.state_dict().items() if k not in SHOTSTREAM_ONLY}
+    check_keys(expected, state, str(path))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_wan_folder(path: str | Path, latent_channels: int = 16, device="cpu", dtype=torch.float32) -> WanDiT:
+    """Build a WanDiT from an official Wan2.1 folder (config.json + diffusion_pytorch_model*.safetensors)."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: missing (an official Wan2.1 folder has config.json)")
+    wan_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    model = WanDiT(model_config_from_wan(wan_cfg), wan_cfg.get("in_dim", latent_channels))
+    return load_official(model, path).to(device=device, dtype=dtype).eval()

@@ -1,0 +1,288 @@
+"""The streaming API that the demo and the benchmark use.
+
+    pipe = ShotStreamPipeline.from_pretrained("checkpoints/tiny/student")
+    session = pipe.session(seed=0)
+    session.submit("a red striped star walks to the left in a snowy field, wide shot")
+    for chunk in session.stream():          # decoded RGB frames, as soon as each chunk is ready
+        show(chunk.frames)
+    session.submit("close-up of the same character spinning")   # any time, even mid-stream
+    ...
+
+A session owns its dual-cache memory and the history of generated shots (the source of the
+next shot's conditional frames). A teacher / bidirectional checkpoint runs behind the same
+interface: its chunks arrive together once the whole shot is denoised.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shotstream import flow_matching as fm
+from shotstream.config import ShotStreamConfig
+from shotstream.model.dit import WanDiT
+from shotstream.model.memory import DualCache, select_context_frames
+from shotstream.rollout import ShotConditioning, generate_shot_bidirectional, rollout_shot, write_global_context
+
+MAX_PROMPT_CHARS = 2000  # longer prompts are cut (the text encoder keeps far fewer tokens anyway)
+MAX_SHOTS = 100  # per session; memory is bounded, this only bounds the stored history
+
+
+def clean_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """Validate a user prompt: str or UTF-8 bytes, not empty; over-long prompts are truncated with a warning."""
+    if isinstance(prompt, (bytes, bytearray)):
+        try:
+            prompt = bytes(prompt).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("prompt is not valid UTF-8 text") from None
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        raise ValueError("empty prompt: describe the shot")
+    if len(prompt) > max_chars:
+        warnings.warn(f"prompt of {len(prompt)} characters truncated to {max_chars}", stacklevel=2)
+        prompt = prompt[:max_chars]
+    return prompt
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[B=1, F, 3, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
+    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_video(frames: np.ndarray, device) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> [F, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@dataclass
+class StreamChunk:
+    """One decoded chunk of a shot, with the times (time.perf_counter seconds) it was made at."""
+
+    shot: int
+    chunk: int
+    frames: np.ndarray  # uint8 [n, H, W, 3]
+    caption: str
+    t_submit: float  # when the shot's prompt was submitted
+    t_start: float  # when generation of the shot began
+    t_ready: float  # when this chunk was decoded
+    last: bool  # last chunk of its shot
+
+
+@dataclass
+class Shot:
+    caption: str
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    t_submit: float
+    t_first: float
+    t_done: float
+
+
+@dataclass
+class _Request:
+    caption: str
+    t_submit: float
+
+
+class ShotStreamPipeline:
+    """Model + autoencoder + text encoder on one device and dtype; sessions are made from it."""
+
+    def __init__(self, model: WanDiT, config: ShotStreamConfig, autoencoder, text_encoder, kind: str = "causal"):
+        if kind not in ("causal", "bidirectional", "rolling"):
+            raise ValueError(f"unknown model kind {kind!r}")
+        self.model, self.config, self.autoencoder, self.text_encoder, self.kind = model, config, autoencoder, text_encoder, kind
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()  # one generation at a time per pipeline (shared weights)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, autoencoder: str | Path | None = None, device="cpu",
+                        dtype: torch.dtype = torch.float32, text_encoder=None) -> "ShotStreamPipeline":
+        """Load a model folder; the autoencoder defaults to the `autoencoder` folder beside it."""
+        from shotstream.autoencoder import TinyVideoAutoencoder
+        from shotstream.model.loading import from_pretrained
+        from shotstream.text_encoder import TextEncoder
+
+        model, config, kind = from_pretrained(path, device=device, dtype=dtype)
+        ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
+        ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
+        te = text_encoder or TextEncoder(max_len=config.model.text_len, device=device)
+        return cls(model, config, ae, te, kind)
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def session(self, seed: int = 0, global_caption: str | None = None, **kw) -> "ShotStreamSession":
+        return ShotStreamSession(self, seed=seed, global_caption=global_caption, **kw)
+
+    def embed_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> embedded slots [1, S, L, D] and mask [1, S, L], cached per caption."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if missing:
+            states, mask = self.text_encoder.encode(missing)
+            with torch.no_grad():
+                emb = self.model.embed_text(states.to(self.device)[:, None])[:, 0]
+            for c, e, m in zip(missing, emb, mask.to(self.device)):
+                self._text_cache[c] = (e, m)
+        text = torch.stack([self._text_cache[c][0] for c in captions])[None]
+        mask = torch.stack([self._text_cache[c][1] for c in captions])[None]
+        return text, mask
+
+    def null_caption(self) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.text_encoder.null_caption()
+        with torch.no_grad():
+            return self.model.embed_text(states.to(self.device)[:, None]), mask.to(self.device)[:, None]
+
+
+class ShotStreamSession:
+    """One story being generated: a queue of prompts, the history of shots, and the memory.
+
+    `submit` may be called from any thread at any time; `stream` generates queued shots in
+    order and yields `StreamChunk`s until the queue is empty (call it again after new submits,
+    or pass `wait=True` to block for more until `close()`).
+    """
+
+    def __init__(self, pipe: ShotStreamPipeline, seed: int = 0, global_caption: str | None = None,
+                 max_shots: int = MAX_SHOTS, max_queue: int = 8):
+        self.pipe, self.seed, self.max_shots, self.max_queue = pipe, seed, max_shots, max_queue
+        self.global_caption = clean_prompt(global_caption) if global_caption else None
+        cfg = pipe.config
+        self.grid = pipe.model.grid(*cfg.video.latent_size)
+        self.memory = DualCache(cfg.model, self.grid, cfg.video.latent_frames_per_shot, batch=1,
+                                device=pipe.device, dtype=pipe.model.dtype, rolling=pipe.kind == "rolling")
+        self.shots: list[Shot] = []
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._cancel = threading.Event()
+        self._closed = False
+        self._frames_so_far = 0  # rolling ablation: positions continue across shots
+
+    # -- control, callable from any thread ---------------------------------------------------
+    def submit(self, prompt) -> int:
+        """Queue the next shot's prompt; returns its shot index. Raises ValueError on bad input."""
+        caption = clean_prompt(prompt)
+        with self._cond:
+            if len(self.shots) + len(self._queue) >= self.max_shots:
+                raise ValueError(f"a story has at most {self.max_shots} shots")
+            if len(self._queue) >= self.max_queue:
+                raise ValueError(f"{len(self._queue)} shots are already waiting; wait for one to start")
+            self._queue.append(_Request(caption, time.perf_counter()))
+            self._cond.notify_all()
+            return len(self.shots) + len(self._queue) - 1
+
+    def cancel(self) -> None:
+        """Stop the shot being generated (dropped, finished shots kept) and clear the queue."""
+        with self._cond:
+            self._queue.clear()
+            self._cancel.set()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reset(self) -> None:
+        """Start a new story (same seed): history, queue and memory cleared."""
+        self.cancel()
+        self.shots.clear()
+        self._frames_so_far = 0
+        self.memory.global_context.begin()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- generation ---------------------------------------------------------------------------
+    def stream(self, wait: bool = False) -> Iterator[StreamChunk]:
+        """Generate queued shots in order, yielding decoded chunks as soon as each is ready."""
+        while True:
+            with self._cond:
+                while not self._queue and wait and not self._closed:
+                    self._cond.wait(timeout=0.1)
+                if not self._queue:
+                    return
+                request = self._queue.popleft()
+                self._cancel.clear()
+            yield from self._generate(request)
+
+    def story_frames(self) -> np.ndarray:
+        """All finished shots, concatenated: uint8 [sum F, H, W, 3]."""
+        if not self.shots:
+            h, w = self.pipe.config.video.height, self.pipe.config.video.width
+            return np.zeros((0, h, w, 3), np.uint8)
+        return np.concatenate([s.frames for s in self.shots])
+
+    def _caption(self, caption: str) -> str:
+        return f"{self.global_caption} {caption}" if self.global_caption else caption
+
+    def conditioning(self, caption: str) -> ShotConditioning:
+        """Select conditional frames from the history, encode them, and embed the captions."""
+        pipe, device, k = self.pipe, self.pipe.device, len(self.shots)
+        picks = [] if pipe.kind == "rolling" else select_context_frames([len(s.frames) for s in self.shots], pipe.config.model.context_frames)
+        sources = list(dict.fromkeys(s for s, _ in picks))  # earlier shots that give frames, in order
+        text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources] + [self._caption(caption)])
+        if picks:
+            images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
+            with torch.no_grad():
+                context = pipe.autoencoder.encode_image(images)  # [Cf, 1, C, h, w]
+            context = context[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
+        else:
+            h, w = pipe.config.video.latent_size
+            context = torch.zeros(1, 0, pipe.config.video.latent_channels, h, w, device=device, dtype=pipe.model.dtype)
+        shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
+        slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
+        return ShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
+                                chunk_frames=pipe.config.model.chunk_frames)
+
+    def _noise(self, shot: int) -> torch.Tensor:
+        """Deterministic per (seed, shot), drawn on CPU so every device sees the same noise."""
+        v = self.pipe.config.video
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + shot)
+        return torch.randn(1, v.latent_frames_per_shot, v.latent_channels, *v.latent_size, generator=g).to(self.pipe.device)
+
+    def _generate(self, request: _Request) -> Iterator[StreamChunk]:
+        pipe, k = self.pipe, len(self.shots)
+        chunks, t_start, t_first = [], time.perf_counter(), None
+        with pipe._lock, torch.inference_mode():
+            cond = self.conditioning(request.caption)
+            noise = self._noise(k)
+            latents = self._latent_chunks(cond, noise, k)
+            for j, x0 in enumerate(latents):
+                video = pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0)
+                frames = to_uint8(video)
+                t_ready = time.perf_counter()
+                t_first = t_first or t_ready
+                chunks.append(frames)
+                last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
+                yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
+                if self._cancel.is_set():
+                    return  # the unfinished shot is dropped; finished shots stay
+        self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
+
+    def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
+        pipe, cfg = self.pipe, self.pipe.config
+        g = torch.Generator(device=noise.device).manual_seed(self.seed * 1_000_003 + k + 1)
+        if pipe.kind == "bidirectional":
+            sigmas = fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)
+            null = pipe.null_caption() if cfg.sampler.guidance_scale != 1.0 else None
+            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, cfg.sampler.guidance_scale, null)
+            yield from x0.split(cfg.model.chunk_frames, dim=1)
+            return
+        sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)
+        rolling = pipe.kind == "rolling"
+        if not rolling:
+            write_global_context(pipe.model, self.memory, cond)
+        offset = self._frames_so_far if rolling else None
+        for x0 in rollout_shot(pipe.model, self.memory, cond, noise, sigmas, g, pos_offset=offset, reset_local=not rolling):
+            self._frames_so_far += x0.shape[1]
+            yield x0

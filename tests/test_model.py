@@ -1,0 +1,271 @@
+"""The model core: cached == uncached, causality, the RoPE indicator, context selection, loading."""
+
+import math
+
+import pytest
+import torch
+
+from shotstream.checkpoint import CheckpointError
+from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
+from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
+from shotstream.model.loading import from_pretrained, load_official, load_wan_folder, save_pretrained
+from shotstream.model.memory import DualCache, KVCache, select_context_frames
+from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
+
+TEXT_DIM = 32
+
+
+def small_cfg(**kw) -> ModelConfig:
+    return ModelConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=TEXT_DIM, **kw)
+
+
+def make_model(seed=0, **kw) -> WanDiT:
+    torch.manual_seed(seed)
+    model = WanDiT(small_cfg(**kw), latent_channels=4).eval()
+    with torch.no_grad():  # the zero-initialised head would make every output 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def story_inputs(B=2, ctx=2, chunks=(3, 3, 2), seed=1):
+    """Two context frames from shot 0, then shot 1's target in chunks; per-frame captions."""
+    g = torch.Generator().manual_seed(seed)
+    F = ctx + sum(chunks)
+    x = torch.randn(B, F, 4, 8, 8, generator=g)
+    t = torch.rand(B, F, generator=g) * 1000
+    t[:, :ctx] = 0
+    text = torch.randn(B, 2, 5, TEXT_DIM, generator=g)
+    mask = torch.ones(B, 2, 5, dtype=torch.bool)
+    mask[:, 1, 3:] = False  # padding must be ignored
+    frames = FrameInfo.build(pos=list(range(F)), shot=[0] * ctx + [1] * sum(chunks),
+                             text_index=[0] * ctx + [1] * sum(chunks), batch=B)
+    bounds = [0, ctx] + [ctx + sum(chunks[: i + 1]) for i in range(len(chunks))]
+    blocks = torch.cat([torch.full((b - a,), i) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))])
+    return x, t, text, mask, frames, bounds, blocks
+
+
+@pytest.mark.parametrize("indicator", ["rope", "none", "learned"])
+def test_cached_rollout_equals_block_causal_forward(indicator):
+    model = make_model(shot_indicator=indicator)
+    x, t, text, mask, frames, bounds, blocks = story_inputs()
+    if indicator == "learned":
+        frames.cut[:, 2:5] = True
+    with torch.no_grad():
+        full = model(x, t, text, mask, frames, frame_mask=block_causal_mask(blocks))
+        cache = KVCache(2, x.shape[0], 4, 16, capacity=x.shape[1] * 16)
+        outs = []
+        for a, b in zip(bounds, bounds[1:]):
+            outs.append(model(x[:, a:b], t[:, a:b], text, mask, frames.slice(a, b), cache=cache))
+            cache.commit()
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_future_frames_do_not_change_the_past():
+    model = make_model()
+    x, t, text, mask, frames, bounds, blocks = story_inputs()
+    fm = block_causal_mask(blocks)
+    with torch.no_grad():
+        before = model(x, t, text, mask, frames, frame_mask=fm)
+        x2 = x.clone()
+        x2[:, -1] += 10.0  # perturb the last chunk
+        after = model(x2, t, text, mask, frames, frame_mask=fm)
+    past = bounds[-2]
+    assert torch.equal(before[:, :past], after[:, :past])
+    assert not torch.allclose(before[:, past:], after[:, past:])
+
+
+def test_padding_tokens_of_the_caption_are_ignored():
+    model = make_model()
+    x, t, text, mask, frames, *_ = story_inputs()
+    text2 = text.clone()
+    text2[:, 1, 3:] = 100.0  # change only masked-out token states
+    with torch.no_grad():
+        assert torch.equal(model(x, t, text, mask, frames), model(x, t, text2, mask, frames))
+
+
+def test_each_frame_reads_its_own_shots_caption():
+    model = make_model()
+    x, t, text, mask, frames, *_ = story_inputs()
+    text2 = text.clone()
+    text2[:, 0] += 1.0  # change shot 0's caption: only frames of slot 0 (and who attends to them) change
+    with torch.no_grad():
+        a = model(x[:, 2:], t[:, 2:], text, mask, frames.slice(2, x.shape[1]))
+        b = model(x[:, 2:], t[:, 2:], text2, mask, frames.slice(2, x.shape[1]))
+    assert torch.equal(a, b)
+
+
+def test_rope_indicator_adds_exactly_the_shot_phase():
+    """q of shot k vs k of shot i: the logit equals the one with temporal pairs rotated by (k-i)*phi."""
+    head_dim, phi = 64, 1 / 6
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, head_dim, generator=g)
+    pos = torch.tensor([[3.0]]), torch.tensor([[1.0]])
+    flags = torch.tensor([[4.0]]), torch.tensor([[1.0]])
+
+    def logit(p):
+        cq = rope_cos_sin(rope_angles(pos[0], flags[0], (1, 1), head_dim, phi=p))
+        ck = rope_cos_sin(rope_angles(pos[1], flags[1], (1, 1), head_dim, phi=p))
+        return (apply_rope(q, *cq) * apply_rope(k, *ck)).sum().item()
+
+    # Predicted: rotating q's temporal pairs by an extra (4 - 1) * phi relative to k.
+    bt = (head_dim - 4 * (head_dim // 6)) // 2
+    ang = rope_angles(pos[0], torch.zeros(1, 1), (1, 1), head_dim)
+    ang[..., :bt] += (4 - 1) * phi
+    cq = rope_cos_sin(ang)
+    ck = rope_cos_sin(rope_angles(pos[1], torch.zeros(1, 1), (1, 1), head_dim))
+    predicted = (apply_rope(q, *cq) * apply_rope(k, *ck)).sum().item()
+    assert logit(phi) == pytest.approx(predicted, abs=1e-5)
+    assert logit(0.0) != pytest.approx(logit(phi), abs=1e-3)
+    # same shot: no change at all
+    same = rope_angles(pos[0], flags[0], (2, 2), head_dim, phi=phi) - rope_angles(pos[1], flags[0], (2, 2), head_dim, phi=phi)
+    plain = rope_angles(pos[0], flags[0], (2, 2), head_dim) - rope_angles(pos[1], flags[0], (2, 2), head_dim)
+    torch.testing.assert_close(same, plain)
+
+
+def test_indicator_none_ignores_shot_flags_and_rope_does_not():
+    x, t, text, mask, frames, *_ = story_inputs()
+    moved = FrameInfo(frames.pos, frames.shot + 3, frames.text_index, frames.cut)
+    with torch.no_grad():
+        m = make_model(shot_indicator="none")
+        assert torch.equal(m(x, t, text, mask, frames), m(x, t, text, mask, moved))
+        m = make_model(shot_indicator="rope")
+        # a uniform shift of every flag leaves relative phases, hence outputs, unchanged ...
+        torch.testing.assert_close(m(x, t, text, mask, frames), m(x, t, text, mask, moved), rtol=1e-4, atol=1e-5)
+        # ... but moving only the target's flags marks a different cut
+        moved.shot[:, 2:] += 1
+        assert not torch.allclose(m(x, t, text, mask, frames), m(x, t, text, mask, moved), atol=1e-4)
+
+
+# Official dynamic-sampling table: frames per earlier shot, for n = 1..7 earlier shots, budget 6.
+OFFICIAL_COUNTS = {1: [6], 2: [3, 3], 3: [2, 2, 2], 4: [1, 1, 2, 2], 5: [1, 1, 1, 1, 2], 6: [1] * 6, 7: [0] + [1] * 6}
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_select_context_frames_matches_official_table(n):
+    picks = select_context_frames([33] * n, budget=6)
+    counts = [sum(1 for s, _ in picks if s == i) for i in range(n)]
+    assert counts == OFFICIAL_COUNTS[n]
+    for i in range(n):
+        frames = [f for s, f in picks if s == i]
+        if len(frames) >= 2:
+            assert frames[0] == 0 and frames[-1] == 32  # first and last included
+            gaps = {b - a for a, b in zip(frames, frames[1:])}
+            assert max(gaps) - min(gaps) <= 1  # evenly spaced
+    assert len(picks) == 6
+
+
+def test_select_context_frames_edge_cases():
+    assert select_context_frames([], 6) == []  # shot 0 sees no context
+    assert select_context_frames([33, 33], 6) == [(0, 0), (0, 16), (0, 32), (1, 0), (1, 16), (1, 32)]
+    assert select_context_frames([2], 6) == [(0, 0), (0, 1)]  # a short shot gives what it has
+    with pytest.raises(ValueError):
+        select_context_frames([33, 0], 6)
+
+
+def test_dual_cache_size_is_derived_and_bounded():
+    cfg = small_cfg()
+    mem = DualCache(cfg, grid=(4, 4), frames_per_shot=9)
+    assert mem.kv.capacity == (cfg.context_frames + 9 + cfg.chunk_frames) * 16
+    assert mem.kv.k.shape == (cfg.num_layers, 1, cfg.num_heads, mem.kv.capacity, cfg.head_dim)
+
+
+def test_local_window_rolls_and_keeps_the_sink():
+    cfg = small_cfg(local_window=4, sink_frames=1)
+    mem = DualCache(cfg, grid=(1, 1), frames_per_shot=9)
+    kv = mem.kv
+    for frame in range(7):
+        mem.local_context.make_room(1)
+        kv.extend(0, torch.full((1, 4, 1, 16), float(frame)), torch.zeros(1, 4, 1, 16))
+        kv.commit()
+        assert mem.local_context.frames <= 4
+    kept = kv.k[0, 0, 0, : kv.length, 0].tolist()
+    assert kept == [0.0, 4.0, 5.0, 6.0]  # sink frame 0, then the most recent
+
+
+def test_bad_inputs_give_clear_errors():
+    model = make_model()
+    x, t, text, mask, frames, *_ = story_inputs()
+    with pytest.raises(ValueError, match="channels"):
+        model(x[:, :, :3], t, text, mask, frames)
+    with pytest.raises(ValueError, match=r"\[B, F, C, H, W\]"):
+        model(x[0], t, text, mask, frames)
+    with pytest.raises(ValueError, match="divisible"):
+        model(x[..., :7], t, text, mask, frames)
+    with pytest.raises(ValueError, match="timestep"):
+        model(x, t[:, :3], text, mask, frames)
+    with pytest.raises(ValueError, match="text"):
+        model(x, t, text[..., :5], mask, frames)
+    with pytest.raises(TypeError, match="floating"):
+        model(x.long(), t, text, mask, frames)
+    cache = KVCache(2, 2, 4, 16, capacity=64, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="KV cache holds"):
+        model(x[:, :2], t[:, :2], text, mask, frames.slice(0, 2), cache=cache)
+    with pytest.raises(RuntimeError, match="overflow"):
+        model(x, t, text, mask, frames, cache=KVCache(2, 2, 4, 16, capacity=16))
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path):
+    model = make_model(shot_indicator="learned")
+    config = ShotStreamConfig(video=VideoConfig(latent_channels=4), model=small_cfg(shot_indicator="learned"))
+    save_pretrained(model, config, tmp_path / "m", kind="causal")
+    loaded, cfg2, kind = from_pretrained(tmp_path / "m")
+    assert kind == "causal" and cfg2 == config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_truncated_or_mismatched_checkpoint_is_named(tmp_path):
+    model = make_model()
+    config = ShotStreamConfig(video=VideoConfig(latent_channels=4), model=small_cfg())
+    path = save_pretrained(model, config, tmp_path / "m")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        from_pretrained(path)
+    # a checkpoint of a different size names the bad keys
+    save_pretrained(model, config, tmp_path / "m2")
+    config.model.num_layers = 3
+    (tmp_path / "m2" / "config.json").write_text(config.to_json())
+    with pytest.raises(CheckpointError, match=r"missing keys \[blocks\.2\."):
+        from_pretrained(tmp_path / "m2")
+
+
+def test_official_wan_layout_loads(tmp_path):
+    """A small checkpoint written in Wan2.1's layout (+ Self-Forcing's `model.` wrapper) loads strictly."""
+    from safetensors.torch import save_file
+
+    src = make_model(seed=3)
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    assert "blocks.0.self_attn.q.weight" in state and "head.head.weight" in state and "blocks.1.modulation" in state
+    folder = tmp_path / "Wan2.1-T2V-small"
+    folder.mkdir()
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(
+        '{"_class_name": "WanModel", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 4, "num_layers": 2,'
+        f' "text_dim": {TEXT_DIM}, "in_dim": 4, "out_dim": 4, "freq_dim": 256, "eps": 1e-06, "patch_size": [1, 2, 2]}}'
+    )
+    loaded = load_wan_folder(folder)
+    for k, v in state.items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    # a ShotStream/Self-Forcing .pt with {"generator": {"model.<key>": ...}}
+    torch.save({"generator": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "shotstream.pt")
+    other = load_official(make_model(seed=4), tmp_path / "shotstream.pt")
+    assert torch.equal(other.state_dict()["blocks.1.ffn.2.weight"], state["blocks.1.ffn.2.weight"])
+    # strict: a missing and an unexpected key are both named
+    del state["blocks.1.ffn.2.weight"]
+    state["blocks.9.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys \[blocks\.1\.ffn\.2\.weight\].*unexpected keys \[blocks\.9\.extra\]"):
+        load_official(make_model(), tmp_path / "bad.pt")
+
+
+def test_bf16_forward_runs_and_is_close_to_fp32():
+    model = make_model()
+    x, t, text, mask, frames, *_ = story_inputs()
+    with torch.no_grad():
+        ref = model(x, t, text, mask, frames)
+        out = model.to(torch.bfloat16)(x, t, text, mask, frames)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+    assert math.isfinite(out.float().sum().item())
