@@ -1,0 +1,128 @@
+"""Next-shot training data, streamed from StoryWorld on the fly.
+
+An example is one shot k of a procedurally drawn story (the target) with the conditional
+frames that `select_context_frames` picks from the ground-truth shots 0..k-1 (the same rule the
+session applies to generated shots at inference). Everything is a pure function of a seed, so a
+training step's batch is reproducible from (seed, step, rank) and resume is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shotstream.config import ShotStreamConfig
+from shotstream.model.dit import FrameInfo
+from shotstream.model.memory import select_context_frames
+from shotstream.session import to_model_video
+from shotstream.world.render import render_shot
+from shotstream.world.story import Story, sample_story
+
+# Training stories use seeds from here on; the committed evaluation suite uses seeds below it.
+TRAIN_SEED_OFFSET = 1_000_000
+
+
+def story_caption(story: Story, k: int) -> str:
+    """The caption the model sees for shot k: the global caption, if any, prefixes it (as at inference)."""
+    c = story.shots[k].caption
+    return f"{story.global_caption} {c}" if story.global_caption else c
+
+
+@dataclass
+class NextShotExample:
+    """One target shot and its conditional frames, in pixel space."""
+
+    story: Story
+    shot: int
+    target: np.ndarray  # uint8 [F, H, W, 3]
+    context: np.ndarray  # uint8 [Cf, H, W, 3]
+    context_shots: list[int]  # source shot of each conditional frame
+    shots: list[np.ndarray]  # every rendered shot 0..k (inter-shot training rolls them out)
+
+
+def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotExample:
+    rendered = [render_shot(story, i, cfg.video)[0] for i in range(k + 1)]
+    picks = select_context_frames([len(f) for f in rendered[:k]], cfg.model.context_frames)
+    h, w = cfg.video.height, cfg.video.width
+    context = np.stack([rendered[s][f] for s, f in picks]) if picks else np.zeros((0, h, w, 3), np.uint8)
+    return NextShotExample(story, k, rendered[k], context, [s for s, _ in picks], rendered)
+
+
+def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
+    """A random story (seed in the training stream) and a uniformly chosen target shot."""
+    rng = np.random.default_rng([seed, 0x7E57])
+    story = sample_story(TRAIN_SEED_OFFSET + seed, max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
+    return next_shot_example(story, int(rng.integers(story.num_shots)), cfg)
+
+
+@dataclass
+class NextShotBatch:
+    """A batch on the model's device. Conditional frames are padded to the budget C.
+
+    target: latents [B, F, C, h, w]; context: [B, C, C, h, w] with context_valid [B, C] bool.
+    text / text_mask: text-encoder states of C + 1 caption slots [B, C+1, L, Dt] / [B, C+1, L]:
+    slot i < C is the caption of conditional frame i's shot, slot C the target's.
+    """
+
+    target: torch.Tensor
+    context: torch.Tensor
+    context_valid: torch.Tensor
+    context_shots: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    shot: torch.Tensor  # [B] target shot index
+
+    @property
+    def budget(self) -> int:
+        return self.context.shape[1]
+
+    def frames(self, chunk_frames: int) -> FrameInfo:
+        """FrameInfo of the sequence [context | target]: positions 0..C+F-1, flags, caption slots."""
+        B, C, F = self.target.shape[0], self.budget, self.target.shape[1]
+        device = self.target.device
+        pos = torch.arange(C + F, device=device).float().expand(B, -1)
+        shot = torch.cat([self.context_shots.float(), self.shot[:, None].float().expand(B, F)], 1)
+        slots = torch.cat([torch.arange(C, device=device).expand(B, -1), torch.full((B, F), C, device=device)], 1)
+        cut = torch.zeros(B, C + F, dtype=torch.bool, device=device)
+        cut[:, C:C + chunk_frames] = (self.shot > 0)[:, None]
+        return FrameInfo(pos, shot, slots.long(), cut)
+
+    def key_mask(self) -> torch.Tensor:
+        """[B, C+F]: padded or dropped conditional frames are invisible."""
+        B, F = self.target.shape[:2]
+        return torch.cat([self.context_valid, torch.ones(B, F, dtype=torch.bool, device=self.target.device)], 1)
+
+
+@torch.no_grad()
+def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: ShotStreamConfig, device,
+            context_dropout: float = 0.0, rng: np.random.Generator | None = None) -> NextShotBatch:
+    """Encode pixels with the autoencoder and captions with the text encoder; pad the context."""
+    C = cfg.model.context_frames
+    h, w = cfg.video.latent_size
+    target = autoencoder.encode(torch.stack([to_model_video(e.target, device) for e in examples]))
+    context = torch.zeros(len(examples), C, cfg.video.latent_channels, h, w, device=device)
+    valid = torch.zeros(len(examples), C, dtype=torch.bool, device=device)
+    shots = torch.zeros(len(examples), C, dtype=torch.long, device=device)
+    captions = []
+    for b, e in enumerate(examples):
+        n = len(e.context)
+        drop = context_dropout > 0 and rng is not None and rng.random() < context_dropout
+        if n:
+            context[b, :n] = autoencoder.encode_image(to_model_video(e.context, device))[:, 0]
+            valid[b, :n] = not drop
+            shots[b, :n] = torch.tensor(e.context_shots, device=device)
+        own = story_caption(e.story, e.shot)
+        captions += [story_caption(e.story, s) for s in e.context_shots] + [own] * (C + 1 - n)
+    states, mask = text_encoder.encode(captions)
+    L, D = states.shape[1:]
+    return NextShotBatch(
+        target=target,
+        context=context,
+        context_valid=valid,
+        context_shots=shots,
+        text=states.to(device).reshape(len(examples), C + 1, L, D),
+        text_mask=mask.to(device).reshape(len(examples), C + 1, L),
+        shot=torch.tensor([e.shot for e in examples], device=device),
+    )

@@ -1,0 +1,201 @@
+"""ShotStreamSession: streaming chunks, next-shot prompts mid-stream, bounded memory, bad input."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from shotstream.autoencoder import PixelSpaceStandIn
+from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
+from shotstream.model.dit import WanDiT
+from shotstream.session import ShotStreamPipeline, clean_prompt
+
+VIDEO = VideoConfig(height=32, width=32, frames_per_shot=17, latent_channels=12)  # 5 latent frames
+CHUNK = 2  # -> chunks of 2, 2, 1 latent frames
+
+
+class FakeTextEncoder:
+    """Deterministic caption states (hash of the words) so session tests need no language model."""
+
+    max_len, dim = 8, 16
+
+    def encode(self, captions):
+        states = torch.zeros(len(captions), self.max_len, self.dim)
+        mask = torch.zeros(len(captions), self.max_len, dtype=torch.bool)
+        for i, c in enumerate(captions):
+            for j, word in enumerate(c.split()[: self.max_len]):
+                g = torch.Generator().manual_seed(sum(map(ord, word)))
+                states[i, j] = torch.randn(self.dim, generator=g)
+                mask[i, j] = True
+        return states, mask
+
+    def null_caption(self, batch_size=1):
+        states, mask = torch.zeros(batch_size, self.max_len, self.dim), torch.zeros(batch_size, self.max_len, dtype=torch.bool)
+        mask[:, 0] = True
+        return states, mask
+
+
+def make_pipe(kind="causal", **model_kw) -> ShotStreamPipeline:
+    cfg = ShotStreamConfig(
+        video=VIDEO,
+        model=ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, chunk_frames=CHUNK, **model_kw),
+    )
+    cfg.sampler.teacher_steps = 3
+    torch.manual_seed(0)
+    model = WanDiT(cfg.model, cfg.video.latent_channels).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return ShotStreamPipeline(model, cfg, PixelSpaceStandIn(cfg.video), FakeTextEncoder(), kind)
+
+
+def test_stream_yields_decoded_chunks_in_order():
+    session = make_pipe().session(seed=1)
+    session.submit("a red circle walks left in the forest")
+    chunks = list(session.stream())
+    assert [c.chunk for c in chunks] == [0, 1, 2]
+    assert [len(c.frames) for c in chunks] == [1 + 4, 8, 4]  # first latent frame decodes to 1 frame
+    assert chunks[-1].last and not chunks[0].last
+    assert all(c.frames.dtype == np.uint8 and c.frames.shape[1:] == (32, 32, 3) for c in chunks)
+    assert all(c.t_submit <= c.t_start <= c.t_ready for c in chunks)
+    assert len(session.shots) == 1 and session.shots[0].frames.shape[0] == 17
+
+
+def test_next_prompt_submitted_mid_stream_is_generated_without_regenerating_the_past():
+    session = make_pipe().session(seed=1)
+    session.submit("a red circle walks left in the forest")
+    seen = []
+    for chunk in session.stream():
+        seen.append(chunk.shot)
+        if chunk.shot == 0 and chunk.chunk == 0:
+            session.submit("close-up of it spinning on the beach")
+    assert seen == [0, 0, 0, 1, 1, 1]
+    first = session.shots[0].frames.copy()
+    session.submit("the same character jumps in the city")
+    list(session.stream())
+    assert np.array_equal(session.shots[0].frames, first)
+    assert len(session.shots) == 3
+
+
+def test_same_seed_same_story_and_seed_matters():
+    def run(seed):
+        s = make_pipe().session(seed=seed)
+        s.submit("a red circle walks left")
+        s.submit("it jumps")
+        list(s.stream())
+        return s.story_frames()
+
+    a, b, c = run(3), run(3), run(4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_later_shots_see_the_global_context():
+    session = make_pipe().session(seed=0)
+    for p in ["a red circle walks left", "it jumps", "it spins"]:
+        session.submit(p)
+    list(session.stream())
+    tpf = session.memory.tokens_per_frame
+    assert session.memory.global_context.tokens == 6 * tpf  # budget C = 6 frames from shots 0 and 1
+    # the history changes the next shot: same prompt and noise, different history
+    other = make_pipe().session(seed=0)
+    for p in ["a blue square jumps", "it jumps", "it spins"]:
+        other.submit(p)
+    list(other.stream())
+    assert not np.array_equal(session.shots[2].frames, other.shots[2].frames)
+
+
+def test_memory_and_attention_span_do_not_grow_with_shots():
+    session = make_pipe().session(seed=0, max_queue=20)
+    spans, original_extend = {}, session.memory.kv.extend
+
+    def spy(layer, k, v):
+        if layer == 0:
+            spans.setdefault(len(session.shots), []).append(session.memory.kv.length + k.shape[2])
+        return original_extend(layer, k, v)
+
+    session.memory.kv.extend = spy
+    capacity, nbytes = session.memory.kv.capacity, session.memory.nbytes
+    for i in range(20):
+        session.submit(f"shot {i} the same character walks")
+    list(session.stream())
+    assert len(session.shots) == 20
+    assert session.memory.kv.capacity == capacity and session.memory.nbytes == nbytes
+    # keys attended per forward (global + local + chunk) at shot 20 == at shot 2
+    assert spans[19] == spans[1]
+    assert max(spans[19]) <= capacity
+
+
+def test_bidirectional_model_behind_the_same_interface():
+    session = make_pipe(kind="bidirectional").session(seed=0)
+    session.submit("a red circle walks left")
+    session.submit("it jumps")
+    chunks = list(session.stream())
+    assert [c.shot for c in chunks] == [0, 0, 0, 1, 1, 1]
+    assert sum(len(c.frames) for c in chunks if c.shot == 1) == 17
+
+
+def test_rolling_window_baseline_keeps_history_without_global_cache():
+    with pytest.raises(ValueError, match="local_window"):
+        make_pipe(kind="rolling").session()
+    session = make_pipe(kind="rolling", local_window=4).session(seed=0)
+    for p in ["a red circle walks left", "it jumps", "it spins"]:
+        session.submit(p)
+    list(session.stream())
+    assert session.memory.global_context.tokens == 0
+    assert session.memory.local_context.frames <= 4
+
+
+def test_cancel_mid_shot_keeps_the_story_so_far():
+    session = make_pipe().session(seed=0)
+    session.submit("a red circle walks left")
+    list(session.stream())
+    session.submit("it jumps")
+    session.submit("it spins")
+    for chunk in session.stream():
+        if chunk.shot == 1:
+            session.cancel()
+    assert len(session.shots) == 1 and session.pending == 0
+    session.submit("it bounces")  # the session keeps working
+    list(session.stream())
+    assert len(session.shots) == 2
+
+
+def test_stream_wait_receives_prompts_from_another_thread():
+    session = make_pipe().session(seed=0)
+    got = []
+
+    def consume():
+        for chunk in session.stream(wait=True):
+            got.append(chunk.shot)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    session.submit("a red circle walks left")
+    session.submit("it jumps")
+    while len(session.shots) < 2:
+        t.join(timeout=0.05)
+    session.close()
+    t.join(timeout=10)
+    assert not t.is_alive() and got == [0, 0, 0, 1, 1, 1]
+
+
+def test_bad_prompts_are_refused_or_truncated_clearly():
+    session = make_pipe().session()
+    for bad in ["", "   \n\t"]:
+        with pytest.raises(ValueError, match="empty prompt"):
+            session.submit(bad)
+    with pytest.raises(ValueError, match="UTF-8"):
+        session.submit(b"\xff\xfe bad bytes")
+    with pytest.raises(TypeError, match="text"):
+        session.submit(42)
+    with pytest.warns(UserWarning, match="truncated"):
+        session.submit("word " * 2000)  # 10,000 characters
+    assert session.pending == 1
+    assert clean_prompt("caf\u00e9 ok".encode()) == "caf\u00e9 ok"
+    small = make_pipe().session(max_shots=2)
+    small.submit("one")
+    small.submit("two")
+    with pytest.raises(ValueError, match="at most 2 shots"):
+        small.submit("three")
