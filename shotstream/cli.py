@@ -7,9 +7,11 @@ import argparse
 import importlib
 import sys
 
-# (module, help) pairs; a module exposes add_parser(subparsers) that sets `func` on its parser.
+# Each module exposes add_parser(subparsers), which sets `func` on its parser.
 COMMANDS = [
     "shotstream.world.cli",
+    "shotstream.generate",
+    "shotstream.training.cli",
 ]
 
 

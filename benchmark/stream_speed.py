@@ -1,0 +1,90 @@
+"""Streaming speed of the causal model on this machine (not a test: it measures wall time).
+
+    python -m benchmark.stream_speed                      # tiny preset, random weights, fp32 + bf16
+    python -m benchmark.stream_speed --model checkpoints/tiny/student --shots 10
+
+Prints, per dtype: ms per chunk (mean over chunks after the first shot), first-chunk latency
+(prompt submitted -> first decoded frames), frames per second, and the ratio of the per-chunk
+time at the last shot to the first shot (memory is bounded, so this should stay ~1.0).
+Speed does not depend on the weights, so random weights give the same figures as trained ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from shotstream.autoencoder import TinyVideoAutoencoder
+from shotstream.config import get_preset
+from shotstream.model.dit import WanDiT, num_parameters
+from shotstream.session import ShotStreamPipeline
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PROMPTS = [
+    "a red striped star walks to the left in a snowy field, wide shot",
+    "close-up of the same character spinning on the beach",
+    "it jumps in the city at night, medium shot",
+]
+
+
+def build_pipeline(model_path: str | None, dtype: torch.dtype, device: str) -> ShotStreamPipeline:
+    if model_path:
+        return ShotStreamPipeline.from_pretrained(model_path, device=device, dtype=dtype)
+    from shotstream.text_encoder import TextEncoder
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    model = WanDiT(cfg.model, cfg.video.latent_channels).to(device=device, dtype=dtype).eval()
+    ae = TinyVideoAutoencoder(cfg.video).to(device).eval()
+    return ShotStreamPipeline(model, cfg, ae, TextEncoder(max_len=cfg.model.text_len, device=device))
+
+
+def measure(pipe: ShotStreamPipeline, shots: int, seed: int = 0) -> dict:
+    session = pipe.session(seed=seed, max_queue=shots)
+    chunk_ms: dict[int, list[float]] = {}
+    first_chunk, frames, t0 = [], 0, time.perf_counter()
+    for k in range(shots):
+        session.submit(PROMPTS[k % len(PROMPTS)])
+        prev = None
+        for c in session.stream():
+            start = c.t_start if prev is None else prev
+            chunk_ms.setdefault(k, []).append(1000 * (c.t_ready - start))
+            if c.chunk == 0:
+                first_chunk.append(c.t_ready - c.t_submit)
+            prev, frames = c.t_ready, frames + len(c.frames)
+    wall = time.perf_counter() - t0
+    steady = [ms for k, v in chunk_ms.items() if k > 0 for ms in v[1:]] or chunk_ms[0]
+    return {
+        "ms_per_chunk": statistics.mean(steady),
+        "first_chunk_latency_s": statistics.mean(first_chunk[1:] or first_chunk),
+        "fps": frames / wall,
+        "chunk_time_ratio_last_first": statistics.mean(chunk_ms[shots - 1]) / statistics.mean(chunk_ms[1 if shots > 2 else 0]),
+        "cache_mb": session.memory.nbytes / 2**20,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model folder (default: tiny preset with random weights)")
+    ap.add_argument("--shots", type=int, default=10, help="shots per story (default 10)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in args.dtypes.split(","):
+        pipe = build_pipeline(args.model, DTYPES[name], args.device)
+        measure(pipe, 2)  # warm-up: allocator, kernels, text-encoder cache
+        r = measure(pipe, args.shots)
+        print(f"{name}: {num_parameters(pipe.model) / 1e6:.1f}M params, threads={args.threads}, "
+              f"{r['ms_per_chunk']:.1f} ms/chunk, first chunk {r['first_chunk_latency_s'] * 1000:.0f} ms, "
+              f"{r['fps']:.1f} FPS, chunk time shot {args.shots}/shot 2 = {r['chunk_time_ratio_last_first']:.3f}, "
+              f"cache {r['cache_mb']:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""`shotstream generate`: stream a multi-shot story to an mp4 (plus a contact sheet).
+
+    shotstream generate --story suite:3 -o story.mp4                 # a story of the eval suite
+    shotstream generate --model teacher --story stories.json:0 -o t.mp4
+    shotstream generate -p "a red star walks left in the snow" -p "close-up of it spinning" -o s.mp4
+
+Shipped models are named (`student`, `teacher`, ablations) and live in checkpoints/<preset>/;
+any model folder path works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = REPO_ROOT / "checkpoints" / "tiny"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_model(name: str) -> Path:
+    """A shipped model name (checkpoints/tiny/<name>) or a path to a model folder."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if (CHECKPOINTS / name).is_dir():
+        return CHECKPOINTS / name
+    shipped = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "config.json").is_file() and p.name != "autoencoder")
+    raise FileNotFoundError(f"model {name!r} is neither a folder nor a shipped model (shipped: {', '.join(shipped) or 'none yet'})")
+
+
+def resolve_story(spec: str):
+    """`suite:N` (the committed evaluation suite) or `file.json[:N]` -> a Story."""
+    from shotstream.world.dataset import load_eval_suite
+    from shotstream.world.storage import load_stories
+
+    source, _, index = spec.rpartition(":") if ":" in spec else (spec, "", "0")
+    if not source:
+        source, index = spec, "0"
+    stories = load_eval_suite() if source == "suite" else load_stories(source)
+    try:
+        return stories[int(index)]
+    except (ValueError, IndexError):
+        raise ValueError(f"--story {spec}: index {index!r} is not in 0..{len(stories) - 1}") from None
+
+
+def cmd_generate(args) -> int:
+    from shotstream.session import ShotStreamPipeline
+    from shotstream.video import contact_sheet, save_png, write_mp4
+
+    if bool(args.story) == bool(args.prompt):
+        raise ValueError("give either --story or one or more --prompt")
+    if args.story:
+        story = resolve_story(args.story)
+        prompts, global_caption = story.captions, story.global_caption
+    else:
+        prompts, global_caption = args.prompt, args.global_caption
+    torch.set_num_threads(args.threads)
+    pipe = ShotStreamPipeline.from_pretrained(resolve_model(args.model), autoencoder=args.autoencoder,
+                                              device=args.device, dtype=DTYPES[args.dtype])
+    session = pipe.session(seed=args.seed, global_caption=global_caption, max_queue=max(8, len(prompts)))
+    for p in prompts:
+        session.submit(p)
+    print(f"{pipe.kind} model {args.model}: {len(prompts)} shots, seed {args.seed}", file=sys.stderr)
+    t0 = time.perf_counter()
+    for c in session.stream():
+        if c.chunk == 0:
+            print(f"shot {c.shot}: {c.caption}", file=sys.stderr)
+            print(f"  first frames after {c.t_ready - c.t_submit:.2f} s", file=sys.stderr)
+    wall = time.perf_counter() - t0
+    frames = session.story_frames()
+    out = write_mp4(args.output, frames, pipe.config.video.fps)
+    sheet = save_png(out.with_suffix(".png"), contact_sheet([s.frames for s in session.shots], [s.caption for s in session.shots]))
+    print(f"wrote {out} ({len(frames)} frames, {len(frames) / wall:.1f} FPS generated) and {sheet}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="stream a multi-shot story to an mp4",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="student", help="shipped model name or model folder (default: student)")
+    p.add_argument("--autoencoder", help="autoencoder folder (default: the one beside the model)")
+    p.add_argument("--story", help="suite:N for the evaluation suite, or stories.json[:N]")
+    p.add_argument("-p", "--prompt", action="append", help="a shot's prompt (repeat for more shots)")
+    p.add_argument("--global-caption", help="story caption prefixed to every shot (with --prompt)")
+    p.add_argument("-o", "--output", default="story.mp4", help="output mp4 (a contact sheet .png is written beside it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    p.set_defaults(func=cmd_generate)
