@@ -18,10 +18,8 @@ from shotstream.model.dit import FrameInfo
 from shotstream.model.memory import select_context_frames
 from shotstream.session import to_model_video
 from shotstream.world.render import render_shot
+from shotstream.world.dataset import training_seed
 from shotstream.world.story import Story, sample_story
-
-# Training stories use seeds from here on; the committed evaluation suite uses seeds below it.
-TRAIN_SEED_OFFSET = 1_000_000
 
 
 def story_caption(story: Story, k: int) -> str:
@@ -53,7 +51,7 @@ def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotEx
 def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
     """A random story (seed in the training stream) and a uniformly chosen target shot."""
     rng = np.random.default_rng([seed, 0x7E57])
-    story = sample_story(TRAIN_SEED_OFFSET + seed, max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
+    story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
     return next_shot_example(story, int(rng.integers(story.num_shots)), cfg)
 
 
@@ -93,6 +91,21 @@ class NextShotBatch:
         """[B, C+F]: padded or dropped conditional frames are invisible."""
         B, F = self.target.shape[:2]
         return torch.cat([self.context_valid, torch.ones(B, F, dtype=torch.bool, device=self.target.device)], 1)
+
+    def velocity(self, model, x_t, sigma, text=None, text_mask=None) -> torch.Tensor:
+        """Bidirectional next-shot velocity of the target frames [B, F, ...] at noise level sigma [B].
+
+        The clean conditional latents sit before the noisy target at t = 0 (teacher, critic,
+        real score: all bidirectional next-shot models read a batch this way).
+        """
+        B, F = x_t.shape[:2]
+        C = self.budget
+        seq = torch.cat([self.context.to(x_t.dtype), x_t], dim=1)  # [B, C+F, ...]
+        t = torch.cat([torch.zeros(B, C, device=x_t.device), (sigma * 1000.0)[:, None].expand(B, F)], 1)
+        text = self.text if text is None else text
+        text_mask = self.text_mask if text_mask is None else text_mask
+        v = model(seq, t, text, text_mask, self.frames(model.cfg.chunk_frames), key_mask=self.key_mask())
+        return v[:, C:]
 
 
 @torch.no_grad()

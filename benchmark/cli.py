@@ -1,0 +1,197 @@
+"""`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip.
+
+    shotstream-bench run --method shotstream-tiny --stories stories.json   # generate + score (resumable)
+    shotstream-bench score --manifest videos/manifest.json --method other  # score any system's mp4s
+    shotstream-bench report                                                # results/leaderboard.csv, REPORT.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shotstream.cli import CLIError
+
+from benchmark.metrics import CLIP_METRICS, TIMING_METRICS, describe_metrics, get_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CLIP = REPO / "checkpoints" / "clip-tiny"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = "metrics (from the registry):\n" + describe_metrics()
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="shotstream-bench", description=__doc__, epilog=epilog, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    run = sub.add_parser("run", help="generate stories with methods, score them, append rows (resumable)",
+                         description="Generate each story with each method, score it and append its rows. "
+                         "Re-running the same command skips (method, story) pairs already stored.",
+                         epilog=epilog, formatter_class=fmt)
+    run.add_argument("--method", nargs="+", required=True, help="method name(s) to benchmark")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stories", help="a scoring manifest or an official ShotStream prompt JSON "
+                     "(global_caption, shot1..shotN) giving the captions")
+    src.add_argument("--suite", help="a StoryWorld suite name (not wired yet)")
+    run.add_argument("--limit", type=int, default=None, help="only the first N stories")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="float32")
+    run.add_argument("--steps", default="4", help="sampler steps of the method (recorded in the protocol)")
+    run.add_argument("--preset", default="tiny")
+    _scoring_args(run, default_metrics="all")
+    run.set_defaults(func=cmd_run)
+
+    score = sub.add_parser("score", help="score videos produced by any system (manifest JSON)",
+                           description="Score the mp4s listed in a manifest (format: benchmark/README.md). "
+                           "Every entry is checked before any row is written.", epilog=epilog, formatter_class=fmt)
+    score.add_argument("--manifest", required=True, help="manifest JSON (paths relative to its folder)")
+    score.add_argument("--method", default=None, help="method name for the rows (default: the manifest's 'method')")
+    score.add_argument("--suite", default=None, help="suite name recorded in the rows (default: manifest's 'suite' or file name)")
+    score.add_argument("--seed", type=int, default=0)
+    _scoring_args(score, default_metrics="all but timing")
+    score.set_defaults(func=cmd_score)
+
+    report = sub.add_parser("report", help="regenerate leaderboard.csv, plots and REPORT.md from the rows")
+    report.add_argument("--results", default="results", help="results folder (default: results)")
+    report.set_defaults(func=cmd_report)
+
+    train = sub.add_parser("train-clip", help="train the in-domain CLIP on a manifest's (frame, caption) pairs")
+    from benchmark.train_clip import add_arguments
+
+    add_arguments(train)
+    train.set_defaults(func=cmd_train_clip)
+    return parser
+
+
+def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--metrics", default=None, help=f"comma-separated metric names (default: {default_metrics})")
+    p.add_argument("--clip", default=None, help=f"in-domain CLIP checkpoint folder (default: {DEFAULT_CLIP.relative_to(REPO)} if present)")
+    p.add_argument("--clip-arch", default=None, help="any open_clip architecture, with --clip-weights")
+    p.add_argument("--clip-weights", default=None, help="local weights file for --clip-arch (never downloaded)")
+    p.add_argument("--no-report", action="store_true", help="do not regenerate the report afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _scoring(args, default_names: list[str] | None):
+    from benchmark.clip import ClipEncoder, load_clip
+    from benchmark.runner import Scoring
+
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else default_names
+    metrics = get_metrics(names)
+    if args.clip_arch or args.clip_weights:
+        if not (args.clip_arch and args.clip_weights):
+            raise CLIError("--clip-arch and --clip-weights go together")
+        clip = ClipEncoder.from_arch(args.clip_arch, args.clip_weights)
+    elif args.clip:
+        clip = load_clip(args.clip)
+    elif DEFAULT_CLIP.is_dir():
+        clip = load_clip(DEFAULT_CLIP)
+    else:
+        clip = None  # CLIP-based metrics are then NaN ("missing"), reported as failures
+    if clip is None and any(m.name in CLIP_METRICS for m in metrics):
+        print(f"shotstream-bench: warning: no CLIP encoder ({DEFAULT_CLIP} not found); CLIP-based metrics "
+              "will be missing", file=sys.stderr)
+    return Scoring(metrics=metrics, clip=clip), (clip.name if clip is not None else "none")
+
+
+def _load_stories(path: str) -> tuple[list[dict], str]:
+    """Stories for `run`: a manifest's stories or one official prompt file; returns (stories, suite)."""
+    from benchmark.manifest import load_manifest, load_prompts
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: stories file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "stories" in data:
+        m = load_manifest(p)
+        stories = [{"id": s.id, "global_caption": s.global_caption,
+                    "shots": [{"caption": c, "labels": lab} for c, lab in zip(s.captions, s.labels)]}
+                   for s in m.stories]
+        return stories, m.suite or p.stem
+    global_caption, captions = load_prompts(p)
+    return [{"id": p.stem, "global_caption": global_caption, "shots": [{"caption": c} for c in captions]}], p.stem
+
+
+def cmd_run(args) -> int:
+    from benchmark.rows import RowStore, RunMeta
+    from benchmark.runner import run_benchmark
+    from benchmark.timing import cpu_threads
+
+    if args.suite:
+        raise CLIError(f"suite {args.suite!r}: StoryWorld suites are not wired into the benchmark yet; use --stories")
+    stories, suite = _load_stories(args.stories)
+    if args.limit is not None:
+        stories = stories[: max(args.limit, 0)]
+    scoring, encoder = _scoring(args, None)
+    meta = RunMeta(suite=suite, encoder=encoder, steps=str(args.steps), preset=args.preset, device=args.device,
+                   dtype=args.dtype, threads=cpu_threads(), seed=args.seed)
+    counts = run_benchmark(args.method, stories, RowStore(args.results), meta, scoring, progress=not args.quiet)
+    print(f"run: {counts['done']} stories scored, {counts['skipped']} already done (resumed)")
+    return _maybe_report(args)
+
+
+def cmd_score(args) -> int:
+    from benchmark.manifest import load_manifest
+    from benchmark.rows import RowStore, RunMeta
+    from benchmark.runner import score_manifest
+    from benchmark.timing import cpu_threads
+
+    manifest = load_manifest(args.manifest)
+    method = args.method or manifest.method
+    if not method:
+        raise CLIError(f"{args.manifest}: no method name (pass --method or set 'method' in the manifest)")
+    default = [n for n in (m.name for m in get_metrics()) if n not in TIMING_METRICS]
+    scoring, encoder = _scoring(args, default)
+    meta = RunMeta(suite=args.suite or manifest.suite or Path(args.manifest).stem, encoder=encoder, steps="",
+                   preset="", device="cpu", dtype="", threads=cpu_threads(), seed=args.seed)
+    counts = score_manifest(manifest, method, RowStore(args.results), meta, scoring, progress=not args.quiet)
+    print(f"score: {counts['done']} stories scored, {counts['skipped']} already done (resumed)")
+    return _maybe_report(args)
+
+
+def cmd_report(args) -> int:
+    from benchmark.report import write_report
+
+    written = write_report(args.results)
+    print(f"report: wrote {len(written)} files in {args.results} (leaderboard.csv, REPORT.md, plots/)")
+    return 0
+
+
+def cmd_train_clip(args) -> int:
+    from benchmark.train_clip import run
+
+    return run(args)
+
+
+def _maybe_report(args) -> int:
+    if not args.no_report:
+        return cmd_report(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.runner import GenerationNotWired
+    from shotstream.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (CLIError, ValueError, FileNotFoundError, KeyError, CheckpointError, GenerationNotWired) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"shotstream-bench {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shotstream-bench {args.command}: interrupted (finished stories are kept; re-run to resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

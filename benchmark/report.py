@@ -1,0 +1,216 @@
+"""Regenerate the results folder from the stored rows: never hand-edited.
+
+    results/rows.csv          every row (merged from results/rows/<method>/<story>.csv)
+    results/leaderboard.csv   one row per method: each metric's mean (and p95 where registered),
+                              named/pronoun splits, failure count, protocol (suite, encoder, steps)
+    results/plots/*.png       one plot per metric (per method) + chunk time vs shot index
+    results/REPORT.md         the above as a readable page, with each metric's formula
+
+Every file is rendered into a temporary folder first and renamed into place only when all of
+them are ready, so a failure never leaves a partial leaderboard.
+
+Aggregation is strict: a metric's aggregate over a method is NaN if any of its rows is NaN
+(a missing value is a failure, reported in REPORT.md, never averaged away or counted as 0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark.metrics import METRICS, STORY_LEVEL  # noqa: E402
+from benchmark.rows import PROTOCOL_COLUMNS, RowStore  # noqa: E402
+
+ENV_COLUMNS = ["device", "dtype", "threads", "git_commit"]
+SUBSETS = ("named", "pronoun")
+
+
+def strict_mean(values: pd.Series) -> float:
+    return math.nan if len(values) == 0 or values.isna().any() else float(values.mean())
+
+
+def strict_p95(values: pd.Series) -> float:
+    return math.nan if len(values) == 0 or values.isna().any() else float(np.percentile(values.to_numpy(), 95))
+
+
+def metric_order(rows: pd.DataFrame) -> list[str]:
+    present = set(rows["metric"].unique())
+    return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+
+
+def build_leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: protocol, environment, aggregates of every metric, failure count."""
+    out = []
+    metrics = metric_order(rows)
+    for method, g in rows.groupby("method", sort=True):
+        rec: dict = {"method": method, "stories": g["story"].nunique()}
+        for col in PROTOCOL_COLUMNS + ENV_COLUMNS:
+            rec[col] = ";".join(sorted(g[col].astype(str).unique()))
+        for name in metrics:
+            m = METRICS.get(name)
+            vals = g.loc[g["metric"] == name, "value"]
+            rec[name] = strict_mean(vals)
+            if m is not None and "p95" in m.aggregates:
+                rec[f"{name}_p95"] = strict_p95(vals)
+            if m is not None and m.by_subset:
+                for subset in SUBSETS:
+                    rec[f"{name}[{subset}]"] = strict_mean(g.loc[(g["metric"] == name) & (g["subset"] == subset), "value"])
+        rec["failures"] = int(g["value"].isna().sum())
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def failures(rows: pd.DataFrame) -> pd.DataFrame:
+    bad = rows[rows["value"].isna()]
+    if bad.empty:
+        return pd.DataFrame(columns=["method", "metric", "rows", "note"])
+    return (bad.groupby(["method", "metric"], sort=True)
+            .agg(rows=("value", "size"), note=("note", lambda s: s.iloc[0]))
+            .reset_index())
+
+
+def write_report(results_dir: str | Path) -> dict[str, Path]:
+    """Regenerate rows.csv, leaderboard.csv, plots/ and REPORT.md in `results_dir`."""
+    results_dir = Path(results_dir)
+    store = RowStore(results_dir)
+    rows = store.read()
+    if rows.empty:
+        raise ValueError(f"{store.rows_dir}: no result rows yet (run `shotstream-bench run` or `score` first)")
+    board = build_leaderboard(rows)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=results_dir))
+    try:
+        rows.to_csv(tmp / "rows.csv", index=False)
+        board.to_csv(tmp / "leaderboard.csv", index=False)
+        (tmp / "plots").mkdir()
+        plots = make_plots(rows, tmp / "plots")
+        (tmp / "REPORT.md").write_text(render_markdown(rows, board, plots), encoding="utf-8")
+        written = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                _fsync(f)
+        # Everything is rendered: move into place (each rename is atomic; plots first, the
+        # leaderboard and report last, so they never reference a missing plot).
+        (results_dir / "plots").mkdir(exist_ok=True)
+        for name in plots:
+            os.replace(tmp / "plots" / name, results_dir / "plots" / name)
+            written[f"plots/{name}"] = results_dir / "plots" / name
+        for name in ("rows.csv", "leaderboard.csv", "REPORT.md"):
+            os.replace(tmp / name, results_dir / name)
+            written[name] = results_dir / name
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
+    """One bar chart per metric (mean per method, p95 markers where registered) and the chunk
+    time vs shot index curve. Returns the file names."""
+    names = []
+    methods = sorted(rows["method"].unique())
+    for name in metric_order(rows):
+        g = rows[rows["metric"] == name]
+        m = METRICS.get(name)
+        if name == "chunk_time_s":
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            for method in methods:
+                per_shot = g[(g["method"] == method) & (g["shot"] != STORY_LEVEL)].groupby("shot")["value"].mean()
+                ax.plot(per_shot.index, per_shot.to_numpy(), marker="o", label=method)
+            ax.set_xlabel("shot index")
+            ax.set_ylabel("mean chunk time (s)")
+            ax.set_title("chunk time vs shot index (flat = bounded cost)")
+            ax.legend(fontsize=8)
+            _save(fig, out_dir / "chunk_time_vs_shot.png")
+            names.append("chunk_time_vs_shot.png")
+            continue
+        means = [strict_mean(g.loc[g["method"] == method, "value"]) for method in methods]
+        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(methods) + 2), 3.5))
+        x = np.arange(len(methods))
+        ax.bar(x, np.nan_to_num(means, nan=0.0), color=["C0" if not math.isnan(v) else "lightgrey" for v in means])
+        for xi, v in zip(x, means):
+            ax.annotate("missing" if math.isnan(v) else f"{v:.3g}", (xi, 0 if math.isnan(v) else v),
+                        ha="center", va="bottom", fontsize=8)
+        if m is not None and "p95" in m.aggregates:
+            p95 = [strict_p95(g.loc[g["method"] == method, "value"]) for method in methods]
+            ax.scatter(x, p95, marker="_", s=400, color="C3", label="p95", zorder=3)
+            ax.legend(fontsize=8)
+        ax.set_xticks(x, methods, rotation=20, ha="right", fontsize=8)
+        unit = f" ({m.unit})" if m is not None else ""
+        arrow = "" if m is None else (" ↑" if m.higher_is_better else " ↓")
+        ax.set_ylabel(f"{name}{unit}")
+        ax.set_title(f"{name}{arrow} per method")
+        file = f"{name}.png"
+        _save(fig, out_dir / file)
+        names.append(file)
+    return names
+
+
+def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -> str:
+    lines = [
+        "# ShotStream benchmark report",
+        "",
+        "_Generated by `shotstream-bench report` from `rows/` "
+        f"({len(rows)} rows, {rows['method'].nunique()} methods, {rows['story'].nunique()} stories). "
+        "Do not edit: re-run the command._",
+        "",
+        "## Protocol",
+        "",
+        _md_table(board[["method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS]]),
+        "",
+        "## Leaderboard",
+        "",
+        "Means over shots (per-shot metrics) or stories (per-story metrics); `_p95` is the 95th",
+        "percentile; `[named]` / `[pronoun]` split shots whose caption names the character from",
+        "shots that say \"it\". A missing value (NaN) in any row makes the aggregate `missing`.",
+        "",
+    ]
+    score_cols = [c for c in board.columns if c not in ("method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS)]
+    lines += [_md_table(board[["method", *score_cols]]), "", "## Metrics", "",
+              "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
+    for name in metric_order(rows):
+        m = METRICS.get(name)
+        if m is None:
+            lines.append(f"| {name} | ? | ? | ? | ? | ? | not in the registry |")
+            continue
+        versions = sorted(rows.loc[rows["metric"] == name, "metric_version"].unique())
+        version = ", ".join(map(str, versions)) + (" (mixed!)" if len(versions) > 1 else "")
+        lines.append(f"| {name} | {m.unit} | {m.level} | {m.range[0]:g}..{m.range[1]:g} | "
+                     f"{'higher' if m.higher_is_better else 'lower'} | {version} | {m.doc} |")
+    fails = failures(rows)
+    lines += ["", "## Failures (missing values)", ""]
+    lines += ["None."] if fails.empty else [_md_table(fails)]
+    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return "missing" if math.isnan(v) else f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

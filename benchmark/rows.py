@@ -1,0 +1,146 @@
+"""Tidy result rows: one per (method, story, shot, metric, subset), with the run's metadata.
+
+Rows live in one CSV per (method, story) under `<results>/rows/<method>/<story>.csv`, each
+written to a temporary file, fsync'ed and renamed into place: a story's rows appear whole or
+not at all, so an interrupted run loses nothing already written, and `done(method, story)`
+lets the same command resume where it stopped. `read()` gives all rows as one DataFrame; the
+report writes the merged `<results>/rows.csv` from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import quote, unquote
+
+import pandas as pd
+
+from benchmark.metrics import MetricRow
+
+# Run metadata: the protocol (suite, encoder, steps) and the environment of every row.
+PROTOCOL_COLUMNS = ["suite", "encoder", "steps", "preset"]
+META_COLUMNS = [*PROTOCOL_COLUMNS, "device", "dtype", "threads", "seed", "git_commit", "date"]
+ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS]
+_DTYPES = {"method": str, "story": str, "shot": "int64", "metric": str, "value": "float64", "subset": str,
+           "note": str, "metric_version": "int64", "suite": str, "encoder": str, "steps": str, "preset": str,
+           "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str}
+
+
+@dataclass
+class RunMeta:
+    suite: str = ""
+    encoder: str = ""
+    steps: str = ""  # sampler steps of the method ("" when not applicable, e.g. external videos)
+    preset: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    seed: int = 0
+    git_commit: str = field(default_factory=lambda: git_commit())
+    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def protocol(self) -> dict[str, str]:
+        return {k: str(getattr(self, k)) for k in PROTOCOL_COLUMNS}
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """HEAD of the project's repository, "+dirty" when the tree has changes; "" outside git."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+class RowStore:
+    """The rows of one results folder."""
+
+    def __init__(self, results_dir: str | Path):
+        self.results_dir = Path(results_dir)
+        self.rows_dir = self.results_dir / "rows"
+
+    def story_file(self, method: str, story: str) -> Path:
+        if not method or not story:
+            raise ValueError(f"method and story names must be non-empty (got {method!r}, {story!r})")
+        # Names are percent-encoded, so any story id ("suite/0003", "a b") maps to one safe file.
+        return self.rows_dir / quote(method, safe="") / f"{quote(story, safe='')}.csv"
+
+    def done(self, method: str, story: str) -> bool:
+        return self.story_file(method, story).is_file()
+
+    def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta) -> Path:
+        """Write (or replace) the rows of (method, story) atomically."""
+        records = [{"method": method, "story": story, "shot": r.shot, "metric": r.metric, "value": r.value,
+                    "subset": r.subset, "note": r.note, "metric_version": r.metric_version, **asdict(meta)}
+                   for r in rows]
+        if not records:
+            raise ValueError(f"no rows to write for method {method!r}, story {story!r}")
+        df = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
+        path = self.story_file(method, story)
+        write_atomic(path, df.to_csv(index=False))
+        return path
+
+    def read(self) -> pd.DataFrame:
+        """All rows, in a stable order (method, story, metric, subset, shot)."""
+        files = sorted(self.rows_dir.glob("*/*.csv")) if self.rows_dir.is_dir() else []
+        if not files:
+            return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in ROW_COLUMNS})
+        frames = []
+        for f in files:
+            try:
+                df = pd.read_csv(f, dtype=_DTYPES, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+            except (ValueError, pd.errors.ParserError) as e:
+                raise ValueError(f"{f}: unreadable rows file ({e})") from None
+            missing = [c for c in ROW_COLUMNS if c not in df.columns]
+            if missing:
+                raise ValueError(f"{f}: rows file lacks columns {missing}")
+            frames.append(df[ROW_COLUMNS])
+        rows = pd.concat(frames, ignore_index=True)
+        return rows.sort_values(["method", "story", "metric", "subset", "shot"], kind="stable").reset_index(drop=True)
+
+    def protocol_of(self, method: str) -> dict[str, set[str]]:
+        """The protocol values already recorded for `method` (to refuse mixing protocols)."""
+        d = self.rows_dir / quote(method, safe="")
+        out: dict[str, set[str]] = {k: set() for k in PROTOCOL_COLUMNS}
+        for f in sorted(d.glob("*.csv")) if d.is_dir() else []:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False, usecols=PROTOCOL_COLUMNS)
+            for k in PROTOCOL_COLUMNS:
+                out[k].update(df[k].unique())
+        return out
+
+    def stories(self, method: str) -> list[str]:
+        d = self.rows_dir / quote(method, safe="")
+        return sorted(unquote(f.stem) for f in d.glob("*.csv")) if d.is_dir() else []
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a fsync'ed temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -1,0 +1,123 @@
+"""Streamed-chunk timing records and the memory measurement around generation.
+
+A `ChunkRecord` is written each time a decoded chunk leaves the streaming session: the timing
+metrics (latency to first frame, FPS, per-chunk time and its growth over shots) are pure
+functions of these records, so they are exact on synthetic records and honest on real ones.
+Times are seconds from any monotonic clock (time.perf_counter).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    shot: int  # shot index in the story, 0-based
+    chunk: int  # chunk index inside the shot, 0-based
+    t_submit: float  # when the shot's prompt was submitted (s)
+    t_chunk_ready: float  # when this chunk's decoded frames were available (s)
+    frames: int  # pixel frames delivered in this chunk
+
+    def validate(self) -> None:
+        if self.shot < 0 or self.chunk < 0 or self.frames < 1:
+            raise ValueError(f"bad chunk record {self}: shot/chunk must be >= 0 and frames >= 1")
+        if self.t_chunk_ready < self.t_submit:
+            raise ValueError(f"bad chunk record {self}: chunk ready before its shot was submitted")
+
+
+class StreamRecorder:
+    """Collects ChunkRecords while a session streams: call `submit(shot)` when a prompt arrives
+    and `chunk_ready(shot, frames)` as each decoded chunk is yielded."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.records: list[ChunkRecord] = []
+        self._submitted: dict[int, float] = {}
+        self._chunks: dict[int, int] = {}
+
+    def submit(self, shot: int) -> None:
+        self._submitted[shot] = self.clock()
+
+    def chunk_ready(self, shot: int, frames: int) -> None:
+        if shot not in self._submitted:
+            raise ValueError(f"chunk of shot {shot} ready before the shot was submitted")
+        chunk = self._chunks.get(shot, 0)
+        self._chunks[shot] = chunk + 1
+        self.records.append(ChunkRecord(shot, chunk, self._submitted[shot], self.clock(), frames))
+
+
+def chunk_durations(records: Sequence[ChunkRecord]) -> list[tuple[ChunkRecord, float]]:
+    """Service time of each chunk: ready time minus when the stream could start on it.
+
+    Chunks are produced one after another, so a chunk starts when the previous chunk (of any
+    shot) was ready, or when its shot was submitted if that is later (a prompt submitted early
+    waits for the previous shot; that wait is not the chunk's cost).
+    """
+    ordered = sorted(records, key=lambda r: (r.t_chunk_ready, r.shot, r.chunk))
+    out, prev_ready = [], None
+    for r in ordered:
+        r.validate()
+        start = r.t_submit if prev_ready is None else max(r.t_submit, prev_ready)
+        out.append((r, r.t_chunk_ready - start))
+        prev_ready = r.t_chunk_ready
+    return out
+
+
+def measure_peak_memory(fn: Callable[[], T], device: str = "cpu") -> tuple[T, float]:
+    """Run `fn()` and return (its result, peak memory in MB during the call).
+
+    CUDA: torch's peak allocated bytes on the device. CPU: the process's peak resident set
+    (Linux VmHWM, reset just before the call through /proc/self/clear_refs); where that reset
+    is unavailable, the process's lifetime peak RSS, an upper bound.
+    """
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result, torch.cuda.max_memory_allocated(device) / 2**20
+    reset = _reset_peak_rss()
+    result = fn()
+    peak = _read_vm_hwm_mb() if reset else None
+    return result, peak if peak is not None else _lifetime_peak_rss_mb()
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # "5" resets the peak RSS high-water mark (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _read_vm_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    return None
+
+
+def _lifetime_peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def cpu_threads() -> int:
+    import torch
+
+    return torch.get_num_threads() or os.cpu_count() or 1

@@ -1,0 +1,125 @@
+"""Stage 1: the bidirectional next-shot teacher.
+
+    shotstream train teacher --config teacher              # ~90 min on 2 CPU cores
+    shotstream train teacher --config teacher_smoke        # a few steps (CI)
+
+Target: one shot of a story. Condition: the clean latents of the frames `select_context_frames`
+picks from the ground-truth earlier shots, concatenated in time before the noisy target, each
+with its shot's caption and shot flag (RoPE indicator). Flow-matching loss on the target frames
+only; 10% context dropout and 10% text dropout (the target's caption -> null, for CFG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shotstream import flow_matching as fm
+from shotstream.autoencoder import TinyVideoAutoencoder
+from shotstream.config import apply_overrides, get_preset
+from shotstream.model.dit import WanDiT, num_parameters
+from shotstream.model.loading import save_pretrained
+from shotstream.text_encoder import TextEncoder, text_dropout
+from shotstream.training.data import NextShotBatch, collate, sample_example
+from shotstream.training.state import derive_seed
+from shotstream.training.trainer import OptimizerSpec, TrainConfig
+
+
+@dataclass
+class TeacherConfig:
+    preset: str = "tiny"
+    model_overrides: tuple[str, ...] = ()  # e.g. model.shot_indicator=none (same syntax as the CLI)
+    autoencoder: str = "checkpoints/tiny/autoencoder"
+    context_dropout: float = 0.1
+    text_dropout: float = 0.1
+    max_shots: int = 6  # training stories have 2..max_shots shots
+    sample_story: int = 0  # evaluation-suite story drawn by sample()
+    sample_shots: int = 3
+    sample_steps: int = 20
+    export_to: str = ""  # also write the final model folder here (e.g. checkpoints/tiny/teacher)
+
+
+def build_config(preset: str, overrides=()):
+    cfg = get_preset(preset)
+    return apply_overrides(cfg, overrides).validate()
+
+
+class NextShotStage:
+    """What every next-shot stage shares: the config, the frozen autoencoder and text encoder, data."""
+
+    def __init__(self, config, train: TrainConfig):
+        self.cfg, self.train = config, train
+        self.device = torch.device(train.device)
+        self.config = build_config(config.preset, config.model_overrides)
+        self.autoencoder = TinyVideoAutoencoder.from_pretrained(config.autoencoder, device=self.device).eval().requires_grad_(False)
+        self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
+        null_states, null_mask = self.text_encoder.null_caption()
+        self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
+
+    def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
+        seeds = [derive_seed(self.train.seed, step, shard, i) for i in range(self.train.batch_size)]
+        examples = [sample_example(s, self.config, self.cfg.max_shots) for s in seeds]
+        rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
+        return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
+                       context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng)
+
+    def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text dropout on the target's caption slot (the unconditional branch of CFG)."""
+        C = batch.budget
+        text, mask = batch.text.clone(), batch.text_mask.clone()
+        text[:, C], mask[:, C], _ = text_dropout(text[:, C], mask[:, C], self.null_states, self.null_mask, p)
+        return text, mask
+
+
+class TeacherStage(NextShotStage):
+    Config = TeacherConfig
+
+    def __init__(self, config: TeacherConfig, train: TrainConfig):
+        super().__init__(config, train)
+        self.model = WanDiT(self.config.model, self.config.video.latent_channels).to(self.device)
+        print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
+
+    def modules(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        return {"model": OptimizerSpec(("model",))}
+
+    def loss(self, name: str, batch: NextShotBatch, step: int):
+        sigma = fm.sample_training_sigmas(batch.target.shape[0], self.config.sampler.teacher_shift).to(self.device)
+        noise = torch.randn_like(batch.target)
+        text, mask = self.drop_target_text(batch, self.cfg.text_dropout)
+        v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
+        return fm.flow_matching_loss(v, batch.target, noise), {"sigma": sigma.mean().item()}
+
+    def pipeline(self):
+        from shotstream.session import ShotStreamPipeline
+
+        config = build_config(self.cfg.preset, self.cfg.model_overrides)
+        config.sampler.teacher_steps = self.cfg.sample_steps
+        return ShotStreamPipeline(self.model, config, self.autoencoder, self.text_encoder, kind="bidirectional")
+
+    def sample(self, step: int, out_dir: Path) -> None:
+        sample_story_sheet(self.pipeline(), self.cfg.sample_story, self.cfg.sample_shots, out_dir)
+
+    def export(self, out_dir: Path) -> list[Path]:
+        targets = [out_dir / "teacher"] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
+        return [save_pretrained(self.model, self.config, t, kind="bidirectional", dtype=torch.bfloat16) for t in targets]
+
+
+def sample_story_sheet(pipe, story_index: int, shots: int, out_dir: Path) -> Path:
+    """Generate the first shots of an evaluation story and save its mp4 and contact sheet."""
+    from shotstream.video import contact_sheet, save_png, write_mp4
+    from shotstream.world.dataset import load_eval_suite
+
+    story = load_eval_suite()[story_index]
+    session = pipe.session(seed=0, global_caption=story.global_caption)
+    for caption in story.captions[:shots]:
+        session.submit(caption)
+    for _ in session.stream():
+        pass
+    write_mp4(out_dir / "story.mp4", session.story_frames(), pipe.config.video.fps)
+    return save_png(out_dir / "story.png", contact_sheet([s.frames for s in session.shots], [s.caption for s in session.shots]))
