@@ -3,6 +3,7 @@
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v chromium >/dev/null || need+=(chromium)  # tests/test_demo_browser.py (driven by playwright, no browser download)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "installing system packages: ${need[*]}"

@@ -12,6 +12,7 @@ COMMANDS = [
     "shotstream.world.cli",
     "shotstream.generate",
     "shotstream.training.cli",
+    "shotstream.training.ode",
 ]
 
 

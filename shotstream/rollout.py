@@ -40,7 +40,7 @@ class ShotConditioning:
     text: torch.Tensor
     text_mask: torch.Tensor
     target_slot: int
-    shot: int
+    shot: int | torch.Tensor  # or [B] when the items of a training batch are at different shots
     chunk_frames: int = 3  # the model's chunk size (the learned indicator marks the first chunk)
 
     @property
@@ -59,13 +59,14 @@ class ShotConditioning:
         B, device = self.context.shape[0], self.context.device
         first = (self.num_context if pos_offset is None else pos_offset) + start
         pos = torch.arange(first, first + count, device=device).float().expand(B, -1)
+        shot = torch.as_tensor(self.shot, device=device).float().reshape(-1, 1).expand(B, count)  # int or [B]
         idx = torch.arange(start, start + count, device=device)
         return FrameInfo(
             pos=pos,
-            shot=torch.full((B, count), float(self.shot), device=device),
+            shot=shot,
             text_index=torch.full((B, count), self.target_slot, dtype=torch.long, device=device),
             # learned-indicator ablation: mark the first chunk after a cut
-            cut=((idx < self.chunk_frames) & (self.shot > 0)).expand(B, -1),
+            cut=(idx[None] < self.chunk_frames) & (shot > 0),
         )
 
 
@@ -95,7 +96,7 @@ def rollout_shot(
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
-    exit_step: int | None = None,
+    exit_steps: list[int] | None = None,
     grad_chunks: set[int] | None = None,
     pos_offset: int | None = None,
     reset_local: bool = True,
@@ -103,8 +104,9 @@ def rollout_shot(
     """Generate one shot chunk by chunk; yields each chunk's clean latents [B, f, C, h, w].
 
     noise: [B, F, C, h, w] for the whole shot; sigmas: the student's levels (few_step_sample).
-    exit_step / grad_chunks: self-forcing training stops denoising at `exit_step` and keeps
-    gradients only for the chunks in `grad_chunks` (at their exit step); inference leaves both None.
+    exit_steps / grad_chunks: self-forcing training stops denoising chunk j at `exit_steps[j]` and
+    keeps gradients only for the chunks in `grad_chunks` (at their exit step); inference leaves
+    both None (every step, no gradients).
     pos_offset / reset_local: the rolling-window ablation keeps the local cache across shots and
     continues positions instead of starting after the context.
     """
@@ -120,7 +122,8 @@ def rollout_shot(
         with torch.set_grad_enabled(with_grad):
             x0 = fm.few_step_sample(
                 lambda x, s: _velocity(model, x, s, cond, frames, cache=memory.kv),
-                noise[:, start:start + n], sigmas, generator, exit_step=exit_step, grad_exit_only=True,
+                noise[:, start:start + n], sigmas, generator, grad_exit_only=True,
+                exit_step=None if exit_steps is None else exit_steps[start // chunk],
             )
         # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context.
         with torch.no_grad():

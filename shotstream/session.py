@@ -164,6 +164,7 @@ class ShotStreamSession:
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._closed = False
+        self.in_progress: str | None = None  # caption of the shot being generated
         self._frames_so_far = 0  # rolling ablation: positions continue across shots
 
     # -- control, callable from any thread ---------------------------------------------------
@@ -171,13 +172,13 @@ class ShotStreamSession:
         """Queue the next shot's prompt; returns its shot index. Raises ValueError on bad input."""
         caption = clean_prompt(prompt)
         with self._cond:
-            if len(self.shots) + len(self._queue) >= self.max_shots:
+            if len(self.shots) + (self.in_progress is not None) + len(self._queue) >= self.max_shots:
                 raise ValueError(f"a story has at most {self.max_shots} shots")
             if len(self._queue) >= self.max_queue:
                 raise ValueError(f"{len(self._queue)} shots are already waiting; wait for one to start")
             self._queue.append(_Request(caption, time.perf_counter()))
             self._cond.notify_all()
-            return len(self.shots) + len(self._queue) - 1
+            return len(self.shots) + (self.in_progress is not None) + len(self._queue) - 1
 
     def cancel(self) -> None:
         """Stop the shot being generated (dropped, finished shots kept) and clear the queue."""
@@ -202,6 +203,12 @@ class ShotStreamSession:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def queued(self) -> list[str]:
+        """Captions waiting to be generated, in order."""
+        with self._cond:
+            return [r.caption for r in self._queue]
+
     # -- generation ---------------------------------------------------------------------------
     def stream(self, wait: bool = False) -> Iterator[StreamChunk]:
         """Generate queued shots in order, yielding decoded chunks as soon as each is ready."""
@@ -213,7 +220,11 @@ class ShotStreamSession:
                     return
                 request = self._queue.popleft()
                 self._cancel.clear()
-            yield from self._generate(request)
+                self.in_progress = request.caption
+            try:
+                yield from self._generate(request)
+            finally:
+                self.in_progress = None
 
     def story_frames(self) -> np.ndarray:
         """All finished shots, concatenated: uint8 [sum F, H, W, 3]."""

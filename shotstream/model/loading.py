@@ -31,14 +31,32 @@ def save_pretrained(model: WanDiT, config: ShotStreamConfig, path: str | Path, k
     return save_checkpoint(path, meta, model.state_dict(), dtype=dtype)
 
 
+def parse_model_config(meta: dict, source: str | Path) -> tuple[ShotStreamConfig, str]:
+    """(config, kind) from the config.json of a model folder."""
+    meta = dict(meta)
+    kind = meta.pop("kind", "causal")
+    try:
+        return ShotStreamConfig.from_dict(meta).validate(), kind
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e.args[0] if e.args else e}") from None
+
+
+def read_config(path: str | Path) -> tuple[ShotStreamConfig, str]:
+    """The (config, kind) of a model folder, without loading its weights."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (not a model folder)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    return parse_model_config(meta, file)
+
+
 def from_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[WanDiT, ShotStreamConfig, str]:
     """Load a model folder written by `save_pretrained`: (model in eval mode, config, kind)."""
     meta, tensors = load_checkpoint(path)
-    kind = meta.pop("kind", "causal")
-    try:
-        config = ShotStreamConfig.from_dict(meta).validate()
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{Path(path) / 'config.json'}: {e.args[0] if e.args else e}") from None
+    config, kind = parse_model_config(meta, Path(path) / "config.json")
     model = WanDiT(config.model, config.video.latent_channels)
     check_keys(model.state_dict(), tensors, str(Path(path) / "model.safetensors"))
     model.load_state_dict(tensors)

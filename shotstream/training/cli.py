@@ -25,6 +25,9 @@ from shotstream.config import _did_you_mean, apply_overrides, from_dict
 STAGES: dict[str, str] = {
     "autoencoder": "shotstream.training.autoencoder:AutoencoderStage",
     "teacher": "shotstream.training.teacher:TeacherStage",
+    "ode": "shotstream.training.ode:ODEStage",
+    "intra": "shotstream.training.self_forcing:IntraShotStage",
+    "inter": "shotstream.training.self_forcing:InterShotStage",
     "toy": "shotstream.training.toy:ToyStage",
     "toy_distill": "shotstream.training.toy:ToyDistillStage",
 }

@@ -41,11 +41,20 @@ class NextShotExample:
 
 
 def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotExample:
+    """Shot k of a story with conditional frames from the ground-truth renders of shots < k."""
     rendered = [render_shot(story, i, cfg.video)[0] for i in range(k + 1)]
-    picks = select_context_frames([len(f) for f in rendered[:k]], cfg.model.context_frames)
+    return example_from_history(story, k, rendered[:k], rendered[k], cfg)
+
+
+def example_from_history(story: Story, k: int, history: list[np.ndarray], target: np.ndarray | None,
+                         cfg: ShotStreamConfig) -> NextShotExample:
+    """Shot k conditioned on `history` (frames of shots < k: ground truth, or the model's own)."""
+    picks = select_context_frames([len(f) for f in history], cfg.model.context_frames)
     h, w = cfg.video.height, cfg.video.width
-    context = np.stack([rendered[s][f] for s, f in picks]) if picks else np.zeros((0, h, w, 3), np.uint8)
-    return NextShotExample(story, k, rendered[k], context, [s for s, _ in picks], rendered)
+    context = np.stack([history[s][f] for s, f in picks]) if picks else np.zeros((0, h, w, 3), np.uint8)
+    if target is None:  # self-forcing has no ground-truth target
+        target = np.zeros((cfg.video.frames_per_shot, h, w, 3), np.uint8)
+    return NextShotExample(story, k, target, context, [s for s, _ in picks], [*history, target])
 
 
 def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:

@@ -21,7 +21,7 @@ from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
-from shotstream.model.loading import save_pretrained
+from shotstream.model.loading import read_config, save_pretrained
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import NextShotBatch, collate, sample_example
 from shotstream.training.state import derive_seed
@@ -42,8 +42,9 @@ class TeacherConfig:
     export_to: str = ""  # also write the final model folder here (e.g. checkpoints/tiny/teacher)
 
 
-def build_config(preset: str, overrides=()):
-    cfg = get_preset(preset)
+def build_config(preset: str, overrides=(), teacher: str | None = None):
+    """The stage's model config: the preset's, or the teacher's (distillation), plus overrides."""
+    cfg = read_config(teacher)[0] if teacher else get_preset(preset)
     return apply_overrides(cfg, overrides).validate()
 
 
@@ -53,7 +54,8 @@ class NextShotStage:
     def __init__(self, config, train: TrainConfig):
         self.cfg, self.train = config, train
         self.device = torch.device(train.device)
-        self.config = build_config(config.preset, config.model_overrides)
+        # Distillation stages inherit the teacher's geometry; the teacher stage starts from a preset.
+        self.config = build_config(config.preset, config.model_overrides, getattr(config, "teacher", None))
         self.autoencoder = TinyVideoAutoencoder.from_pretrained(config.autoencoder, device=self.device).eval().requires_grad_(False)
         self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
         null_states, null_mask = self.text_encoder.null_caption()

@@ -1,0 +1,460 @@
+"""ShotStream demo: type a shot, watch it stream, type the next one while it plays.
+
+    python -m demo.app                                  # shipped tiny student (teacher until one ships), CPU
+    python -m demo.app --model /tmp/dev/student --port 7861 --max-concurrent 2
+
+UI wiring only: the model, the dual cache and the streaming loop live in `shotstream.session`.
+One pipeline is loaded lazily and shared (module-level cache keyed by model/device/dtype); each
+browser session owns its own `ShotStreamSession` (keyed by gradio's session hash, freed when the
+tab closes). Each decoded chunk is encoded as a small H.264 segment (`shotstream.video.
+encode_segment`) and appended to a streaming `gr.Video` (HLS in the browser), so the shots of one
+run play as one continuous video; a shot queued while another plays joins the same stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python demo/app.py` (how a Hugging Face Space runs app_file)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr
+import torch
+
+from shotstream.generate import CHECKPOINTS, DTYPES, resolve_model
+from shotstream.session import ShotStreamPipeline, ShotStreamSession, clean_prompt
+from shotstream.video import encode_segment, pad_to_even, write_mp4
+
+MAX_PROMPT_CHARS = 400  # the text encoder keeps 64 tokens; longer prompts are cut with a message
+MAX_PENDING = 8  # shots a user may queue behind the one being generated (an example story has up to 6)
+MAX_WAITING = 8  # users waiting for a generation slot before new ones are turned away
+N_EXAMPLES = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested)
+
+
+def check_prompt(text, max_chars: int = MAX_PROMPT_CHARS) -> tuple[str, str | None]:
+    """(clean prompt, note for the user or None). Raises ValueError on empty / undecodable input."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prompt = clean_prompt(text, max_chars=max_chars)
+    note = f"Prompt cut to its first {max_chars} characters." if caught else None
+    return prompt, note
+
+
+def as_text(text: str) -> str:
+    """User text for Markdown/HTML: escaped, so `<script>` shows as text and never runs."""
+    return html.escape(text, quote=True)
+
+
+def stats_markdown(shot: int | None, latency: float | None, fps: float | None, frames: int, pending: int) -> str:
+    cells = [
+        f"**shot** {shot + 1 if shot is not None else '-'}",
+        f"**first frame** {f'{latency:.2f} s' if latency is not None else '-'}",
+        f"**FPS** {f'{fps:.1f}' if fps else '-'}",
+        f"**frames** {frames}",
+        f"**queued** {pending}",
+    ]
+    return " &nbsp;|&nbsp; ".join(cells)
+
+
+class Busy(Exception):
+    """More users are waiting for a generation slot than the app accepts."""
+
+
+class GenerationSlots:
+    """At most `limit` generations at once; the others wait in line, first come first served."""
+
+    def __init__(self, limit: int, max_waiting: int = MAX_WAITING):
+        if limit < 1:
+            raise ValueError(f"--max-concurrent must be >= 1, got {limit}")
+        self.limit, self.max_waiting = limit, max_waiting
+        self.running: set[object] = set()
+        self.waiting: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def join(self, ticket) -> int:
+        """Enter the line; returns the place in it (0 = running now). Raises Busy when the line is full."""
+        with self._cond:
+            if len(self.running) < self.limit and not self.waiting:
+                self.running.add(ticket)
+                return 0
+            if len(self.waiting) >= self.max_waiting:
+                raise Busy(f"the server is busy ({len(self.running)} generating, {len(self.waiting)} waiting); try again shortly")
+            self.waiting.append(ticket)
+            return len(self.waiting)
+
+    def wait(self, ticket, timeout: float) -> int:
+        """Wait up to `timeout` s for a slot; returns the place in line (0 = running now)."""
+        with self._cond:
+            self._promote()
+            if ticket not in self.running:
+                self._cond.wait(timeout)
+                self._promote()
+            return 0 if ticket in self.running else self.waiting.index(ticket) + 1
+
+    def leave(self, ticket) -> None:
+        with self._cond:
+            self.running.discard(ticket)
+            if ticket in self.waiting:
+                self.waiting.remove(ticket)
+            self._promote()
+            self._cond.notify_all()
+
+    def _promote(self) -> None:
+        while self.waiting and len(self.running) < self.limit:
+            self.running.add(self.waiting.popleft())
+            self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The one pipeline (lazy, shared) and the per-browser-session stories
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+
+_PIPELINES: dict[ModelSpec, ShotStreamPipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def get_pipeline(spec: ModelSpec) -> ShotStreamPipeline:
+    """Load once per (model, device, dtype); every session shares the weights."""
+    with _PIPELINES_LOCK:
+        if spec not in _PIPELINES:
+            _PIPELINES[spec] = ShotStreamPipeline.from_pretrained(spec.path, device=spec.device, dtype=DTYPES[spec.dtype])
+        return _PIPELINES[spec]
+
+
+def default_model(requested: str | None) -> Path:
+    """--model, else the shipped student, else the shipped teacher (with a note)."""
+    if requested:
+        return resolve_model(requested)
+    for name in ("student", "teacher"):
+        if (CHECKPOINTS / name / "config.json").is_file():
+            if name != "student":
+                print(f"note: no student is shipped in {CHECKPOINTS} yet; using the {name} "
+                      "(its chunks arrive together once each shot is denoised)", file=sys.stderr)
+            return CHECKPOINTS / name
+    raise FileNotFoundError(
+        f"no shipped model in {CHECKPOINTS} yet; pass --model <folder> "
+        "(e.g. `python -m demo.devmodel /tmp/dev` writes a random one to /tmp/dev/student)"
+    )
+
+
+class Story:
+    """One browser session's story: its ShotStreamSession, files, and who is streaming it."""
+
+    def __init__(self, pipe: ShotStreamPipeline, seed: int = 0, global_caption: str | None = None):
+        self.pipe = pipe
+        self.dir = Path(tempfile.mkdtemp(prefix="shotstream-demo-"))
+        self.lock = threading.Lock()
+        self.streaming: object | None = None  # ticket of the run() generator draining this story's queue
+        self.segments = 0
+        self.in_progress: int | None = None  # index of the shot being streamed
+        self.t_first: float | None = None  # latency to first frame of the latest shot, s
+        self.generated_shots = 0  # shots whose frames were generated (never regenerated)
+        self.session = self._new_session(seed, global_caption)
+
+    def _new_session(self, seed: int, global_caption: str | None) -> ShotStreamSession:
+        self.seed, self.global_caption = int(seed), global_caption or None
+        return self.pipe.session(seed=self.seed, global_caption=self.global_caption, max_queue=MAX_PENDING)
+
+    def restart(self, seed: int, global_caption: str | None) -> None:
+        """New story: the shot in progress is dropped, the queue and history cleared."""
+        old = self.session
+        old.cancel()
+        old.close()
+        self.session = self._new_session(seed, global_caption)
+
+    def close(self) -> None:
+        self.session.cancel()
+        self.session.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def segment_path(self) -> Path:
+        self.segments += 1
+        return self.dir / f"segment_{self.segments:05d}.mp4"
+
+    def gallery(self) -> list[tuple[object, str]]:
+        return [(s.frames[len(s.frames) // 2], f"{k + 1}. {s.caption}") for k, s in enumerate(self.session.shots)]
+
+
+_STORIES: dict[str, Story] = {}
+_STORIES_LOCK = threading.Lock()
+
+
+def session_key(request: gr.Request | None) -> str:
+    key = getattr(request, "session_hash", None)
+    if not key:
+        raise gr.Error("no browser session: reload the page")
+    return key
+
+
+class App:
+    """Event handlers of one Blocks app. State lives in _STORIES, keyed by session hash."""
+
+    def __init__(self, spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_WAITING):
+        self.spec = spec
+        self.slots = GenerationSlots(max_concurrent, max_waiting)
+
+    def story(self, request: gr.Request, seed=0, global_caption: str | None = None, create: bool = True) -> Story | None:
+        key = session_key(request)
+        with _STORIES_LOCK:
+            story = _STORIES.get(key)
+        if story is None and create:
+            story = Story(get_pipeline(self.spec), seed, global_caption)
+            with _STORIES_LOCK:
+                story = _STORIES.setdefault(key, story)
+        return story
+
+    # -- events ------------------------------------------------------------------------------
+    def add_shot(self, prompt, global_caption, seed, request: gr.Request):
+        """Queue a shot; the run event that follows streams it. Returns (cleared box, status)."""
+        try:
+            prompt, note = check_prompt(prompt)
+            caption, caption_note = check_prompt(global_caption) if (global_caption or "").strip() else (None, None)
+        except (ValueError, TypeError) as e:
+            gr.Info(f"Nothing queued: {e}.")
+            return gr.skip(), f"Nothing queued: {as_text(str(e))}."
+        story = self.story(request, seed, caption)
+        if not story.session.shots and not story.session.pending and story.streaming is None:
+            if (story.seed, story.global_caption) != (int(seed), caption):
+                story.restart(seed, caption)  # seed / story caption apply from a story's first shot
+        for n in (note, caption_note):
+            if n:
+                gr.Warning(n)
+        try:
+            index = story.session.submit(prompt)
+        except ValueError as e:  # the per-session queue is full (rapid submissions) or the story is at its maximum
+            gr.Warning(f"Not queued: {e}.")
+            return gr.skip(), self.status(story, f"Not queued: {as_text(str(e))}.")
+        gr.Info(f"Shot {index + 1} queued.")
+        return "", self.status(story)
+
+    def add_story(self, lines, global_caption, seed, request: gr.Request):
+        """Queue every line of an example story (one shot per line)."""
+        prompts = [p for p in (lines or "").splitlines() if p.strip()]
+        if not prompts:
+            gr.Info("Nothing queued: the story box is empty.")
+            return gr.skip()
+        status = gr.skip()
+        for p in prompts:
+            _, status = self.add_shot(p, global_caption, seed, request)
+        return status
+
+    def run(self, request: gr.Request):
+        """Stream every queued shot of this session: yields (video segment, storyboard, stats, status)."""
+        story = self.story(request, create=False)
+        if story is None:
+            return
+        ticket = object()
+        with story.lock:
+            if story.streaming is not None:  # the running stream will pick the new shot up
+                return
+            story.streaming = ticket
+        try:
+            try:
+                place = self.slots.join(ticket)
+            except Busy as e:
+                story.session.cancel()
+                gr.Warning(f"Not generated: {e}.")
+                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {e}.")
+                return
+            while place:
+                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {len(self.slots.running)} generating; you are {place} in line.")
+                place = self.slots.wait(ticket, timeout=0.5)
+                if not story.session.pending:  # cancelled or reset while waiting
+                    return
+            yield from self._stream(story, ticket)
+        finally:
+            self.slots.leave(ticket)
+            with story.lock:
+                if story.streaming is ticket:
+                    story.streaming = None
+
+    def _stream(self, story: Story, ticket):
+        fps = story.pipe.config.video.fps
+        while True:
+            session = story.session  # "new story" swaps it; the loop then follows the new one
+            with story.lock:  # checked and released together, so a shot queued now starts a new run
+                if not session.pending:
+                    story.streaming = None
+                    return
+            frames_this_shot, stream, shown = 0, session.stream(), len(session.shots)
+            try:
+                for chunk in stream:
+                    frames_this_shot = len(chunk.frames) + (0 if chunk.chunk == 0 else frames_this_shot)
+                    segment = encode_segment(pad_to_even(chunk.frames), fps, story.segment_path())
+                    if chunk.chunk == 0:
+                        story.t_first = chunk.t_ready - chunk.t_submit
+                    gen_fps = frames_this_shot / max(chunk.t_ready - chunk.t_start, 1e-6)
+                    stats = stats_markdown(chunk.shot, story.t_first, gen_fps, sum(len(s.frames) for s in session.shots) + frames_this_shot, session.pending)
+                    story.generated_shots += chunk.last
+                    story.in_progress = None if chunk.last else chunk.shot
+                    gallery = gr.skip()
+                    if len(session.shots) != shown:  # the previous shot was just added to the history
+                        gallery, shown = story.gallery(), len(session.shots)
+                    yield str(segment), gallery, stats, self.status(story, f"Shot {chunk.shot + 1}: {as_text(chunk.caption)}")
+            finally:
+                stream.close()  # releases the pipeline's lock even when the client went away
+                story.in_progress = None
+            yield gr.skip(), story.gallery(), gr.skip(), self.status(story)
+
+    def cancel(self, request: gr.Request):
+        story = self.story(request, create=False)
+        if story is not None:
+            story.session.cancel()
+            gr.Info("Stopped: the shot in progress was dropped, finished shots are kept.")
+            return self.status(story, "Stopped.")
+        return gr.skip()
+
+    def new_story(self, global_caption, seed, request: gr.Request):
+        story = self.story(request, create=False)
+        try:
+            caption = check_prompt(global_caption)[0] if (global_caption or "").strip() else None
+        except ValueError:
+            caption = None
+        if story is not None:
+            story.restart(seed, caption)
+        return None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot.", None
+
+    def download(self, request: gr.Request):
+        story = self.story(request, create=False)
+        if story is None or not story.session.shots:
+            gr.Info("No finished shot to download yet.")
+            return None
+        frames = pad_to_even(story.session.story_frames())
+        return str(write_mp4(story.dir / f"story_{len(story.session.shots)}_shots.mp4", frames, story.pipe.config.video.fps))
+
+    def unload(self, request: gr.Request):
+        """Tab closed: stop its generation and free its story."""
+        key = getattr(request, "session_hash", None)
+        with _STORIES_LOCK:
+            story = _STORIES.pop(key, None)
+        if story is not None:
+            story.close()
+
+    @staticmethod
+    def status(story: Story, headline: str | None = None) -> str:
+        lines = [headline] if headline else []
+        queued = story.session.queued
+        if queued:
+            lines.append("Up next: " + "; ".join(f"*{as_text(c)}*" for c in queued))
+        if not lines:
+            lines.append(f"{len(story.session.shots)} shots in the story. Type the next one.")
+        return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def example_stories(n: int = N_EXAMPLES) -> tuple[list[list[str]], list[str]]:
+    """([one shot per line, global caption], labels) for a few stories of the evaluation suite."""
+    from shotstream.world.dataset import load_eval_suite
+
+    stories = load_eval_suite()[:n]
+    labels = [f"{len(s.captions)} shots: {s.captions[0][:60]}..." for s in stories]
+    return [["\n".join(s.captions), s.global_caption or ""] for s in stories], labels
+
+
+CSS = "#stats {font-variant-numeric: tabular-nums}"
+
+
+def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_WAITING) -> gr.Blocks:
+    app = App(spec, max_concurrent, max_waiting)
+    with gr.Blocks(title="ShotStream") as demo:
+        gr.Markdown("## ShotStream: streaming multi-shot video\nType a shot and press Enter. "
+                    "Queue the next shot while this one plays: it continues the story from memory.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                video = gr.Video(label="now streaming", streaming=True, autoplay=True, elem_id="stream", height=360)
+                stats = gr.Markdown(stats_markdown(None, None, None, 0, 0), elem_id="stats")
+                status = gr.Markdown("Type the first shot.", elem_id="status")
+                with gr.Row():
+                    prompt = gr.Textbox(label="next shot", placeholder="a red striped star walks left in a snowy field, wide shot",
+                                        max_length=None, scale=5, elem_id="prompt", autofocus=True)
+                    add = gr.Button("add shot", variant="primary", scale=1, elem_id="add")
+                with gr.Row():
+                    stop = gr.Button("stop shot", elem_id="stop")
+                    new = gr.Button("new story", elem_id="new")
+                    dl = gr.Button("download story (mp4)", elem_id="download")
+                file = gr.File(label="story mp4", elem_id="story-file", height=90)
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="storyboard", columns=3, height=300, elem_id="storyboard")
+                with gr.Accordion("story settings", open=False):
+                    global_caption = gr.Textbox(label="global story caption (optional, prefixed to every shot)")
+                    seed = gr.Number(label="seed (applies from a story's first shot)", value=0, precision=0)
+                with gr.Accordion("example stories (one shot per line)", open=True):
+                    story_box = gr.Textbox(label="story", lines=3, elem_id="story-box")
+                    queue_story = gr.Button("queue this story", elem_id="queue-story")
+                    examples, labels = example_stories()
+                    gr.Examples(examples, inputs=[story_box, global_caption], example_labels=labels)
+
+        stream_outputs = [video, gallery, stats, status]
+        # Named events are the API that scripts and tests drive with gradio_client:
+        # /add_shot then /run streams it; /cancel, /new_story, /download.
+        for trigger, name in ((prompt.submit, "add_shot"), (add.click, False)):
+            trigger(app.add_shot, [prompt, global_caption, seed], [prompt, status], concurrency_limit=None, api_name=name) \
+                .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden")
+        queue_story.click(app.add_story, [story_box, global_caption, seed], status, concurrency_limit=None, api_name=False) \
+            .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=False, show_progress="hidden")
+        stop.click(app.cancel, None, status, concurrency_limit=None, api_name="cancel")
+        new.click(app.new_story, [global_caption, seed], [video, gallery, stats, status, file], concurrency_limit=None, api_name="new_story")
+        dl.click(app.download, None, file, concurrency_limit=None, api_name="download")
+        demo.unload(app.unload)
+
+    demo.shotstream = app  # tests reach the handlers' state through it
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m demo.app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="shipped model name or model folder (default: student, else teacher)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-concurrent", type=int, default=1, help="generations at once; later users wait in line")
+    p.add_argument("--no-warmup", action="store_true", help="load the model on first use instead of at start")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = ModelSpec(str(default_model(args.model)), args.device, args.dtype)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = build_app(spec, args.max_concurrent)
+    if not args.no_warmup:  # first user does not wait for the load
+        threading.Thread(target=get_pipeline, args=(spec,), daemon=True).start()
+    print(f"ShotStream demo: model {spec.path} on {spec.device} ({spec.dtype}), at most {args.max_concurrent} generation(s) at once")
+    demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, css=CSS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""Stage 2: ODE initialisation of the causal student from teacher trajectories.
+
+    shotstream ode-pairs --count 1024                       # teacher trajectories -> cache/ode_pairs/
+    shotstream train ode --config ode                       # regress the student onto them
+
+Pairs: the bidirectional teacher (many Euler steps, CFG) denoises next-shot examples; x is kept
+at exactly the student's sigmas (the grid includes them) together with the final x0.
+
+Student training uses teacher forcing, the exact training-time twin of cached streaming: the
+sequence is [context | clean target | noisy target]; noisy chunk j attends to the context, the
+clean chunks before it and itself, as a streamed chunk attends to [global, local, itself]; the
+clean chunks play the t = 0 passes that wrote the local cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from shotstream import flow_matching as fm
+from shotstream.model.dit import FrameInfo, WanDiT
+from shotstream.model.loading import from_pretrained, save_pretrained
+from shotstream.training.data import NextShotBatch
+from shotstream.training.state import derive_seed
+from shotstream.training.teacher import NextShotStage, TeacherConfig, build_config
+from shotstream.training.trainer import OptimizerSpec, TrainConfig
+
+PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectories
+
+
+@dataclass
+class PairsConfig(TeacherConfig):
+    teacher: str = "checkpoints/tiny/teacher"
+    out: str = "cache/ode_pairs"
+    shard_size: int = 8  # examples per shard file (one teacher batch)
+    steps: int = 16  # teacher Euler steps (the student's sigmas are added to the grid)
+    guidance_scale: float = 3.0
+    context_dropout: float = 0.0
+
+
+class _TeacherData(NextShotStage):
+    """Next-shot batches (autoencoder + text encoder) for the trajectory sampler."""
+
+
+def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progress: bool = True) -> Path:
+    """Write `count` teacher trajectories as shards `pairs_XXXXX.safetensors` (+ captions JSON).
+
+    Shards already on disk are kept (re-running resumes); each is written to a temporary name
+    and renamed, so an interrupted run never leaves a half-written shard.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tcfg, kind = from_pretrained(cfg.teacher, device=device)
+    stage = _TeacherData(cfg, TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size))
+    if kind != "bidirectional":
+        raise ValueError(f"{cfg.teacher}: ODE pairs need the bidirectional teacher, got a {kind} model")
+    sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)
+    null = stage.null_states, stage.null_mask
+    shards = -(-count // cfg.shard_size)
+    for i in tqdm(range(shards), desc="ode pairs", unit="shard", disable=not progress):
+        path = out / f"pairs_{i:05d}.safetensors"
+        if path.is_file():
+            continue
+        batch = stage.batch(i, 0, 1)
+        torch.manual_seed(derive_seed(seed, i, 0x0DE))
+        uncond_text, uncond_mask = batch.text.clone(), batch.text_mask.clone()
+        uncond_text[:, batch.budget], uncond_mask[:, batch.budget] = null[0], null[1]
+        with torch.no_grad():
+            states, x0 = fm.trajectory(
+                lambda x, s: batch.velocity(teacher, x, s),
+                torch.randn_like(batch.target), sigmas, cfg.steps, tcfg.sampler.teacher_shift,
+                cfg.guidance_scale, lambda x, s: batch.velocity(teacher, x, s, uncond_text, uncond_mask),
+            )
+        tensors = {"context": batch.context, "context_valid": batch.context_valid, "context_shots": batch.context_shots,
+                   "states": states, "x0": x0, "shot": batch.shot, "text": batch.text, "text_mask": batch.text_mask}
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous().cpu()
+                   for k, v in tensors.items()}, str(tmp))
+        tmp.replace(path)
+    (out / "pairs.json").write_text(json.dumps({"teacher": cfg.teacher, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+                                                "sigmas": sigmas.tolist(), "count": shards * cfg.shard_size}, indent=2))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher forcing
+
+
+def teacher_forcing_mask(context: int, frames: int, chunk: int, device=None) -> torch.Tensor:
+    """Frame mask [C+2F, C+2F] over [context | clean target | noisy target] (True = may attend).
+
+    Context: itself. Clean chunk j: context and clean chunks <= j (the cache-writing pass).
+    Noisy chunk j: context, clean chunks < j and itself (a streamed chunk being denoised).
+    """
+    C, F = context, frames
+    block = torch.arange(F, device=device) // chunk  # chunk id of each target frame
+    n = C + 2 * F
+    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+    mask[:, :C] = True
+    mask[:C, C:] = False
+    clean, noisy = slice(C, C + F), slice(C + F, n)
+    mask[clean, clean] = block[None, :] <= block[:, None]
+    mask[noisy, clean] = block[None, :] < block[:, None]
+    mask[noisy, noisy] = block[None, :] == block[:, None]
+    return mask
+
+
+def teacher_forcing_velocity(model: WanDiT, batch: NextShotBatch, clean: torch.Tensor, noisy: torch.Tensor,
+                             sigma: torch.Tensor, text=None, text_mask=None) -> torch.Tensor:
+    """Velocity of the noisy target [B, F, ...] at per-frame sigma [B, F], with clean chunks before it."""
+    B, F = noisy.shape[:2]
+    C = batch.budget
+    seq = torch.cat([batch.context.to(noisy.dtype), clean.to(noisy.dtype), noisy], 1)
+    t = torch.cat([torch.zeros(B, C + F, device=noisy.device), sigma * fm.TIMESTEP_SCALE], 1)
+    info = batch.frames(model.cfg.chunk_frames)
+    target = info.slice(C, C + F)
+    frames = FrameInfo(*(torch.cat([getattr(info, k), getattr(target, k)], 1) for k in ("pos", "shot", "text_index", "cut")))
+    key_mask = torch.cat([batch.context_valid, torch.ones(B, 2 * F, dtype=torch.bool, device=noisy.device)], 1)
+    v = model(seq, t, batch.text if text is None else text, batch.text_mask if text_mask is None else text_mask, frames,
+              frame_mask=teacher_forcing_mask(C, F, model.cfg.chunk_frames, noisy.device), key_mask=key_mask)
+    return v[:, C + F:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The ODE regression stage
+
+
+@dataclass
+class ODEConfig:
+    preset: str = "tiny"
+    model_overrides: tuple[str, ...] = ()  # ablations: model.shot_indicator=none|learned
+    teacher: str = "checkpoints/tiny/teacher"  # the student starts from the teacher's weights
+    pairs: str = "cache/ode_pairs"
+    kind: str = "causal"  # "causal" (dual cache) or "rolling" (ablation: rolling window across shots)
+    export_name: str = "student_ode"
+    export_to: str = ""
+
+
+def init_student(teacher_path: str, config, device) -> WanDiT:
+    """A causal student with the teacher's weights (new ablation-only parameters start at zero)."""
+    teacher, _, _ = from_pretrained(teacher_path, device=device)
+    student = WanDiT(config.model, config.video.latent_channels).to(device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(k != "shot_embedding" for k in missing):
+        raise ValueError(f"{teacher_path}: teacher does not match the student config (missing {missing}, unexpected {unexpected})")
+    return student
+
+
+class ODEStage:
+    Config = ODEConfig
+
+    def __init__(self, config: ODEConfig, train: TrainConfig):
+        self.cfg, self.train = config, train
+        self.device = torch.device(train.device)
+        self.config = build_config(config.preset, config.model_overrides, config.teacher)
+        self.model = init_student(config.teacher, self.config, self.device)
+        files = sorted(Path(config.pairs).glob("pairs_*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{config.pairs}: no ODE pairs; run `shotstream ode-pairs` first")
+        shards = [load_file(str(f)) for f in files]
+        self.pairs = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        self.sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift).float()
+
+    def modules(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        return {"model": OptimizerSpec(("model",))}
+
+    def batch(self, step: int, shard: int, num_shards: int):
+        g = torch.Generator().manual_seed(derive_seed(self.train.seed, step, shard))
+        idx = torch.randint(len(self.pairs["x0"]), (self.train.batch_size,), generator=g)
+        pick = {k: v[idx].to(self.device) for k, v in self.pairs.items()}
+        F = pick["x0"].shape[1]
+        # one of the student's steps per chunk, as it meets them when streaming
+        step_idx = torch.randint(len(self.sigmas), (len(idx), -(-F // self.config.model.chunk_frames)), generator=g)
+        return pick, step_idx.repeat_interleave(self.config.model.chunk_frames, 1)[:, :F].to(self.device)
+
+    def loss(self, name: str, batch, step: int):
+        pick, step_idx = batch
+        f = lambda k: pick[k].float()  # noqa: E731
+        nb = NextShotBatch(f("x0"), f("context"), pick["context_valid"], pick["context_shots"], f("text"),
+                           pick["text_mask"], pick["shot"])
+        B, F = step_idx.shape
+        states = f("states")  # [B, S, F, C, h, w]
+        noisy = torch.gather(states, 1, step_idx[:, None, :, None, None, None].expand(-1, 1, -1, *states.shape[3:]))[:, 0]
+        sigma = self.sigmas.to(self.device)[step_idx]  # [B, F]
+        v = teacher_forcing_velocity(self.model, nb, nb.target, noisy, sigma)
+        x0_pred = fm.predict_x0(noisy, v, sigma)
+        return torch.mean((x0_pred.float() - nb.target) ** 2), {}
+
+    def export(self, out_dir: Path) -> list[Path]:
+        targets = [out_dir / self.cfg.export_name] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
+        return [save_pretrained(self.model, self.config, t, kind=self.cfg.kind, dtype=torch.bfloat16) for t in targets]
+
+
+def cmd_pairs(args) -> int:
+    from shotstream.config import apply_overrides
+
+    cfg = apply_overrides(PairsConfig(teacher=args.teacher, out=args.out, steps=args.steps,
+                                      guidance_scale=args.guidance, autoencoder=args.autoencoder), args.override)
+    torch.set_num_threads(args.threads)
+    out = make_pairs(cfg, args.count, device=args.device, seed=args.seed)
+    print(f"ODE pairs in {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ode-pairs", help="sample teacher trajectories for ODE initialisation (resumable)",
+                       description=make_pairs.__doc__)
+    p.add_argument("--teacher", default="checkpoints/tiny/teacher", help="bidirectional teacher folder")
+    p.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
+    p.add_argument("--count", type=int, default=1024, help="number of trajectories (rounded up to whole shards)")
+    p.add_argument("--out", default="cache/ode_pairs", help="output folder (outside git)")
+    p.add_argument("--steps", type=int, default=16, help="teacher Euler steps")
+    p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="PairsConfig field, e.g. shard_size=4, preset=tiny")
+    p.set_defaults(func=cmd_pairs)

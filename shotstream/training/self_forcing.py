@@ -1,0 +1,161 @@
+"""Stages 3 and 4: self-forcing DMD, intra-shot then inter-shot.
+
+    shotstream train intra --config intra      # history = ground-truth earlier shots
+    shotstream train inter --config inter      # history = the student's own earlier shots
+
+The student rolls a shot out chunk by chunk through `rollout.rollout_shot`, the very loop the
+streaming session runs (4 steps, KV caches, t = 0 cache writes), stopping each chunk at a random
+exit step where it keeps its gradient. The DMD losses (`dmd.py`) compare the frozen teacher and
+the online critic on what it generated. The critic is updated every step, the generator every
+`generator_every` steps.
+
+Inter-shot: every training step generates the next shot of a batch of ongoing stories, whose
+conditional frames come from the student's own decoded earlier shots, exactly as in the app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shotstream import flow_matching as fm
+from shotstream.model.loading import from_pretrained, save_pretrained
+from shotstream.model.memory import DualCache
+from shotstream.rollout import ShotConditioning, rollout_shot, write_global_context
+from shotstream.session import to_uint8
+from shotstream.training.data import NextShotBatch, collate, example_from_history, next_shot_example
+from shotstream.training.dmd import DMD, DMDConfig
+from shotstream.training.state import derive_seed
+from shotstream.training.teacher import NextShotStage, sample_story_sheet
+from shotstream.training.trainer import OptimizerSpec, TrainConfig
+from shotstream.world.dataset import training_seed
+from shotstream.world.story import sample_story
+
+
+@dataclass
+class SelfForcingConfig(DMDConfig):
+    preset: str = "tiny"
+    model_overrides: tuple[str, ...] = ()  # ablations: model.shot_indicator=none|learned
+    autoencoder: str = "checkpoints/tiny/autoencoder"
+    teacher: str = "checkpoints/tiny/teacher"  # real score; the critic starts from it too
+    init: str = "checkpoints/tiny/student_ode"  # generator weights (the previous stage's export)
+    generator_every: int = 4  # critic updates per generator update
+    generator_lr: float = 2e-5
+    critic_lr: float = 4e-5
+    same_exit_across_chunks: bool = True  # Self-Forcing default: one random exit step per rollout
+    max_shots: int = 6
+    sample_story: int = 0
+    sample_shots: int = 3
+    export_name: str = "student"
+    export_to: str = ""
+
+
+class IntraShotStage(NextShotStage):
+    """Stage 3: history from ground-truth shots; one random target shot k per step."""
+
+    Config = SelfForcingConfig
+
+    def __init__(self, config: SelfForcingConfig, train: TrainConfig):
+        super().__init__(config, train)
+        generator, gcfg, kind = from_pretrained(config.init, device=self.device)
+        if kind != "causal":
+            raise ValueError(f"{config.init}: self-forcing starts from a causal student (ODE stage), got {kind}")
+        if gcfg.model != self.config.model:
+            raise ValueError(f"{config.init}: its model config differs from preset + model_overrides")
+        teacher, _, teacher_kind = from_pretrained(config.teacher, device=self.device)
+        if teacher_kind != "bidirectional":
+            raise ValueError(f"{config.teacher}: the real score must be the bidirectional teacher, got {teacher_kind}")
+        critic, _, _ = from_pretrained(config.teacher, device=self.device)
+        self.generator, self.critic = generator.train().float(), critic.train().float()
+        self.dmd = DMD(self.generator, teacher.float(), self.critic, config, (self.null_states, self.null_mask))
+        self.sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift)
+
+    def modules(self):
+        return {"generator": self.generator, "critic": self.critic}
+
+    def optimizers(self):
+        betas = (0.0, 0.999)  # DMD2 / Self-Forcing
+        return {"critic": OptimizerSpec(("critic",), lr=self.cfg.critic_lr, betas=betas, ema=False),
+                "generator": OptimizerSpec(("generator",), every=self.cfg.generator_every, lr=self.cfg.generator_lr, betas=betas)}
+
+    def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
+        # Every item of a step targets the same shot index k, so all have the same context size.
+        k = int(np.random.default_rng(derive_seed(self.train.seed, step, 0xC)).integers(self.cfg.max_shots))
+        examples = []
+        for i in range(self.train.batch_size):
+            story = sample_story(training_seed(derive_seed(self.train.seed, step, shard, i)), num_shots=k + 1,
+                                 frames_per_shot=self.config.video.frames_per_shot)
+            examples.append(next_shot_example(story, k, self.config))
+        return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
+
+    def rollout(self, batch: NextShotBatch, grad: bool) -> torch.Tensor:
+        """The student's streamed shot [B, F, C, h, w]; gradients at each chunk's exit step if `grad`."""
+        B, F = batch.target.shape[:2]
+        has_context = bool(batch.context_valid.any())
+        context = batch.context if has_context else batch.context[:, :0]
+        slots = torch.arange(context.shape[1], device=self.device).expand(B, -1)
+        cond = ShotConditioning(context, batch.context_shots[:, :context.shape[1]], slots,
+                                self.generator.embed_text(batch.text), batch.text_mask, target_slot=batch.budget,
+                                shot=batch.shot, chunk_frames=self.config.model.chunk_frames)
+        memory = DualCache(self.config.model, self.generator.grid(*self.config.video.latent_size), F, batch=B, device=self.device)
+        write_global_context(self.generator, memory, cond)
+        chunks = -(-F // self.config.model.chunk_frames)
+        steps = len(self.sigmas)
+        exits = torch.randint(steps, (1 if self.cfg.same_exit_across_chunks else chunks,)).tolist()
+        exits = exits * chunks if len(exits) == 1 else exits
+        noise = torch.randn_like(batch.target)
+        out = rollout_shot(self.generator, memory, cond, noise, self.sigmas, exit_steps=exits,
+                           grad_chunks=set(range(chunks)) if grad else None)
+        return torch.cat(list(out), dim=1)
+
+    def loss(self, name: str, batch: NextShotBatch, step: int):
+        x0 = self.rollout(batch, grad=name == "generator")
+        self.last_generated = x0.detach()
+        return self.dmd.generator_loss(x0, batch) if name == "generator" else self.dmd.critic_loss(x0, batch)
+
+    def pipeline(self):
+        from shotstream.session import ShotStreamPipeline
+
+        return ShotStreamPipeline(self.generator, self.config, self.autoencoder, self.text_encoder, kind="causal")
+
+    def sample(self, step: int, out_dir: Path) -> None:
+        sample_story_sheet(self.pipeline(), self.cfg.sample_story, self.cfg.sample_shots, out_dir)
+
+    def export(self, out_dir: Path) -> list[Path]:
+        targets = [out_dir / self.cfg.export_name] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
+        return [save_pretrained(self.generator, self.config, t, kind="causal", dtype=torch.bfloat16) for t in targets]
+
+
+class InterShotStage(IntraShotStage):
+    """Stage 4: stories rolled out shot after shot; each step generates the next shot.
+
+    The conditional frames of shot k are picked from the student's own decoded shots < k, so the
+    real score, the critic and the generator all see the self-generated history. A resumed run
+    starts fresh stories (the history of an interrupted story is not checkpointed).
+    """
+
+    def __init__(self, config: SelfForcingConfig, train: TrainConfig):
+        if train.grad_accum != 1:
+            raise ValueError("the inter-shot stage keeps one batch of stories per process: use grad_accum=1")
+        super().__init__(config, train)
+        self.stories, self.history, self.last_generated = [], [], None
+
+    def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
+        if self.last_generated is not None:  # the shot generated at the previous step joins the history
+            video = self.autoencoder.decode(self.last_generated)
+            for b, h in enumerate(self.history):
+                h.append(to_uint8(video[b:b + 1]))
+            self.last_generated = None
+        k = len(self.history[0]) if self.history else 0
+        if not self.stories or k >= self.stories[0].num_shots:
+            rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x1A))
+            n = int(rng.integers(2, self.cfg.max_shots + 1))
+            self.stories = [sample_story(training_seed(derive_seed(self.train.seed, step, shard, i)), num_shots=n,
+                                         frames_per_shot=self.config.video.frames_per_shot)
+                            for i in range(self.train.batch_size)]
+            self.history, k = [[] for _ in self.stories], 0
+        examples = [example_from_history(s, k, h, None, self.config) for s, h in zip(self.stories, self.history)]
+        return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)

@@ -1,0 +1,244 @@
+"""demo/app.py: pure helpers, and the app driven through gradio_client on a localhost server.
+
+The server runs a tiny random model (demo.devmodel) so no checkpoint is needed; the real text
+encoder (MiniLM, offline) is loaded once for the module.
+"""
+
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from demo import app as demo_app  # noqa: E402
+from demo.app import Busy, GenerationSlots, ModelSpec, as_text, check_prompt, stats_markdown  # noqa: E402
+from demo.devmodel import DEV_OVERRIDES, write_dev_checkpoint  # noqa: E402
+
+# 17-frame shots in 1-latent-frame chunks: 5 streamed chunks per shot (1 + 4 + 4 + 4 + 4 frames)
+TEST_OVERRIDES = [o for o in DEV_OVERRIDES if not o.startswith("video.frames_per_shot")] + [
+    "video.frames_per_shot=17", "model.chunk_frames=1",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_check_prompt_cleans_truncates_with_a_note_and_refuses_empty():
+    assert check_prompt("  a red  star\n walks ") == ("a red star walks", None)
+    prompt, note = check_prompt("word " * 200, max_chars=50)
+    assert len(prompt) == 50 and "50 characters" in note
+    for bad in ["", "  \n\t "]:
+        with pytest.raises(ValueError, match="empty prompt"):
+            check_prompt(bad)
+    with pytest.raises(ValueError, match="UTF-8"):
+        check_prompt(b"\xff\xfe bad")
+    assert check_prompt("caf\u00e9".encode())[0] == "caf\u00e9"
+
+
+def test_user_text_is_escaped_for_markdown():
+    assert as_text('<script>alert("x")</script> & <b>') == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;"
+    assert as_text("plain words") == "plain words"
+
+
+def test_stats_markdown_shows_shot_latency_fps():
+    text = stats_markdown(1, 0.345, 12.34, 40, 2)
+    assert "**shot** 2" in text and "0.34 s" in text and "12.3" in text and "**queued** 2" in text
+    assert "**first frame** -" in stats_markdown(None, None, None, 0, 0)
+
+
+def test_generation_slots_limit_line_order_and_refusal():
+    slots = GenerationSlots(limit=2, max_waiting=2)
+    a, b, c, d, e = (object() for _ in range(5))
+    assert slots.join(a) == 0 and slots.join(b) == 0  # two run at once
+    assert slots.join(c) == 1 and slots.join(d) == 2  # the others wait in order
+    with pytest.raises(Busy, match="busy"):
+        slots.join(e)  # the line is full: refused, not queued
+    assert slots.wait(d, timeout=0.01) == 2
+    slots.leave(a)  # a finishes: c (first in line) runs, d moves up
+    assert slots.wait(c, timeout=0.01) == 0 and slots.wait(d, timeout=0.01) == 1
+    slots.leave(d)  # d gives up while waiting
+    assert slots.waiting == deque_of() and slots.running == {b, c}
+    with pytest.raises(ValueError, match="max-concurrent"):
+        GenerationSlots(0)
+
+
+def deque_of(*items):
+    from collections import deque
+
+    return deque(items)
+
+
+def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_app, "CHECKPOINTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="--model"):
+        demo_app.default_model(None)
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    assert demo_app.default_model(None) == tmp_path / "teacher"
+    assert "no student" in capsys.readouterr().err
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "config.json").write_text("{}")
+    assert demo_app.default_model(None) == tmp_path / "student"
+
+
+def test_cli_defaults_are_safe():
+    args = demo_app.parse_args([])
+    assert args.host == "127.0.0.1" and args.model is None and args.max_concurrent == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The app through gradio_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    student = write_dev_checkpoint(tmp_path_factory.mktemp("dev"), overrides=TEST_OVERRIDES)
+    spec = ModelSpec(str(student))
+    demo_app.get_pipeline(spec)
+    demo = demo_app.build_app(spec, max_concurrent=1, max_waiting=4)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=demo.shotstream)
+    demo.close()
+
+
+def client(server):
+    return gradio_client.Client(server.url, verbose=False)
+
+
+def story_of(c) -> demo_app.Story:
+    return demo_app._STORIES[c.session_hash]
+
+
+def run_outputs(c, during=None) -> list[tuple]:
+    """Every streamed output of /run; `during(outputs)` is called after each one arrives."""
+    job, seen = c.submit(api_name="/run"), []
+    for out in job:
+        seen.append(out)
+        if during:
+            during(seen)
+    return job.outputs() or seen
+
+
+def test_two_shots_stream_and_the_second_does_not_regenerate_the_first(server):
+    c = client(server)
+    box, status = c.predict("a red striped star walks left in a snowy field", "", 0, api_name="/add_shot")
+    assert box == "" and "Up next" in status
+    queued_second = []
+
+    def queue_second(seen):  # the next prompt arrives while shot 1 is still streaming
+        if not queued_second:
+            queued_second.append(c.predict("close-up of the same character spinning", "", 0, api_name="/add_shot"))
+
+    outs = run_outputs(c, during=queue_second)
+    segments = [o[0] for o in outs if isinstance(o[0], str) and o[0].endswith(".m3u8")]
+    assert len(segments) == 10  # 5 chunks per shot, one streamed segment each, both shots in one stream
+    shots_streamed = [o[2] for o in outs if isinstance(o[2], str) and "**shot**" in o[2]]
+    assert "**shot** 1 " in shots_streamed[0] and "**shot** 2 " in shots_streamed[-1]
+    story = story_of(c)
+    assert [s.caption for s in story.session.shots] == ["a red striped star walks left in a snowy field",
+                                                        "close-up of the same character spinning"]
+    assert story.generated_shots == 2
+    first = story.session.shots[0].frames.copy()
+    gallery = outs[-1][1]
+    assert [g["caption"] for g in gallery] == ["1. a red striped star walks left in a snowy field",
+                                               "2. close-up of the same character spinning"]
+    # a third shot: generated alone, the first two kept bit-identical
+    c.predict("the same character jumps in the city", "", 0, api_name="/add_shot")
+    run_outputs(c)
+    assert story.generated_shots == 3 and len(story.session.shots) == 3
+    assert np.array_equal(story.session.shots[0].frames, first)
+    mp4 = c.predict(api_name="/download")
+    assert mp4 and open(mp4, "rb").read(12)[4:8] == b"ftyp"
+
+
+def test_two_clients_see_only_their_own_story(server):
+    a, b = client(server), client(server)
+    assert a.session_hash != b.session_hash
+    a.predict("a blue square jumps on the beach", "", 1, api_name="/add_shot")
+    b.predict("a yellow disc <script>alert(1)</script> in the city", "", 2, api_name="/add_shot")
+    results = {}
+    threads = [threading.Thread(target=lambda k, c: results.__setitem__(k, run_outputs(c)), args=(k, c)) for k, c in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    captions = {k: [g["caption"] for g in v[-1][1]] for k, v in results.items()}
+    assert captions == {"a": ["1. a blue square jumps on the beach"],
+                        "b": ["1. a yellow disc <script>alert(1)</script> in the city"]}  # text, shown as text
+    assert story_of(a) is not story_of(b) and story_of(a).seed == 1 and story_of(b).seed == 2
+    assert all("<script>" not in str(o[3]) for o in results["b"])  # escaped in the Markdown status
+
+
+def test_busy_users_wait_in_line_with_their_place_shown(server):
+    c = client(server)
+    c.predict("a green star walks right", "", 0, api_name="/add_shot")
+    blocker = object()
+    assert server.app.slots.join(blocker) == 0  # another user holds the only slot
+    released = []
+
+    def release(seen):
+        if not released and "you are 1 in line" in str(seen[-1][3]):
+            released.append(True)
+            server.app.slots.leave(blocker)
+
+    outs = run_outputs(c, during=release)
+    assert released, "the waiting user was not told its place in line"
+    assert len(story_of(c).session.shots) == 1 and outs[-1][1][0]["caption"] == "1. a green star walks right"
+
+
+def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
+    c = client(server)
+    box, status = c.predict("   ", "", 0, api_name="/add_shot")
+    assert "Nothing queued" in status and "empty prompt" in status
+    box, status = c.predict("x" * 5000, "", 0, api_name="/add_shot")
+    assert box == "" and len(story_of(c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
+    for i in range(demo_app.MAX_PENDING - 1):  # rapid submissions fill the queue...
+        c.predict(f"shot {i} it walks", "", 0, api_name="/add_shot")
+    box, status = c.predict("one too many", "", 0, api_name="/add_shot")
+    assert "Not queued" in status and "already waiting" in status  # ...then are refused politely
+    c.predict(api_name="/cancel")
+    assert story_of(c).session.pending == 0
+    # a finished shot, then cancel in the middle of the next one: the story so far is kept
+    c.predict("a red circle walks left", "", 0, api_name="/add_shot")
+    run_outputs(c)
+    c.predict("it spins", "", 0, api_name="/add_shot")
+    cancelled = []
+
+    def cancel_mid_shot(seen):
+        if not cancelled and "**shot** 2 " in str(seen[-1][2]):
+            cancelled.append(c.predict(api_name="/cancel"))
+
+    run_outputs(c, during=cancel_mid_shot)
+    assert cancelled and [s.caption for s in story_of(c).session.shots] == ["a red circle walks left"]
+    c.predict("it bounces", "", 0, api_name="/add_shot")  # the app keeps working
+    run_outputs(c)
+    assert len(story_of(c).session.shots) == 2
+
+
+def test_new_story_resets_and_closed_tab_frees_the_session(server):
+    c = client(server)
+    c.predict("a pink heart walks left", "", 0, api_name="/add_shot")
+    run_outputs(c)
+    story = story_of(c)
+    c.predict("", 5, api_name="/new_story")
+    assert story.session.shots == [] and story.seed == 5
+    folder = story.dir
+    server.app.unload(SimpleNamespace(session_hash=c.session_hash))
+    assert c.session_hash not in demo_app._STORIES and not folder.exists()
+    deadline = time.monotonic() + 5
+    while story.session._closed is False and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert story.session._closed
