@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from collections import deque
 from pathlib import Path
@@ -29,7 +28,6 @@ if __package__ in (None, ""):  # `python demo/app.py` (how a Hugging Face Space 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradio as gr
-import torch
 
 from shotstream.generate import CHECKPOINTS, DTYPES, resolve_model
 from shotstream.session import ShotStreamPipeline, ShotStreamSession, clean_prompt

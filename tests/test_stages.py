@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+import torch
 
 from shotstream.model.loading import from_pretrained
 from shotstream.training.cli import resolve_config, load_stage
@@ -60,3 +60,31 @@ def test_generate_reports_bad_input_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "shotstream", "generate", "--story", "suite:99"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
+    """ODE pairs -> ODE init -> intra-shot DMD -> inter-shot DMD, each a few steps, each loadable."""
+    from shotstream.training.ode import PairsConfig, make_pairs
+
+    root, ae, teacher = smoke_models
+    pairs = make_pairs(PairsConfig(teacher=str(teacher), autoencoder=str(ae), out=str(tmp_path / "pairs"),
+                                   steps=2, shard_size=2), count=4, progress=False)
+    assert len(list(pairs.glob("pairs_*.safetensors"))) == 2
+    ode = run_stage("ode", "ode_smoke", tmp_path / "ode", f"stage.teacher={teacher}", f"stage.pairs={pairs}")
+    common = [f"stage.teacher={teacher}", f"stage.autoencoder={ae}"]
+    intra = run_stage("intra", "intra_smoke", tmp_path / "intra", *common, f"stage.init={ode / 'student_ode'}")
+    inter = run_stage("inter", "inter_smoke", tmp_path / "inter", *common, f"stage.init={intra / 'student'}")
+    model, config, kind = from_pretrained(inter / "student")
+    assert kind == "causal" and config == from_pretrained(teacher)[1]
+    rows = (tmp_path / "inter" / "metrics.csv").read_text()
+    for metric in ("critic/loss", "generator/loss", "generator/dmd_grad_norm"):
+        assert metric in rows
+    # the student changed during self-forcing, and streams with the session
+    before = from_pretrained(ode / "student_ode")[0].state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    from shotstream.session import ShotStreamPipeline
+
+    session = ShotStreamPipeline.from_pretrained(inter / "student", autoencoder=ae).session(seed=0)
+    session.submit("a red circle walks left")
+    session.submit("it spins")
+    assert [c.shot for c in session.stream()] == [0, 1]  # 9 frames = 3 latent frames = one chunk per shot
