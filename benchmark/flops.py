@@ -1,0 +1,163 @@
+"""An analytic FLOP and memory model of streaming, and a GPU projection from it.
+
+    python -m benchmark.flops                                   # wan2.1-1.3b on H100-class numbers
+    python -m benchmark.flops --preset tiny --tflops 0.37 --bandwidth 20
+
+FLOPs count multiply-adds as 2 (the matmul convention torch's FlopCounterMode uses). Per forward
+of N new tokens attending to K keys (global + local + themselves), per layer:
+
+    self-attention projections  2 * N * 4 D^2
+    self-attention              2 * 2 * N * K * D           (QK^T and AV)
+    cross-attention             2 * N * 2 D^2 + 2 * 2 * N * L * D   (+ 2 * L * 2 D^2 for K/V of the caption)
+    feed-forward                2 * N * 2 D * F
+
+plus the patch embedding, the head and the per-frame timestep MLP. A chunk costs `steps` denoising forwards and one t = 0
+cache-writing forward; K grows inside a shot (local cache) but not across shots (bounded memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from shotstream.config import ShotStreamConfig, get_preset
+
+
+def tokens_per_frame(cfg: ShotStreamConfig) -> int:
+    h, w = cfg.video.latent_size
+    _, ph, pw = cfg.model.patch_size
+    return (h // ph) * (w // pw)
+
+
+def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, text_tokens: int | None = None,
+                  text_kv: bool = True) -> int:
+    """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys."""
+    m = cfg.model
+    D, N, K = m.dim, query_tokens, key_tokens
+    L = m.text_len if text_tokens is None else text_tokens
+    patch = math.prod(m.patch_size) * cfg.video.latent_channels
+    per_layer = (
+        2 * N * 4 * D * D  # q, k, v, o
+        + 4 * N * K * D  # QK^T, AV
+        + 2 * N * 2 * D * D  # cross q, o
+        + 4 * N * L * D  # cross QK^T, AV
+        + 2 * N * 2 * D * m.ffn_dim  # FFN
+        + (2 * L * 2 * D * D if text_kv else 0)  # cross k, v of the caption (cacheable per caption)
+    )
+    embed = 2 * N * patch * D + 2 * N * D * patch  # patch embedding + head
+    frames = N // tokens_per_frame(cfg)
+    time_mlp = 2 * frames * (m.freq_dim * D + D * D + D * 6 * D)  # per-frame timestep embedding
+    text = 2 * L * (m.text_dim * D + D * D) if text_kv else 0  # text embedding MLP
+    return m.num_layers * per_layer + embed + time_mlp + text
+
+
+def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True) -> int:
+    """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + cache write."""
+    steps = len(cfg.sampler.student_timesteps) if steps is None else steps
+    tpf, F = tokens_per_frame(cfg), cfg.model.chunk_frames
+    n = F * tpf
+    keys = (cfg.model.context_frames + chunk * F) * tpf + n
+    if cfg.model.local_window:
+        keys = min(keys, (cfg.model.context_frames + cfg.model.local_window) * tpf + n)
+    return (steps + 1) * forward_flops(cfg, n, keys, text_kv=text_kv)
+
+
+def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
+    """FLOPs of one streamed shot: the global-context pass plus every chunk."""
+    tpf, C = tokens_per_frame(cfg), cfg.model.context_frames
+    chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
+    return forward_flops(cfg, C * tpf, C * tpf) + sum(chunk_flops(cfg, j, steps) for j in range(chunks))
+
+
+def cache_bytes(cfg: ShotStreamConfig, bytes_per_value: int = 2) -> int:
+    """Dual-cache size: K and V of [global | local | staged chunk] tokens in every layer."""
+    m = cfg.model
+    frames = m.context_frames + (m.local_window or cfg.video.latent_frames_per_shot) + m.chunk_frames
+    return 2 * m.num_layers * frames * tokens_per_frame(cfg) * m.dim * bytes_per_value
+
+
+def weight_bytes(cfg: ShotStreamConfig, bytes_per_value: int = 2) -> int:
+    m = cfg.model
+    per_layer = 8 * m.dim * m.dim + 2 * m.dim * m.ffn_dim + 6 * m.dim
+    return bytes_per_value * (m.num_layers * per_layer + m.text_dim * m.dim + 7 * m.dim * m.dim)
+
+
+@dataclass
+class Projection:
+    seconds_per_chunk: float
+    fps: float
+    first_frame_s: float
+    compute_bound: bool
+
+
+def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficiency: float = 0.4) -> Projection:
+    """Roofline projection: each forward takes max(FLOPs / (peak * efficiency), bytes / bandwidth).
+
+    Bytes per forward = weights + the K/V it reads. Steady state is a mid-shot chunk; the first
+    frame needs the global-context pass and the first chunk (decoding not counted).
+    """
+    steps = len(cfg.sampler.student_timesteps)
+    tpf, F = tokens_per_frame(cfg), cfg.model.chunk_frames
+    chunks = -(-cfg.video.latent_frames_per_shot // F)
+
+    def seconds(flops: float, keys: int) -> tuple[float, bool]:
+        kv = 2 * cfg.model.num_layers * keys * cfg.model.dim * 2
+        t_compute = flops / (tflops * 1e12 * efficiency)
+        t_memory = (weight_bytes(cfg) + kv) / (bandwidth_gbs * 1e9)
+        return max(t_compute, t_memory), t_compute >= t_memory
+
+    per_chunk = []
+    for j in range(chunks):
+        keys = (cfg.model.context_frames + (j + 1) * F) * tpf
+        t, bound = seconds(chunk_flops(cfg, j) / (steps + 1), keys)
+        per_chunk.append((steps + 1) * t)
+    ctx, _ = seconds(forward_flops(cfg, cfg.model.context_frames * tpf, cfg.model.context_frames * tpf),
+                     cfg.model.context_frames * tpf)
+    frames = cfg.video.frames_per_shot
+    return Projection(
+        seconds_per_chunk=sum(per_chunk) / chunks,
+        fps=frames / (ctx + sum(per_chunk)),
+        first_frame_s=ctx + per_chunk[0],
+        compute_bound=bound,
+    )
+
+
+def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 10, device="cpu") -> float:
+    """Measured matmul FLOP/s on this machine (the denominator of the efficiency figure)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="wan2.1-1.3b")
+    ap.add_argument("--tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
+    ap.add_argument("--bandwidth", type=float, default=3350.0, help="memory bandwidth GB/s (H100 SXM: 3350)")
+    ap.add_argument("--efficiency", type=float, default=0.4, help="fraction of peak the kernels reach")
+    args = ap.parse_args(argv)
+    cfg = get_preset(args.preset)
+    p = project(cfg, args.tflops, args.bandwidth, args.efficiency)
+    print(f"{args.preset}: {tokens_per_frame(cfg)} tokens/latent frame, chunk = {cfg.model.chunk_frames} latent frames")
+    print(f"  per chunk (mid-shot): {chunk_flops(cfg, 3) / 1e12:.1f} TFLOP; per shot {shot_flops(cfg) / 1e12:.0f} TFLOP")
+    print(f"  dual cache {cache_bytes(cfg) / 2**30:.2f} GiB (bf16), weights {weight_bytes(cfg) / 2**30:.2f} GiB")
+    print(f"  projected at {args.tflops:g} TFLOP/s x {args.efficiency:.0%}, {args.bandwidth:g} GB/s: "
+          f"{p.fps:.1f} FPS, first frame {p.first_frame_s:.2f} s ({'compute' if p.compute_bound else 'memory'}-bound)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
