@@ -109,9 +109,12 @@ class TrainConfig:
     keep_last: int = 1  # step_* checkpoint folders kept; `latest` points at the newest
     sample_every: int = 0  # steps between stage.sample() calls; 0 = never
     progress: bool = True  # tqdm bar on rank 0
+    threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
 
     def validate(self) -> "TrainConfig":
         positive = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_last")
+        if self.threads < 0:
+            raise ValueError(f"train config: threads must be >= 0, got {self.threads}")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
@@ -213,6 +216,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
     def run(self) -> Path:
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)  # explicit: oversubscribed cores waste most of their time
         self.world = distributed.setup(self.cfg.device)
         try:
             self._build()
