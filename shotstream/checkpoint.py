@@ -71,14 +71,20 @@ def load_checkpoint(path: str | Path, name: str = WEIGHTS_NAME) -> tuple[dict, d
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder not found")
     cfg_file, weights = path / CONFIG_NAME, path / name
-    for f in (cfg_file, weights):
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing from checkpoint folder")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing from checkpoint folder")
+    return read_json(cfg_file), load_tensors(weights)
+
+
+def read_json(file: str | Path) -> dict:
+    """A checkpoint's config.json, or a CheckpointError naming the file."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing from checkpoint folder")
     try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    return config, load_tensors(weights)
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
 
 
 def load_tensors(file: str | Path) -> dict[str, torch.Tensor]:

@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args) -> int:
+    """Run a parsed command; user errors become one line on stderr and exit code 2."""
     try:
         return args.func(args) or 0
     except (CLIError, FileNotFoundError, ValueError, KeyError) as e:

@@ -98,7 +98,9 @@ class LayerNorm(nn.LayerNorm):
         return F_.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """Wan's q, k, v, o projections with RMS-normalised queries and keys."""
+
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -106,6 +108,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
+
+class SelfAttention(Attention):
     def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, layer: int = 0):
         heads = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)  # noqa: E731
         q = apply_rope(heads(self.norm_q(self.q(x))), cos, sin)  # [B, H, N, Dh]
@@ -117,15 +121,8 @@ class SelfAttention(nn.Module):
         return self.o(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """Each frame attends to the caption in its own slot: queries grouped per frame."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def forward(self, x, text, text_mask, text_index, frames: int):
         # x [B, N, D]; text [B, S, L, D]; text_mask [B, S, L]; text_index [B, F]

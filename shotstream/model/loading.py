@@ -7,12 +7,11 @@ is strict: any missing, unexpected or misshaped key is named in the error.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, load_tensors, save_checkpoint
+from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, load_tensors, read_json, save_checkpoint
 from shotstream.config import ModelConfig, ShotStreamConfig, from_dict
 from shotstream.model.dit import WanDiT
 
@@ -44,13 +43,7 @@ def parse_model_config(meta: dict, source: str | Path) -> tuple[ShotStreamConfig
 def read_config(path: str | Path) -> tuple[ShotStreamConfig, str]:
     """The (config, kind) of a model folder, without loading its weights."""
     file = Path(path) / "config.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (not a model folder)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    return parse_model_config(meta, file)
+    return parse_model_config(read_json(file), file)
 
 
 def from_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[WanDiT, ShotStreamConfig, str]:
@@ -125,9 +118,6 @@ def load_official(model: WanDiT, path: str | Path) -> WanDiT:
 def load_wan_folder(path: str | Path, latent_channels: int = 16, device="cpu", dtype=torch.float32) -> WanDiT:
     """Build a WanDiT from an official Wan2.1 folder (config.json + diffusion_pytorch_model*.safetensors)."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{cfg_file}: missing (an official Wan2.1 folder has config.json)")
-    wan_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    wan_cfg = read_json(path / "config.json")
     model = WanDiT(model_config_from_wan(wan_cfg), wan_cfg.get("in_dim", latent_channels))
     return load_official(model, path).to(device=device, dtype=dtype).eval()

@@ -113,17 +113,11 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m shotstream.training.cli train ...` (what torchrun launches)."""
-    from shotstream.cli import CLIError
+    from shotstream.cli import dispatch
 
     parser = argparse.ArgumentParser(prog="shotstream")
     add_parser(parser.add_subparsers(dest="command", metavar="<command>", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"shotstream {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    return dispatch(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
