@@ -16,7 +16,7 @@ def test_forward_flops_match_torch_flop_counter():
     tpf = tokens_per_frame(cfg)
     mem = DualCache(cfg.model, model.grid(*cfg.video.latent_size), cfg.video.latent_frames_per_shot)
     mem.kv.length = 6 * tpf  # a full global context already cached
-    x, t = torch.randn(1, 3, 16, 16, 16), torch.zeros(1, 3)
+    x, t = torch.randn(1, 3, cfg.video.latent_channels, 16, 16), torch.zeros(1, 3)
     text, mask = torch.randn(1, 1, cfg.model.text_len, 384), torch.ones(1, 1, cfg.model.text_len, dtype=torch.bool)
     frames = FrameInfo.build(pos=[6, 7, 8], shot=[1, 1, 1])
     # the math backend runs attention as matmuls, which the counter sees
