@@ -1,8 +1,9 @@
-"""`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip.
+"""`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip, train-probe.
 
-    shotstream-bench run --method shotstream-tiny --stories stories.json   # generate + score (resumable)
+    shotstream-bench run --method student teacher ground_truth --limit 10  # eval suite: generate + score (resumable)
     shotstream-bench score --manifest videos/manifest.json --method other  # score any system's mp4s
     shotstream-bench report                                                # results/leaderboard.csv, REPORT.md
+    shotstream-bench train-probe / train-clip                              # the StoryWorld judges (checkpoints/)
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 
 from shotstream.cli import CLIError
 
-from benchmark.metrics import CLIP_METRICS, TIMING_METRICS, describe_metrics, get_metrics
+from benchmark.metrics import CLIP_METRICS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
+from benchmark.suite import EVAL_SUITE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = REPO / "checkpoints" / "clip-tiny"
+DEFAULT_PROBE = REPO / "checkpoints" / "probe"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,17 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate each story with each method, score it and append its rows. "
                          "Re-running the same command skips (method, story) pairs already stored.",
                          epilog=epilog, formatter_class=fmt)
-    run.add_argument("--method", nargs="+", required=True, help="method name(s) to benchmark")
-    src = run.add_mutually_exclusive_group(required=True)
+    run.add_argument("--method", nargs="+", required=True,
+                     help="shipped model names (checkpoints/tiny/: student, teacher, ...), model folders, "
+                     "name=folder, or ground_truth (the StoryWorld renders: the reference row)")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--suite", default=None,
+                     help=f"'{EVAL_SUITE}' (default: the committed 50-story evaluation suite) or a StoryWorld stories .json")
     src.add_argument("--stories", help="a scoring manifest or an official ShotStream prompt JSON "
-                     "(global_caption, shot1..shotN) giving the captions")
-    src.add_argument("--suite", help="a StoryWorld suite name (not wired yet)")
+                     "(global_caption, shot1..shotN) giving the captions (no labels: label metrics are missing)")
     run.add_argument("--limit", type=int, default=None, help="only the first N stories")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu")
-    run.add_argument("--dtype", default="float32")
-    run.add_argument("--steps", default="4", help="sampler steps of the method (recorded in the protocol)")
-    run.add_argument("--preset", default="tiny")
+    run.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (aliases fp32, bf16, fp16)")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    run.add_argument("--teacher-steps", type=int, default=None,
+                     help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
     _scoring_args(run, default_metrics="all")
     run.set_defaults(func=cmd_run)
 
@@ -58,11 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", default="results", help="results folder (default: results)")
     report.set_defaults(func=cmd_report)
 
-    train = sub.add_parser("train-clip", help="train the in-domain CLIP on a manifest's (frame, caption) pairs")
+    train = sub.add_parser("train-clip", help="train the in-domain CLIP on StoryWorld (frame, caption) pairs "
+                           "(training seeds) or a manifest's videos")
     from benchmark.train_clip import add_arguments
 
     add_arguments(train)
     train.set_defaults(func=cmd_train_clip)
+
+    probe = sub.add_parser("train-probe", help="train the StoryWorld label probe on ground-truth renders (training seeds)",
+                           description="Train the label probe (benchmark/probe.py) on StoryWorld training renders, "
+                           "then report its accuracy on the evaluation suite's ground-truth renders.")
+    from benchmark.probe import add_arguments as probe_arguments
+
+    probe_arguments(probe)
+    probe.set_defaults(func=cmd_train_probe)
     return parser
 
 
@@ -72,6 +88,7 @@ def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
     p.add_argument("--clip", default=None, help=f"in-domain CLIP checkpoint folder (default: {DEFAULT_CLIP.relative_to(REPO)} if present)")
     p.add_argument("--clip-arch", default=None, help="any open_clip architecture, with --clip-weights")
     p.add_argument("--clip-weights", default=None, help="local weights file for --clip-arch (never downloaded)")
+    p.add_argument("--probe", default=None, help=f"label probe folder (default: {DEFAULT_PROBE.relative_to(REPO)} if present)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -95,7 +112,18 @@ def _scoring(args, default_names: list[str] | None):
     if clip is None and any(m.name in CLIP_METRICS for m in metrics):
         print(f"shotstream-bench: warning: no CLIP encoder ({DEFAULT_CLIP} not found); CLIP-based metrics "
               "will be missing", file=sys.stderr)
-    return Scoring(metrics=metrics, clip=clip), (clip.name if clip is not None else "none")
+    probe = None
+    if any(m.name in LABEL_KEYS for m in metrics):
+        from benchmark.probe import load_probe
+
+        if args.probe:
+            probe = load_probe(args.probe)
+        elif DEFAULT_PROBE.is_dir():
+            probe = load_probe(DEFAULT_PROBE)
+        else:
+            print(f"shotstream-bench: warning: no label probe ({DEFAULT_PROBE} not found; train one with "
+                  "`shotstream-bench train-probe`); label metrics will be missing", file=sys.stderr)
+    return Scoring(metrics=metrics, clip=clip, probe=probe), (clip.name if clip is not None else "none")
 
 
 def _load_stories(path: str) -> tuple[list[dict], str]:
@@ -121,19 +149,37 @@ def _load_stories(path: str) -> tuple[list[dict], str]:
 
 def cmd_run(args) -> int:
     from benchmark.rows import RowStore, RunMeta
-    from benchmark.runner import run_benchmark
+    from benchmark.runner import (StreamingGenerator, canonical_dtype, check_protocol, method_protocol, parse_method,
+                                  run_benchmark)
+    from benchmark.suite import load_suite
     from benchmark.timing import cpu_threads
 
-    if args.suite:
-        raise CLIError(f"suite {args.suite!r}: StoryWorld suites are not wired into the benchmark yet; use --stories")
-    stories, suite = _load_stories(args.stories)
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    dtype = canonical_dtype(args.dtype)
+    # Resolve every method before anything is generated: a typo fails at once, writing nothing.
+    folders = dict(parse_method(m) for m in args.method)
+    if args.stories:
+        stories, suite = _load_stories(args.stories)
+    else:
+        stories, suite = load_suite(args.suite or EVAL_SUITE)
     if args.limit is not None:
         stories = stories[: max(args.limit, 0)]
     scoring, encoder = _scoring(args, None)
-    meta = RunMeta(suite=suite, encoder=encoder, steps=str(args.steps), preset=args.preset, device=args.device,
-                   dtype=args.dtype, threads=cpu_threads(), seed=args.seed)
-    counts = run_benchmark(args.method, stories, RowStore(args.results), meta, scoring, progress=not args.quiet)
-    print(f"run: {counts['done']} stories scored, {counts['skipped']} already done (resumed)")
+    store = RowStore(args.results)
+    metas = {}
+    for name, folder in folders.items():
+        metas[name] = RunMeta(suite=suite, encoder=encoder, **method_protocol(folder, args.teacher_steps),
+                              device=args.device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
+        check_protocol(store, name, metas[name])
+    generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps)
+    done = skipped = 0
+    for name in folders:  # each method records its own protocol (steps, preset)
+        counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate, progress=not args.quiet)
+        done, skipped = done + counts["done"], skipped + counts["skipped"]
+    print(f"run: {done} stories scored, {skipped} already done (resumed)")
     return _maybe_report(args)
 
 
@@ -166,6 +212,12 @@ def cmd_report(args) -> int:
 
 def cmd_train_clip(args) -> int:
     from benchmark.train_clip import run
+
+    return run(args)
+
+
+def cmd_train_probe(args) -> int:
+    from benchmark.probe import run
 
     return run(args)
 

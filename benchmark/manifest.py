@@ -19,11 +19,41 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.video_io import VideoError, count_frames, read_mp4
+from shotstream.video import read_mp4 as _read_mp4
 
 
 class ManifestError(ValueError):
     """A manifest entry is malformed, points outside the manifest folder, or at a bad video."""
+
+
+class VideoError(ValueError):
+    """A video file is missing, not decodable, or empty."""
+
+
+def read_mp4(path: Path) -> np.ndarray:
+    """All frames of a video, uint8 [F, H, W, 3] (shotstream.video.read_mp4), errors naming the file."""
+    if not Path(path).is_file():
+        raise VideoError(f"{path}: video file not found")
+    try:
+        return _read_mp4(path)
+    except ValueError as e:
+        raise VideoError(f"{path}: unreadable video ({e})") from None
+
+
+def count_frames(path: Path) -> int:
+    """Frame count of a video without decoding it to memory (a cheap validity check)."""
+    import imageio_ffmpeg
+
+    if not Path(path).is_file():
+        raise VideoError(f"{path}: video file not found")
+    try:
+        n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except Exception as e:  # imageio-ffmpeg raises RuntimeError/OSError/... depending on the failure
+        detail = str(e).strip().splitlines()
+        raise VideoError(f"{path}: unreadable video ({detail[0][:200] if detail else type(e).__name__})") from None
+    if n < 1:
+        raise VideoError(f"{path}: video has no frames")
+    return int(n)
 
 
 @dataclass

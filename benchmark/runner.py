@@ -3,8 +3,8 @@
 `run_benchmark` walks (method, story) pairs with a progress bar, skips pairs whose rows are
 already stored (so re-running the same command resumes), calls `generate(method, story, ...)`
 for the rest, scores the result and writes the story's rows atomically. `score_manifest` does
-the same for videos made by any other system. Generation itself (`generate_story`) is wired to
-the streaming session by the lead; tests pass a fake generator.
+the same for videos made by any other system. Generation (`StreamingGenerator`, `generate_story`)
+runs the real streaming session (`shotstream.session`); tests may pass a fake generator.
 
 Stories are duck-typed: anything with `global_caption` and `shots` (each with `caption`,
 optional `labels` dict, optional `frames`), as attributes or dict keys, plus an id (`id`,
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from benchmark.manifest import Manifest
-from benchmark.metrics import LabelProbe, Metric, StoryOutput, get_metrics, score_story
+from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta
 from benchmark.timing import ChunkRecord, measure_peak_memory
 
@@ -33,24 +35,161 @@ class Generation:
     frames: list[np.ndarray]  # per shot, uint8 [F, H, W, 3]
     records: list[ChunkRecord] | None  # streamed-chunk timing (benchmark.timing.StreamRecorder)
     peak_mem_mb: float | None = None  # None: the runner measures around the call
+    timed: bool = True  # False: a reference with no generation (ground truth): timing metrics are absent
 
 
 class GenerationNotWired(RuntimeError):
-    """`generate_story` has no implementation for this method yet."""
+    """A method cannot generate this story (e.g. `ground_truth` of a story without labels)."""
+
+
+GROUND_TRUTH = "ground_truth"  # the StoryWorld renders themselves: the upper bound of every quality metric
+# dtype names accepted on the command line -> the name recorded in the rows.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
+
+def canonical_dtype(name: str) -> str:
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
+
+
+def parse_method(spec: str) -> tuple[str, Path | None]:
+    """`name` (shipped model, `ground_truth`, or a folder) or `name=folder` -> (row name, model folder).
+
+    The folder is None for `ground_truth`; an unknown name is a FileNotFoundError listing the
+    shipped models."""
+    from shotstream.generate import resolve_model
+
+    name, sep, path = spec.partition("=")
+    if sep and not (name and path):
+        raise ValueError(f"--method {spec!r}: expected name=folder")
+    if not sep and name == GROUND_TRUTH:
+        return name, None
+    folder = resolve_model(path if sep else name)
+    return (name if sep else name.rstrip("/")), folder
+
+
+def method_protocol(folder: Path | None, teacher_steps: int | None = None) -> dict[str, str]:
+    """The protocol fields a model folder fixes: sampler steps and preset, from its config.json.
+
+    Student (causal / rolling): the number of distilled timesteps ("4"); teacher
+    (bidirectional): "<steps>+cfg<scale>" ("50+cfg3"); ground truth: "" (nothing is sampled)."""
+    if folder is None:
+        return {"steps": "", "preset": ""}
+    from shotstream.model.loading import read_config
+
+    cfg, kind = read_config(folder)
+    s = cfg.sampler
+    if kind == "bidirectional":
+        steps = f"{teacher_steps or s.teacher_steps}+cfg{s.guidance_scale:g}"
+    else:
+        steps = str(len(s.student_timesteps))
+    return {"steps": steps, "preset": cfg.preset}
+
+
+def chunk_record(chunk) -> ChunkRecord:
+    """A session's StreamChunk (its own perf_counter stamps) as the harness's ChunkRecord."""
+    return ChunkRecord(shot=chunk.shot, chunk=chunk.chunk, t_submit=chunk.t_submit, t_chunk_ready=chunk.t_ready,
+                       frames=len(chunk.frames))
+
+
+class StreamingGenerator:
+    """`generate(method, story, ...)` through the real streaming session, one pipeline per method.
+
+    Each method's pipeline is loaded once (and warmed up with one throw-away shot, so the first
+    story's latency does not include one-time costs), then every story is a fresh session:
+    for each shot, its prompt is submitted right before it is streamed, so latency is prompt
+    -> first decoded frames (text encoding, context encoding and the first chunk's denoising and
+    decoding). The teacher runs behind the same interface; its chunks arrive when the shot is done.
+    Peak memory is measured around the story's streaming only (not the pipeline load).
+    """
+
+    def __init__(self, folders: dict[str, Path | None] | None = None, *, teacher_steps: int | None = None,
+                 warmup: bool = True):
+        self.folders = dict(folders or {})
+        self.teacher_steps, self.warmup = teacher_steps, warmup
+        self._pipes: dict[tuple, object] = {}
+
+    def folder(self, method: str) -> Path | None:
+        if method not in self.folders:
+            self.folders[method] = parse_method(method)[1]
+        return self.folders[method]
+
+    def pipeline(self, method: str, device: str = "cpu", dtype: str = "float32"):
+        from shotstream.session import ShotStreamPipeline
+
+        key = (method, device, canonical_dtype(dtype))
+        if key not in self._pipes:
+            torch_dtype = getattr(torch, key[2])
+            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), device=device, dtype=torch_dtype)
+            if self.teacher_steps is not None:
+                pipe.config.sampler.teacher_steps = self.teacher_steps
+            if self.warmup:
+                session = pipe.session(seed=0)
+                session.submit("warm-up shot")
+                for _ in session.stream():
+                    pass
+            self._pipes[key] = pipe
+        return self._pipes[key]
+
+    def __call__(self, method: str, story: "StoryView", *, seed: int, device: str, dtype: str, steps: str,
+                 preset: str) -> Generation:
+        if self.folder(method) is None:
+            return ground_truth(story)
+        pipe = self.pipeline(method, device, dtype)
+        return _measured(lambda: stream_story(pipe, story, seed=seed), device)
+
+
+def _measured(fn: Callable[[], Generation], device: str) -> Generation:
+    gen, peak = measure_peak_memory(fn, device=device)
+    gen.peak_mem_mb = peak
+    return gen
+
+
+def stream_story(pipe, story: "StoryView", *, seed: int) -> Generation:
+    """Stream every shot of `story` through one session of `pipe`; frames and chunk records."""
+    session = pipe.session(seed=seed, global_caption=story.global_caption or None,
+                           max_queue=max(8, len(story.captions)))
+    records: list[ChunkRecord] = []
+    frames: list[np.ndarray] = []
+    for k, caption in enumerate(story.captions):
+        shot = session.submit(caption)  # submitted right before streaming: latency = prompt -> first frame
+        if shot != k:
+            raise RuntimeError(f"story {story.id}: session gave shot index {shot} for shot {k}")
+        chunks = []
+        for c in session.stream():
+            records.append(chunk_record(c))
+            chunks.append(c.frames)
+        frames.append(np.concatenate(chunks))
+    session.close()
+    return Generation(frames, records)
+
+
+def ground_truth(story: "StoryView") -> Generation:
+    """The `ground_truth` method: the suite's own frames, else the StoryWorld renders of the story."""
+    if story.frames is not None:
+        return Generation(list(story.frames), None, timed=False)
+    src = story.source
+    if src is None or not hasattr(src, "shots") or not getattr(src, "has_labels", False):
+        raise GenerationNotWired(f"method {GROUND_TRUTH!r}: story {story.id} has no ground-truth frames "
+                                 "(use a StoryWorld suite: `run --suite storyworld-eval`)")
+    from shotstream.world import render_shot
+
+    return Generation([render_shot(src, k)[0] for k in range(src.num_shots)], None, timed=False)
+
+
+_DEFAULT_GENERATOR: StreamingGenerator | None = None
 
 
 def generate_story(method: str, story: "StoryView", *, seed: int, device: str, dtype: str, steps: str,
                    preset: str) -> Generation:
-    """Generate every shot of `story` with `method`, streaming, and record chunk timings.
-
-    TO BE WIRED (lead): open a ShotStreamSession for `method` (preset, device, dtype, steps),
-    `recorder = StreamRecorder()`, then for each shot: recorder.submit(k); session.submit(caption);
-    for each decoded chunk: recorder.chunk_ready(k, len(chunk)); collect frames. Return
-    Generation(frames, recorder.records).
-    """
-    raise GenerationNotWired(
-        f"method {method!r}: generation is not wired to the streaming session yet; "
-        "score existing videos with `shotstream-bench score --manifest ...`")
+    """Generate every shot of `story` with `method` (shipped name, folder, or `ground_truth`),
+    streaming, with chunk timings; pipelines are cached for the process."""
+    global _DEFAULT_GENERATOR
+    if _DEFAULT_GENERATOR is None:
+        _DEFAULT_GENERATOR = StreamingGenerator()
+    return _DEFAULT_GENERATOR(method, story, seed=seed, device=device, dtype=dtype, steps=steps, preset=preset)
 
 
 GenerateFn = Callable[..., Generation]
@@ -69,6 +208,8 @@ class StoryView:
 
 
 def story_view(obj: Any, index: int) -> StoryView:
+    if isinstance(obj, StoryView):
+        return obj
     get = (lambda o, k, d=None: o.get(k, d)) if isinstance(obj, dict) else (lambda o, k, d=None: getattr(o, k, d))
     shots = get(obj, "shots")
     if not shots:
@@ -141,7 +282,10 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         output = StoryOutput(view.id, view.captions, list(gen.frames), view.labels, view.global_caption,
                              records=gen.records,
                              peak_mem_mb=gen.peak_mem_mb if gen.peak_mem_mb is not None else measured)
-        rows = score_story(output, scoring.metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
+        metrics = scoring.metrics if scoring.metrics is not None else get_metrics()
+        if not gen.timed:  # a reference (ground truth) has no generation time: timing rows are absent, not NaN
+            metrics = [m for m in metrics if m.name not in TIMING_METRICS]
+        rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
         store.write_story(method, view.id, rows, meta)
         counts["done"] += 1
     return counts

@@ -8,7 +8,8 @@ is cycled until `steps`, a one-shot iterator stops when exhausted.
 Loss: symmetric InfoNCE over the batch, with every pair sharing the same caption counted as a
 positive (frames of one shot share a caption; plain CLIP would push them apart).
 
-    python -m benchmark.train_clip --manifest stories.json --out checkpoints/clip-tiny
+    shotstream-bench train-clip                          # StoryWorld training renders -> checkpoints/clip-tiny
+    shotstream-bench train-clip --manifest m.json --out folder   # any scoring manifest's videos
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.clip import CHECKPOINT_FORMAT, DEFAULT_ARCH, ClipEncoder, build_clip
-from shotstream.checkpoint import save_checkpoint
+from shotstream.checkpoint import load_checkpoint, save_checkpoint
 
 Pair = tuple[np.ndarray, str]
 
@@ -42,8 +43,10 @@ def train_clip(
     shuffle_buffer: int = 4096,
     seed: int = 0,
     log_every: int = 100,
+    dtype: torch.dtype | None = None,
 ) -> ClipEncoder:
-    """Train `arch` from scratch on `pairs` and save it as a checkpoint folder `out_dir`."""
+    """Train `arch` from scratch on `pairs` and save it as a checkpoint folder `out_dir`
+    (`dtype`, e.g. torch.float16, casts the saved weights; loading casts back to fp32)."""
     if steps < 1 or batch_size < 2:
         raise ValueError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
     model = build_clip(arch, seed=seed).train()
@@ -79,7 +82,7 @@ def train_clip(
         "train": {"steps": step, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                   "seed": seed, "pairs_seen": seen, "final_loss": float(loss.item())},
     }
-    save_checkpoint(out_dir, config, model.state_dict())
+    save_checkpoint(out_dir, config, model.state_dict(), dtype=dtype)
     return ClipEncoder.from_checkpoint(out_dir)
 
 
@@ -123,6 +126,56 @@ def pairs_from_manifest(path: str | Path, every: int = 4) -> Iterator[Pair]:
                 yield frame, caption
 
 
+def storyworld_pairs(num_stories: int, start: int = 0, every: int = 8, size: int = 64) -> list[Pair]:
+    """(frame, shot caption) pairs from StoryWorld training stories start..start+num_stories-1
+    (training seeds, never the evaluation suite): every `every`-th frame of each shot, resized to
+    size^2 once (the tiny CLIP reads 64^2; held in memory so training never re-renders)."""
+    from shotstream.world import render_shot, training_stories
+
+    pairs = []
+    for story in training_stories(start, start + num_stories, render_frames=False):
+        for k, shot in enumerate(story.shots):
+            frames, _ = render_shot(story, k)
+            for frame in _resize(frames[::every], size):
+                pairs.append((frame, shot.caption))
+    return pairs
+
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, size, size, 3] (antialiased, as CLIP's preprocessing does)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def retrieval_check(clip: ClipEncoder, stories, seed: int = 0) -> dict[str, float]:
+    """Sanity of a CLIP on ground-truth renders of labelled StoryWorld `stories`: for each shot,
+    does its own caption score above a shuffled caption (a random shot of another story)?
+
+    Returns the fraction of shots where it does, the mean CLIP score with the matching and with
+    the shuffled caption, and the number of shots."""
+    from shotstream.world import render_shot
+
+    shots = [(s, k) for s in stories for k in range(s.num_shots)]
+    rng = random.Random(seed)
+    wins, own, other = [], [], []
+    for i, (story, k) in enumerate(shots):
+        while True:  # a caption of another story
+            j = rng.randrange(len(shots))
+            if shots[j][0] is not story:
+                break
+        frames = render_shot(story, k)[0]
+        img = clip.encode_images(frames)  # (F, D)
+        txt = clip.encode_texts([story.shots[k].caption, shots[j][0].shots[shots[j][1]].caption])  # (2, D)
+        scores = 100 * (img @ txt.T).mean(0)  # (2,)
+        own.append(scores[0].item())
+        other.append(scores[1].item())
+        wins.append(float(scores[0] > scores[1]))
+    return {"match_beats_shuffled": float(np.mean(wins)), "clip_score_match": float(np.mean(own)),
+            "clip_score_shuffled": float(np.mean(other)), "shots": len(shots)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.train_clip", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,23 +184,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="scoring manifest whose shots give (frame, caption) pairs")
-    parser.add_argument("--out", required=True, help="checkpoint folder to write (config.json + model.safetensors)")
+    parser.add_argument("--manifest", default=None,
+                        help="train on a scoring manifest's shots instead of StoryWorld training renders")
+    parser.add_argument("--stories", type=int, default=1500, help="StoryWorld training stories to render (default data)")
+    parser.add_argument("--every", type=int, default=8, help="take every N-th frame of a shot")
+    parser.add_argument("--out", default="checkpoints/clip-tiny", help="checkpoint folder to write (default: checkpoints/clip-tiny)")
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"open_clip architecture (default {DEFAULT_ARCH})")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the retrieval check on the eval suite's renders")
 
 
 def run(args: argparse.Namespace) -> int:
-    # A generator re-reads the videos each epoch instead of holding every frame in memory.
-    class _Pairs:
-        def __iter__(self):
-            return pairs_from_manifest(args.manifest)
+    torch.set_num_threads(args.threads)
+    if args.manifest:
+        # A generator re-reads the videos each epoch instead of holding every frame in memory.
+        class _Pairs:
+            def __iter__(self):
+                return pairs_from_manifest(args.manifest, every=args.every)
 
-    train_clip(_Pairs(), args.out, arch=args.arch, steps=args.steps, batch_size=args.batch_size,
-               lr=args.lr, seed=args.seed)
+        pairs = _Pairs()
+    else:
+        pairs = storyworld_pairs(args.stories, every=args.every)
+        print(f"train-clip: {len(pairs)} (frame, caption) pairs from {args.stories} StoryWorld training stories",
+              flush=True)
+    clip = train_clip(pairs, args.out, arch=args.arch, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, seed=args.seed, dtype=torch.float16)  # fp16 on disk: the shipped folder stays small
+    if not args.no_eval:
+        from shotstream.world import load_eval_suite
+
+        check = retrieval_check(clip, load_eval_suite())
+        config, tensors = load_checkpoint(args.out)
+        config["train"]["data"] = args.manifest or f"storyworld training stories 0..{args.stories - 1}, every {args.every}th frame"
+        save_checkpoint(args.out, {**config, "eval_suite_retrieval": check}, tensors)
+        print("train-clip: eval suite renders: matching caption beats a shuffled one on "
+              f"{100 * check['match_beats_shuffled']:.1f}% of {check['shots']} shots (CLIP score "
+              f"{check['clip_score_match']:.1f} vs {check['clip_score_shuffled']:.1f})")
     print(f"saved {args.out}")
     return 0
 
