@@ -101,7 +101,6 @@ class ShotStreamPipeline:
             raise ValueError(f"unknown model kind {kind!r}")
         self.model, self.config, self.autoencoder, self.text_encoder, self.kind = model, config, autoencoder, text_encoder, kind
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._lock = threading.Lock()  # one generation at a time per pipeline (shared weights)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, autoencoder: str | Path | None = None, device="cpu",
@@ -262,22 +261,22 @@ class ShotStreamSession:
         return torch.randn(1, v.latent_frames_per_shot, v.latent_channels, *v.latent_size, generator=g).to(self.pipe.device)
 
     def _generate(self, request: _Request) -> Iterator[StreamChunk]:
+        # Grad / inference mode is per thread, and a consumer (the Gradio app) may resume this
+        # generator from a different thread at every chunk: no such context may span a yield.
         pipe, k = self.pipe, len(self.shots)
         chunks, t_start, t_first = [], time.perf_counter(), None
-        with pipe._lock, torch.inference_mode():
+        with torch.no_grad():
             cond = self.conditioning(request.caption)
-            noise = self._noise(k)
-            latents = self._latent_chunks(cond, noise, k)
-            for j, x0 in enumerate(latents):
-                video = pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0)
-                frames = to_uint8(video)
-                t_ready = time.perf_counter()
-                t_first = t_first or t_ready
-                chunks.append(frames)
-                last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
-                yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
-                if self._cancel.is_set():
-                    return  # the unfinished shot is dropped; finished shots stay
+        for j, x0 in enumerate(self._latent_chunks(cond, self._noise(k), k)):
+            with torch.no_grad():
+                frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0))
+            t_ready = time.perf_counter()
+            t_first = t_first or t_ready
+            chunks.append(frames)
+            last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
+            yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
+            if self._cancel.is_set():
+                return  # the unfinished shot is dropped; finished shots stay
         self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
 
     def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:

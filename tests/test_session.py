@@ -199,3 +199,29 @@ def test_bad_prompts_are_refused_or_truncated_clearly():
     small.submit("two")
     with pytest.raises(ValueError, match="at most 2 shots"):
         small.submit("three")
+
+
+def test_stream_can_be_resumed_from_other_threads_with_grad_enabled():
+    """The Gradio app creates sessions and calls next() on their streams from whichever worker
+    thread is free: no grad/inference mode may leak from one thread's chunk into another's."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import cycle
+
+    def story(threads):
+        call = (lambda fn, *a: next(threads).submit(fn, *a).result()) if threads else (lambda fn, *a: fn(*a))
+        session = call(lambda: make_pipe().session(seed=2))
+        session.submit("a red circle walks left")
+        session.submit("it jumps")
+        stream, frames = session.stream(), []
+        while (chunk := call(next, stream, None)) is not None:
+            frames.append(chunk.frames)
+        return np.concatenate(frames)
+
+    reference = story(None)
+    pools = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]  # every call on another thread
+    threads = cycle(pools)
+    for _ in range(3):
+        assert np.array_equal(story(threads), reference)
+    for p in pools:
+        p.shutdown()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
