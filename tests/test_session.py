@@ -217,6 +217,16 @@ def test_stream_can_be_resumed_from_other_threads_with_grad_enabled():
             frames.append(chunk.frames)
         return np.concatenate(frames)
 
+    # no grad / inference mode may be left on in the thread that ran a chunk (it would leak
+    # into whatever that worker thread runs next, e.g. the creation of another session's caches)
+    worker = ThreadPoolExecutor(max_workers=1)
+    session = make_pipe().session(seed=2)
+    session.submit("a red circle walks left")
+    stream = session.stream()
+    while worker.submit(next, stream, None).result() is not None:
+        assert worker.submit(lambda: torch.is_grad_enabled() and not torch.is_inference_mode_enabled()).result()
+    worker.shutdown()
+
     reference = story(None)
     pools = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]  # every call on another thread
     threads = cycle(pools)
