@@ -47,10 +47,6 @@ class PairsConfig(TeacherConfig):
     context_dropout: float = 0.0
 
 
-class _TeacherData(NextShotStage):
-    """Next-shot batches (autoencoder + text encoder) for the trajectory sampler."""
-
-
 def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progress: bool = True) -> Path:
     """Write `count` teacher trajectories as shards `pairs_XXXXX.safetensors` (+ captions JSON).
 
@@ -60,7 +56,8 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher, tcfg, kind = from_pretrained(cfg.teacher, device=device)
-    stage = _TeacherData(cfg, TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size))
+    stage = NextShotStage(cfg,  # next-shot batches for the trajectory sampler
+                           TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size))
     if kind != "bidirectional":
         raise ValueError(f"{cfg.teacher}: ODE pairs need the bidirectional teacher, got a {kind} model")
     sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)
