@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=epilog, formatter_class=fmt)
     run.add_argument("--method", nargs="+", required=True,
                      help="shipped model names (checkpoints/tiny/: student, teacher, ...), model folders, "
-                     "name=folder, or ground_truth (the StoryWorld renders: the reference row)")
+                     "name=folder, autoencoder (the ground truth through the codec: the ceiling of generated "
+                     "methods), or ground_truth (the StoryWorld renders: the reference row)")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--suite", default=None,
                      help=f"'{EVAL_SUITE}' (default: the committed 50-story evaluation suite) or a StoryWorld stories .json")

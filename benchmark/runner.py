@@ -43,6 +43,8 @@ class GenerationNotWired(RuntimeError):
 
 
 GROUND_TRUTH = "ground_truth"  # the StoryWorld renders themselves: the upper bound of every quality metric
+# An autoencoder folder as a method (`autoencoder` = the shipped codec): the ground truth encoded and
+# decoded, the ceiling of every generated method, since they all decode through that codec.
 # dtype names accepted on the command line -> the name recorded in the rows.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                "float16": "float16", "fp16": "float16"}
@@ -55,7 +57,8 @@ def canonical_dtype(name: str) -> str:
 
 
 def parse_method(spec: str) -> tuple[str, Path | None]:
-    """`name` (shipped model, `ground_truth`, or a folder) or `name=folder` -> (row name, model folder).
+    """`name` (shipped model, `autoencoder`, `ground_truth`, or a folder) or `name=folder` ->
+    (row name, model folder).
 
     The folder is None for `ground_truth`; an unknown name is a FileNotFoundError listing the
     shipped models."""
@@ -75,7 +78,7 @@ def method_protocol(folder: Path | None, teacher_steps: int | None = None) -> di
 
     Student (causal / rolling): the number of distilled timesteps ("4"); teacher
     (bidirectional): "<steps>+cfg<scale>" ("50+cfg3"); ground truth: "" (nothing is sampled)."""
-    if folder is None:
+    if folder is None or is_autoencoder(folder):
         return {"steps": "", "preset": ""}
     from shotstream.model.loading import read_config
 
@@ -86,6 +89,13 @@ def method_protocol(folder: Path | None, teacher_steps: int | None = None) -> di
     else:
         steps = str(len(s.student_timesteps))
     return {"steps": steps, "preset": cfg.preset}
+
+
+def is_autoencoder(folder: Path) -> bool:
+    from shotstream.checkpoint import read_json
+
+    config = Path(folder) / "config.json"
+    return config.is_file() and read_json(config).get("class") == "TinyVideoAutoencoder"
 
 
 def chunk_record(chunk) -> ChunkRecord:
@@ -116,6 +126,14 @@ class StreamingGenerator:
             self.folders[method] = parse_method(method)[1]
         return self.folders[method]
 
+    def codec(self, folder: Path, device: str):
+        from shotstream.autoencoder import TinyVideoAutoencoder
+
+        key = (str(folder), device, "codec")
+        if key not in self._pipes:
+            self._pipes[key] = TinyVideoAutoencoder.from_pretrained(folder, device=device)
+        return self._pipes[key]
+
     def pipeline(self, method: str, device: str = "cpu", dtype: str = "float32"):
         from shotstream.session import ShotStreamPipeline
 
@@ -135,8 +153,11 @@ class StreamingGenerator:
 
     def __call__(self, method: str, story: "StoryView", *, seed: int, device: str, dtype: str, steps: str,
                  preset: str) -> Generation:
-        if self.folder(method) is None:
+        folder = self.folder(method)
+        if folder is None:
             return ground_truth(story)
+        if is_autoencoder(folder):
+            return codec_round_trip(self.codec(folder, device), story)
         pipe = self.pipeline(method, device, dtype)
         return _measured(lambda: stream_story(pipe, story, seed=seed), device)
 
@@ -177,6 +198,17 @@ def ground_truth(story: "StoryView") -> Generation:
     from shotstream.world import render_shot
 
     return Generation([render_shot(src, k)[0] for k in range(src.num_shots)], None, timed=False)
+
+
+def codec_round_trip(autoencoder, story: "StoryView") -> Generation:
+    """The ground truth of `story` encoded and decoded shot by shot (untimed, like the ground truth)."""
+    from shotstream.session import to_model_video, to_uint8
+
+    device = autoencoder.latent_mean.device
+    with torch.no_grad():
+        frames = [to_uint8(autoencoder.decode(autoencoder.encode(to_model_video(f, device)[None])))
+                  for f in ground_truth(story).frames]
+    return Generation(frames, None, timed=False)
 
 
 _DEFAULT_GENERATOR: StreamingGenerator | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.session import ShotStreamPipeline
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SHIPPED_AUTOENCODER = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "autoencoder"
 PROMPTS = [
     "a red striped star walks to the left in a snowy field, wide shot",
     "close-up of the same character spinning on the beach",
@@ -38,7 +40,9 @@ def build_pipeline(model_path: str | None, dtype: torch.dtype, device: str) -> S
     cfg = get_preset("tiny")
     torch.manual_seed(0)
     model = WanDiT(cfg.model, cfg.video.latent_channels).to(device=device, dtype=dtype).eval()
-    ae = TinyVideoAutoencoder(cfg.video).to(device).eval()
+    # Speed depends on the architecture, not the weights: the shipped codec if there is one.
+    ae = (TinyVideoAutoencoder.from_pretrained(SHIPPED_AUTOENCODER, device=device) if SHIPPED_AUTOENCODER.is_dir()
+          else TinyVideoAutoencoder(cfg.video).to(device).eval())
     return ShotStreamPipeline(model, cfg, ae, TextEncoder(max_len=cfg.model.text_len, device=device))
 
 

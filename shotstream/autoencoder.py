@@ -328,6 +328,7 @@ def reconstruction_loss(
     l1_weight: float = 1.0,
     mse_weight: float = 1.0,
     grad_weight: float = 0.5,
+    latent_noise: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Training loss of the codec on video [B, F, 3, H, W]: returns (loss, logs).
 
@@ -335,8 +336,16 @@ def reconstruction_loss(
     frames): the procedural scenes are flat colours with sharp edges, which plain L1/MSE blur,
     and dt keeps motion consistent across the 4-frame group boundaries. Works on raw
     (unnormalised) latents, so fitting latent stats later does not change the codec.
+
+    latent_noise > 0 decodes z + latent_noise * std(z) * N(0, 1) (std per sample, not
+    back-propagated, so the encoder cannot shrink the noise away by scaling z up): the decoder
+    learns to tolerate the small errors a diffusion model makes, and the encoder to keep what
+    matters in coarse, well-separated latent values that are easier to generate.
     """
-    recon = ae.decode_raw(ae.encode_raw(video), first_chunk=True)  # [B, F, 3, H, W]
+    z = ae.encode_raw(video)  # [B, f, C, h, w]
+    if latent_noise > 0:
+        z = z + latent_noise * z.detach().std(dim=(1, 2, 3, 4), keepdim=True) * torch.randn_like(z)
+    recon = ae.decode_raw(z, first_chunk=True)  # [B, F, 3, H, W]
     target = video.to(recon.dtype)
     l1 = (recon - target).abs().mean()
     mse = ((recon - target) ** 2).mean()

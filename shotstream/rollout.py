@@ -8,6 +8,9 @@ Causal (student):  write_global_context() once per shot, then rollout_shot() chu
     clean prediction is run once more at t = 0 to write its K/V into the local cache.
 Bidirectional (teacher, baselines): generate_shot_bidirectional() denoises the whole shot at
     once, attending to the clean context frames concatenated before it, with CFG.
+
+The phases carry `torch.profiler.record_function` labels (free unless a profiler is running):
+benchmark/profile.py times them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from shotstream import flow_matching as fm
 from shotstream.model.dit import FrameInfo, WanDiT
@@ -83,7 +87,7 @@ def write_global_context(model: WanDiT, memory: DualCache, cond: ShotConditionin
     memory.global_context.begin()
     if cond.num_context:
         zero = torch.zeros(cond.context.shape[0], device=cond.context.device)
-        with torch.no_grad():
+        with torch.no_grad(), record_function("global_cache_write"):
             _velocity(model, cond.context, zero, cond, cond.context_frames(), cache=memory.kv)
         memory.kv.commit()
     memory.global_context.seal()
@@ -119,14 +123,14 @@ def rollout_shot(
         frames = cond.target_frames(start, n, pos_offset)
         memory.local_context.make_room(n)
         with_grad = torch.is_grad_enabled() and grad_chunks is not None and start // chunk in grad_chunks
-        with torch.set_grad_enabled(with_grad):
+        with torch.set_grad_enabled(with_grad), record_function("denoise"):
             x0 = fm.few_step_sample(
                 lambda x, s: _velocity(model, x, s, cond, frames, cache=memory.kv),
                 noise[:, start:start + n], sigmas, generator, grad_exit_only=True,
                 exit_step=None if exit_steps is None else exit_steps[start // chunk],
             )
         # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context.
-        with torch.no_grad():
+        with torch.no_grad(), record_function("cache_write"):
             _velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=memory.kv)
         memory.kv.commit()
         yield x0
@@ -166,7 +170,7 @@ def generate_shot_bidirectional(
         text, mask = cond.text.clone(), cond.text_mask.clone()
         text[:, cond.target_slot], mask[:, cond.target_slot] = null_text[0][:, 0], null_text[1][:, 0]
         uncond = velocity(text, mask)
-    with torch.no_grad():
+    with torch.no_grad(), record_function("denoise"):
         return fm.euler_sample(velocity(cond.text, cond.text_mask), noise, sigmas, guidance_scale, uncond, callback)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from shotstream import flow_matching as fm
 from shotstream.config import ShotStreamConfig
@@ -240,10 +241,11 @@ class ShotStreamSession:
         pipe, device, k = self.pipe, self.pipe.device, len(self.shots)
         picks = [] if pipe.kind == "rolling" else select_context_frames([len(s.frames) for s in self.shots], pipe.config.model.context_frames)
         sources = list(dict.fromkeys(s for s, _ in picks))  # earlier shots that give frames, in order
-        text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources] + [self._caption(caption)])
+        with record_function("text_encoding"):
+            text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources] + [self._caption(caption)])
         if picks:
             images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
-            with torch.no_grad():
+            with torch.no_grad(), record_function("context_encoding"):
                 context = pipe.autoencoder.encode_image(images)  # [Cf, 1, C, h, w]
             context = context[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
         else:
@@ -268,7 +270,7 @@ class ShotStreamSession:
         with torch.no_grad():
             cond = self.conditioning(request.caption)
         for j, x0 in enumerate(self._latent_chunks(cond, self._noise(k), k)):
-            with torch.no_grad():
+            with torch.no_grad(), record_function("decode"):
                 frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0))
             t_ready = time.perf_counter()
             t_first = t_first or t_ready

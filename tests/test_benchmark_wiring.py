@@ -71,6 +71,24 @@ def test_method_names_resolve_to_folders_and_record_the_sampler(models):
     assert method_protocol(models / "t") == {"steps": "2+cfg2", "preset": "tiny"}
     assert method_protocol(models / "t", teacher_steps=7)["steps"] == "7+cfg2"
     assert method_protocol(None) == {"steps": "", "preset": ""}
+    assert method_protocol(models / "autoencoder") == {"steps": "", "preset": ""}
+
+
+def test_autoencoder_method_is_the_ground_truth_through_the_codec(models):
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.session import to_model_video, to_uint8
+
+    view = load_suite()[0][0]
+    gen = StreamingGenerator({"codec": models / "autoencoder"}, warmup=False)
+    out = gen("codec", view, seed=0, device="cpu", dtype="float32", steps="", preset="")
+    truth = gen(GROUND_TRUTH, view, seed=0, device="cpu", dtype="float32", steps="", preset="").frames
+    assert not out.timed and out.records is None
+    assert [f.shape for f in out.frames] == [f.shape for f in truth]
+    ae = TinyVideoAutoencoder.from_pretrained(models / "autoencoder")
+    with torch.no_grad():
+        expected = to_uint8(ae.decode(ae.encode(to_model_video(truth[1], "cpu")[None])))
+    np.testing.assert_array_equal(out.frames[1], expected)
+    assert not np.array_equal(out.frames[1], truth[1])  # a random codec does change the frames
 
 
 def test_suite_labels_follow_storyworld():

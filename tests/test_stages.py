@@ -88,3 +88,43 @@ def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
     session.submit("a red circle walks left")
     session.submit("it spins")
     assert [c.shot for c in session.stream()] == [0, 1]  # 9 frames = 3 latent frames = one chunk per shot
+
+    # The rolling-window ablation: same inter stage, the cache kept across shots, exported as `rolling`.
+    rolling = run_stage("inter", "inter_smoke", tmp_path / "rolling", *common, f"stage.init={intra / 'student'}",
+                        "stage.kind=rolling", "stage.model_overrides=model.local_window=3", "stage.export_name=rolling")
+    model, config, kind = from_pretrained(rolling / "rolling")
+    assert kind == "rolling" and config.model.local_window == 3
+    session = ShotStreamPipeline.from_pretrained(rolling / "rolling", autoencoder=ae).session(seed=0)
+    session.submit("a red circle walks left")
+    session.submit("it spins")
+    assert [c.shot for c in session.stream()] == [0, 1]
+
+
+def test_rolling_inter_stage_carries_the_cache_across_shots(smoke_models, tmp_path):
+    """Each step's rollouts start from the cache the previous shot left; a new story starts empty."""
+    from shotstream.training.self_forcing import InterShotStage
+
+    root, ae, teacher = smoke_models
+    student = tmp_path / "student"
+    model, config, _ = from_pretrained(teacher)
+    from shotstream.model.loading import save_pretrained
+    from shotstream.model.dit import WanDiT
+
+    save_pretrained(WanDiT(config.model, config.video.latent_channels), config, student, kind="causal")
+    cfg = resolve_config("inter", "inter_smoke", [f"stage.teacher={teacher}", f"stage.autoencoder={ae}",
+                                                  f"stage.init={student}", "stage.kind=rolling",
+                                                  "stage.model_overrides=model.local_window=3", "stage.max_shots=2"],
+                         out=str(tmp_path / "run"))
+    stage = InterShotStage(cfg.stage, cfg)
+    F = config.video.latent_frames_per_shot
+    batch = stage.batch(0, 0, 1)
+    assert stage.rolling_memory.kv.length == 0 and stage.frames_so_far == 0
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = stage.rollout(batch, grad=False)
+        torch.manual_seed(0)
+        b = stage.rollout(batch, grad=False)  # a second rollout of the same step: same start, same shot
+    assert torch.equal(a, b) and stage.rolling_memory.kv.length == 0
+    stage.last_generated = b
+    stage.batch(1, 0, 1)  # next shot of the same stories
+    assert stage.frames_so_far == F and stage.rolling_memory.kv.length == 3 * stage.rolling_memory.tokens_per_frame

@@ -1,11 +1,13 @@
 """Stage 0: the tiny causal video autoencoder, trained on StoryWorld clips by reconstruction.
 
-    shotstream train autoencoder --config autoencoder            # ~25 min on 2 CPU cores
+    shotstream train autoencoder --config autoencoder            # ~35 min on 2 CPU cores
     shotstream train autoencoder --config autoencoder_smoke      # a few steps (CI)
 
 A clip is frame s of a shot (encoded alone, like a shot's first frame) followed by groups of 4
-frames, so both encoder paths train on every batch. The export fits the per-channel latent
-statistics on training clips and writes a model folder the pipeline loads.
+frames, so both encoder paths train on every batch. The codec is fully convolutional, so it
+trains on random crops (4x cheaper at half size) and runs on whole frames. The export fits the
+per-channel latent statistics on whole training clips and writes a model folder the pipeline
+loads.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ from shotstream.world.story import sample_story
 @dataclass
 class AutoencoderConfig:
     preset: str = "tiny"  # video geometry (size, strides, latent channels) comes from the preset
-    base_channels: int = 48
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
     clip_frames: int = 9  # 4k+1 frames per training clip
+    crop_size: int = 64  # train on random crops of this size (0 = whole frames)
+    latent_noise: float = 0.1  # decoder sees z + latent_noise * std(z) * N(0, 1): see reconstruction_loss
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     grad_weight: float = 0.5  # L1 on spatial/temporal finite differences: keeps edges and patterns sharp
@@ -40,15 +46,22 @@ class AutoencoderConfig:
     def validate(self) -> None:
         if self.clip_frames < 1 or (self.clip_frames - 1) % 4:
             raise ValueError(f"stage.clip_frames must be 4k+1, got {self.clip_frames}")
+        if self.crop_size < 0 or self.crop_size % 8:
+            raise ValueError(f"stage.crop_size must be 0 or a multiple of 8, got {self.crop_size}")
 
 
-def training_clip(seed: int, video_cfg, clip_frames: int) -> np.ndarray:
-    """A clip of `clip_frames` consecutive frames from a random shot of a random training story."""
+def training_clip(seed: int, video_cfg, clip_frames: int, crop_size: int = 0) -> np.ndarray:
+    """`clip_frames` consecutive frames of a random shot of a random training story, optionally a
+    random crop_size x crop_size window of them (aligned to the 8-pixel latent grid)."""
     rng = np.random.default_rng(seed)
     story = sample_story(training_seed(int(rng.integers(2**31))), frames_per_shot=video_cfg.frames_per_shot)
     frames, _ = render_shot(story, int(rng.integers(story.num_shots)), video_cfg)
     start = int(rng.integers(len(frames) - clip_frames + 1))
-    return frames[start:start + clip_frames]
+    clip = frames[start:start + clip_frames]
+    if crop_size and crop_size < min(clip.shape[1:3]):
+        y, x = (int(rng.integers((n - crop_size) // 8 + 1)) * 8 for n in clip.shape[1:3])
+        clip = clip[:, y:y + crop_size, x:x + crop_size]
+    return clip
 
 
 class AutoencoderStage:
@@ -58,7 +71,8 @@ class AutoencoderStage:
         self.cfg, self.train = config, train
         self.device = torch.device(train.device)
         self.video = get_preset(config.preset).video
-        self.ae = TinyVideoAutoencoder(self.video, base_channels=config.base_channels).to(self.device)
+        self.ae = TinyVideoAutoencoder(self.video, base_channels=config.base_channels, channel_mults=config.channel_mults,
+                                       num_res_blocks=config.num_res_blocks).to(self.device)
 
     def modules(self):
         return {"autoencoder": self.ae}
@@ -67,12 +81,13 @@ class AutoencoderStage:
         return {"autoencoder": OptimizerSpec(("autoencoder",))}
 
     def batch(self, step: int, shard: int, num_shards: int) -> torch.Tensor:
-        clips = [training_clip(derive_seed(self.train.seed, step, shard, i), self.video, self.cfg.clip_frames)
-                 for i in range(self.train.batch_size)]
+        clips = [training_clip(derive_seed(self.train.seed, step, shard, i), self.video, self.cfg.clip_frames,
+                               self.cfg.crop_size) for i in range(self.train.batch_size)]
         return torch.stack([to_model_video(c, self.device) for c in clips])  # [B, F, 3, H, W]
 
     def loss(self, name: str, batch: torch.Tensor, step: int):
-        return reconstruction_loss(self.ae, batch, self.cfg.l1_weight, self.cfg.mse_weight, self.cfg.grad_weight)
+        return reconstruction_loss(self.ae, batch, self.cfg.l1_weight, self.cfg.mse_weight, self.cfg.grad_weight,
+                                   self.cfg.latent_noise)
 
     def sample(self, step: int, out_dir: Path) -> None:
         """Originals over reconstructions of the first shot of three evaluation stories, with PSNR."""

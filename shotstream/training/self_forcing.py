@@ -11,10 +11,16 @@ the online critic on what it generated. The critic is updated every step, the ge
 
 Inter-shot: every training step generates the next shot of a batch of ongoing stories, whose
 conditional frames come from the student's own decoded earlier shots, exactly as in the app.
+
+`kind: rolling` trains the ablation without a global cache (Self-Forcing / LongLive style): the
+student's history is only its rolling local window, kept across shot boundaries for the whole
+story, positions continuing; the real and fake scores still see the selected history frames.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +52,7 @@ class SelfForcingConfig(DMDConfig):
     generator_lr: float = 2e-5
     critic_lr: float = 4e-5
     same_exit_across_chunks: bool = True  # Self-Forcing default: one random exit step per rollout
+    kind: str = "causal"  # "rolling": the no-global-cache ablation (inter stage only; needs model.local_window)
     max_shots: int = 6
     sample_story: int = 0
     sample_shots: int = 3
@@ -63,8 +70,16 @@ class IntraShotStage(NextShotStage):
         generator, gcfg, kind = from_pretrained(config.init, device=self.device)
         if kind != "causal":
             raise ValueError(f"{config.init}: self-forcing starts from a causal student (ODE stage), got {kind}")
-        if gcfg.model != self.config.model:
+        # The memory settings (local window, sink) shape the cache, not the weights: they may change.
+        memory = {"local_window": self.config.model.local_window, "sink_frames": self.config.model.sink_frames}
+        if dataclasses.replace(gcfg.model, **memory) != self.config.model:
             raise ValueError(f"{config.init}: its model config differs from preset + model_overrides")
+        if config.kind not in ("causal", "rolling"):
+            raise ValueError(f"stage.kind must be causal or rolling, got {config.kind!r}")
+        if config.kind == "rolling" and not isinstance(self, InterShotStage):
+            raise ValueError("stage.kind=rolling is trained by the inter-shot stage (its cache spans shots)")
+        if config.kind == "rolling" and not self.config.model.local_window:
+            raise ValueError("stage.kind=rolling needs a local window: add model.local_window=N to model_overrides")
         teacher, _, teacher_kind = from_pretrained(config.teacher, device=self.device)
         if teacher_kind != "bidirectional":
             raise ValueError(f"{config.teacher}: the real score must be the bidirectional teacher, got {teacher_kind}")
@@ -91,24 +106,36 @@ class IntraShotStage(NextShotStage):
             examples.append(next_shot_example(story, k, self.config))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
 
-    def rollout(self, batch: NextShotBatch, grad: bool) -> torch.Tensor:
-        """The student's streamed shot [B, F, C, h, w]; gradients at each chunk's exit step if `grad`."""
+    def new_memory(self, batch_size: int, rolling: bool = False) -> DualCache:
+        return DualCache(self.config.model, self.generator.grid(*self.config.video.latent_size),
+                         self.config.video.latent_frames_per_shot, batch=batch_size, device=self.device, rolling=rolling)
+
+    def rollout(self, batch: NextShotBatch, grad: bool, memory: DualCache | None = None,
+                pos_offset: int | None = None) -> torch.Tensor:
+        """The student's streamed shot [B, F, C, h, w]; gradients at each chunk's exit step if `grad`.
+
+        Default: a fresh dual cache whose global context holds the batch's conditional frames.
+        Rolling ablation: `memory` is the story's rolling cache (no global context) and the shot's
+        positions start at `pos_offset`."""
         B, F = batch.target.shape[:2]
-        has_context = bool(batch.context_valid.any())
+        has_context = memory is None and bool(batch.context_valid.any())
         context = batch.context if has_context else batch.context[:, :0]
         slots = torch.arange(context.shape[1], device=self.device).expand(B, -1)
         cond = ShotConditioning(context, batch.context_shots[:, :context.shape[1]], slots,
                                 self.generator.embed_text(batch.text), batch.text_mask, target_slot=batch.budget,
                                 shot=batch.shot, chunk_frames=self.config.model.chunk_frames)
-        memory = DualCache(self.config.model, self.generator.grid(*self.config.video.latent_size), F, batch=B, device=self.device)
-        write_global_context(self.generator, memory, cond)
+        rolling = memory is not None
+        if not rolling:
+            memory = self.new_memory(B)
+            write_global_context(self.generator, memory, cond)
         chunks = -(-F // self.config.model.chunk_frames)
         steps = len(self.sigmas)
         exits = torch.randint(steps, (1 if self.cfg.same_exit_across_chunks else chunks,)).tolist()
         exits = exits * chunks if len(exits) == 1 else exits
         noise = torch.randn_like(batch.target)
         out = rollout_shot(self.generator, memory, cond, noise, self.sigmas, exit_steps=exits,
-                           grad_chunks=set(range(chunks)) if grad else None)
+                           grad_chunks=set(range(chunks)) if grad else None, pos_offset=pos_offset,
+                           reset_local=not rolling)
         return torch.cat(list(out), dim=1)
 
     def loss(self, name: str, batch: NextShotBatch, step: int):
@@ -126,7 +153,7 @@ class IntraShotStage(NextShotStage):
 
     def export(self, out_dir: Path) -> list[Path]:
         targets = [out_dir / self.cfg.export_name] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
-        return [save_pretrained(self.generator, self.config, t, kind="causal", dtype=torch.bfloat16) for t in targets]
+        return [save_pretrained(self.generator, self.config, t, kind=self.cfg.kind, dtype=torch.bfloat16) for t in targets]
 
 
 class InterShotStage(IntraShotStage):
@@ -135,6 +162,10 @@ class InterShotStage(IntraShotStage):
     The conditional frames of shot k are picked from the student's own decoded shots < k, so the
     real score, the critic and the generator all see the self-generated history. A resumed run
     starts fresh stories (the history of an interrupted story is not checkpointed).
+
+    Rolling ablation: the story's cache lives across steps. Every rollout of a step (critic,
+    generator) starts from a copy of the cache as the previous shot left it; the last one's
+    cache, which holds the shot that joins the history, carries on.
     """
 
     def __init__(self, config: SelfForcingConfig, train: TrainConfig):
@@ -142,6 +173,7 @@ class InterShotStage(IntraShotStage):
             raise ValueError("the inter-shot stage keeps one batch of stories per process: use grad_accum=1")
         super().__init__(config, train)
         self.stories, self.history, self.last_generated = [], [], None
+        self.rolling_memory, self.step_memory, self.frames_so_far = None, None, 0
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         if self.last_generated is not None:  # the shot generated at the previous step joins the history
@@ -157,5 +189,15 @@ class InterShotStage(IntraShotStage):
                                          frames_per_shot=self.config.video.frames_per_shot)
                             for i in range(self.train.batch_size)]
             self.history, k = [[] for _ in self.stories], 0
+            if self.cfg.kind == "rolling":
+                self.rolling_memory, self.frames_so_far = self.new_memory(len(self.stories), rolling=True), 0
+        elif self.cfg.kind == "rolling":
+            self.rolling_memory, self.frames_so_far = self.step_memory, self.frames_so_far + self.config.video.latent_frames_per_shot
         examples = [example_from_history(s, k, h, None, self.config) for s, h in zip(self.stories, self.history)]
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
+
+    def rollout(self, batch: NextShotBatch, grad: bool, memory=None, pos_offset=None) -> torch.Tensor:
+        if self.cfg.kind != "rolling":
+            return super().rollout(batch, grad)
+        self.step_memory = copy.deepcopy(self.rolling_memory)
+        return super().rollout(batch, grad, self.step_memory, self.frames_so_far)
