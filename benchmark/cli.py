@@ -1,6 +1,7 @@
 """`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip, train-probe.
 
     shotstream-bench run --method student teacher ground_truth --limit 10  # eval suite: generate + score (resumable)
+    torchrun --nproc-per-node 4 -m benchmark run --method student teacher --device cuda  # stories sharded by rank
     shotstream-bench score --manifest videos/manifest.json --method other  # score any system's mp4s
     shotstream-bench report                                                # results/leaderboard.csv, REPORT.md
     shotstream-bench train-probe / train-clip                              # the StoryWorld judges (checkpoints/)
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "methods), or ground_truth (the StoryWorld renders: the reference row)")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--suite", default=None,
-                     help=f"'{EVAL_SUITE}' (default: the committed 50-story evaluation suite) or a StoryWorld stories .json")
+                     help=f"'{EVAL_SUITE}' (default: the committed 50-story evaluation suite), 'storyworld-long' "
+                     "(4 stories of 20 shots: chunk time and memory over many shots) or a StoryWorld stories .json")
     src.add_argument("--stories", help="a scoring manifest or an official ShotStream prompt JSON "
                      "(global_caption, shot1..shotN) giving the captions (no labels: label metrics are missing)")
     run.add_argument("--limit", type=int, default=None, help="only the first N stories")
@@ -149,16 +151,29 @@ def _load_stories(path: str) -> tuple[list[dict], str]:
 
 
 def cmd_run(args) -> int:
-    from benchmark.rows import RowStore, RunMeta
-    from benchmark.runner import (StreamingGenerator, canonical_dtype, check_protocol, method_protocol, parse_method,
-                                  run_benchmark)
-    from benchmark.suite import load_suite
-    from benchmark.timing import cpu_threads
+    """Under `torchrun`, rank r of W runs stories r, r+W, ...; each story's rows are their own file in
+    the shared results folder, so the shards merge by construction and rank 0 writes the report."""
+    from shotstream.training.distributed import setup, teardown
 
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
+    world = setup(args.device)
+    try:
+        return _run_shard(args, world)
+    finally:
+        teardown(world)
+
+
+def _run_shard(args, world) -> int:
+    from benchmark.rows import RowStore, RunMeta
+    from benchmark.runner import (StreamingGenerator, canonical_dtype, check_protocol, method_protocol, parse_method,
+                                  run_benchmark, story_view)
+    from benchmark.suite import load_suite
+    from benchmark.timing import cpu_threads
+    from shotstream.training.distributed import barrier
+
     dtype = canonical_dtype(args.dtype)
     # Resolve every method before anything is generated: a typo fails at once, writing nothing.
     folders = dict(parse_method(m) for m in args.method)
@@ -168,20 +183,27 @@ def cmd_run(args) -> int:
         stories, suite = load_suite(args.suite or EVAL_SUITE)
     if args.limit is not None:
         stories = stories[: max(args.limit, 0)]
+    # ids are fixed before sharding (a story without one is named by its position in the suite)
+    stories = [story_view(s, i) for i, s in enumerate(stories)][world.rank::world.world_size]
+    # The protocol records the flag ("cuda"); setup() made each rank's own GPU the current one.
+    device = args.device
     scoring, encoder = _scoring(args, None)
     store = RowStore(args.results)
     metas = {}
     for name, folder in folders.items():
         metas[name] = RunMeta(suite=suite, encoder=encoder, **method_protocol(folder, args.teacher_steps),
-                              device=args.device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
+                              device=device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
         check_protocol(store, name, metas[name])
     generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps)
     done = skipped = 0
     for name in folders:  # each method records its own protocol (steps, preset)
-        counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate, progress=not args.quiet)
+        counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate,
+                               progress=not args.quiet and world.is_main)
         done, skipped = done + counts["done"], skipped + counts["skipped"]
-    print(f"run: {done} stories scored, {skipped} already done (resumed)")
-    return _maybe_report(args)
+    shard = f" (rank {world.rank} of {world.world_size})" if world.world_size > 1 else ""
+    print(f"run: {done} stories scored, {skipped} already done (resumed){shard}")
+    barrier(world)  # every shard's rows are on disk before the report reads them
+    return _maybe_report(args) if world.is_main else 0
 
 
 def cmd_score(args) -> int:

@@ -1,6 +1,7 @@
 """StoryWorld suites for `run`: the committed evaluation suite, or any StoryWorld stories file.
 
     views, suite = load_suite("storyworld-eval")   # the 50 stories of shotstream.world (seeds 0..49)
+    views, suite = load_suite("storyworld-long")   # 4 stories of 20 shots: memory and speed over many shots
     views, suite = load_suite("my_stories.json")   # any file shotstream.world.load_stories reads
 
 Each story becomes a `StoryView` with id `story-NNN` (its position in the suite, stable under
@@ -18,6 +19,7 @@ from benchmark.probe import shot_labels
 from benchmark.runner import StoryView
 
 EVAL_SUITE = "storyworld-eval"
+LONG_SUITE = "storyworld-long"
 
 
 def story_views(stories: Sequence) -> list[StoryView]:
@@ -29,13 +31,16 @@ def story_views(stories: Sequence) -> list[StoryView]:
 
 
 def load_suite(name: str = EVAL_SUITE) -> tuple[list[StoryView], str]:
-    """(views, suite name recorded in the rows) for `storyworld-eval` or a StoryWorld stories file."""
+    """(views, suite name recorded in the rows) for a committed suite or a StoryWorld stories file."""
     from shotstream.world import load_eval_suite, load_stories
+    from shotstream.world.dataset import load_long_suite
 
     if name == EVAL_SUITE:
         return story_views(load_eval_suite()), EVAL_SUITE
+    if name == LONG_SUITE:
+        return story_views(load_long_suite()), LONG_SUITE
     path = Path(name)
     if not path.suffix == ".json":
-        raise ValueError(f"unknown suite {name!r}: use {EVAL_SUITE!r} (the committed evaluation suite) or a "
-                         "StoryWorld stories .json file")
+        raise ValueError(f"unknown suite {name!r}: use {EVAL_SUITE!r} (the committed evaluation suite), "
+                         f"{LONG_SUITE!r} (4 stories of 20 shots) or a StoryWorld stories .json file")
     return story_views(load_stories(path)), path.stem

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import free_port, subprocess_env
 
 from benchmark.cli import DEFAULT_CLIP, DEFAULT_PROBE, main as bench_main
 from benchmark.metrics import LABEL_KEYS, METRICS, TIMING_METRICS
@@ -106,6 +107,9 @@ def test_suite_labels_follow_storyworld():
     assert set(LABEL_KEYS.values()) <= set(views[0].labels[0])
     with pytest.raises(ValueError, match="unknown suite"):
         load_suite("storyworld-test")
+    long, name = load_suite("storyworld-long")
+    assert name == "storyworld-long" and [len(v.captions) for v in long] == [20] * 4
+    assert not {v.captions[0] for v in long} & {v.captions[0] for v in views}  # seeds apart from the eval suite
 
 
 def test_probe_samples_evenly_with_first_and_last():
@@ -168,6 +172,23 @@ def test_run_on_suite_stories_scores_every_metric_and_resumes(models, tmp_path, 
     assert bench_main(argv) == 0
     assert "0 stories scored, 4 already done" in capsys.readouterr().out
     assert [f.stat().st_mtime_ns for f in files] == stamps  # nothing regenerated
+
+
+@shipped
+def test_run_sharded_over_torchrun_ranks_merges_rows(models, tmp_path):
+    """2 ranks x 1 story each == the rows of 2 stories; rank 0 alone writes the report after both."""
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "benchmark", "run",
+           "--method", f"tiny={models / 'm'}", "--limit", "2", "--results", str(results), "--threads", "1",
+           "--quiet", "--metrics", "fps,scene_acc"]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
+    rows = RowStore(results).read()
+    assert sorted(set(rows["story"])) == ["story-000", "story-001"] and set(rows["device"]) == {"cpu"}
+    board = pd.read_csv(results / "leaderboard.csv").set_index("method")
+    assert board.loc["tiny", "failures"] == 0 and not math.isnan(board.loc["tiny", "fps"])
 
 
 def load_clip_name() -> str:

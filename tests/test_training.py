@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port, subprocess_env
 
 from shotstream.checkpoint import load_checkpoint, load_tensors
 from shotstream.training import DivergenceError, latest_checkpoint, load_module_weights, train
@@ -46,16 +46,6 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 def csv_rows(out: Path) -> list[list[str]]:
     with open(out / "metrics.csv", newline="") as f:
         return list(csv.reader(f))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def subprocess_env() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------------------------------------

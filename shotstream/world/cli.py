@@ -49,14 +49,16 @@ def cmd_preview(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from shotstream.world.dataset import EVAL_SEEDS, write_eval_suite
+    from shotstream.world.dataset import EVAL_SEEDS, EVAL_SUITE_PATH, LONG_SEEDS, LONG_SUITE_PATH, write_eval_suite
     from shotstream.world.storage import load_stories
 
-    path = write_eval_suite(args.output)
+    output = args.output or (LONG_SUITE_PATH if args.long else EVAL_SUITE_PATH)
+    path = write_eval_suite(output, long=args.long)
+    seeds = LONG_SEEDS if args.long else EVAL_SEEDS
     stories = load_stories(path)
     shots = [s for st in stories for s in st.shots]
     pronouns = sum(s.labels.pronoun for s in shots)
-    print(f"wrote {path}: {len(stories)} stories (seeds {EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1}), "
+    print(f"wrote {path}: {len(stories)} stories (seeds {seeds.start}..{seeds.stop - 1}), "
           f"{len(shots)} shots, {pronouns} pronoun shots")
     return 0
 
@@ -109,8 +111,9 @@ def add_parser(sub) -> None:
 
     from shotstream.world.dataset import EVAL_SUITE_PATH
 
-    p = wsub.add_parser("suite", help="regenerate the fixed evaluation suite JSON")
-    p.add_argument("-o", "--output", default=str(EVAL_SUITE_PATH), help="output path (default: the packaged suite)")
+    p = wsub.add_parser("suite", help="regenerate the fixed evaluation suite JSON (or the long suite)")
+    p.add_argument("--long", action="store_true", help="the long suite: 4 stories of 20 shots (seeds 100..103)")
+    p.add_argument("-o", "--output", default=None, help="output path (default: the packaged suite file)")
     p.set_defaults(func=cmd_suite)
 
     p = wsub.add_parser("check", help="validate a story file (ours or the official shot1..shotN format) and print it")

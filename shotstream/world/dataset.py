@@ -1,8 +1,9 @@
 """StoryWorld data for training and evaluation, and the seed streams that keep them apart.
 
-Seeds: the evaluation suite uses story seeds 0..49 (EVAL_SEEDS); training story i uses seed
-TRAIN_SEED_OFFSET + i (>= 1_000_000). The two never overlap, so a model is never judged on a
-story it trained on.
+Seeds: the evaluation suite uses story seeds 0..49 (EVAL_SEEDS), the long suite (20-shot stories,
+for memory that must stay flat over many shots) seeds 100..103; training story i uses seed
+TRAIN_SEED_OFFSET + i (>= 1_000_000). They never overlap, so a model is never judged on a story
+it trained on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ TRAIN_SEED_OFFSET = 1_000_000
 EVAL_SEEDS = range(0, 50)
 EVAL_MIN_SHOTS, EVAL_MAX_SHOTS = 3, 6
 EVAL_SUITE_PATH = Path(__file__).parent / "data" / "eval_suite.json"
+LONG_SEEDS, LONG_SHOTS = range(100, 104), 20
+LONG_SUITE_PATH = Path(__file__).parent / "data" / "long_suite.json"
 
 
 @dataclass
@@ -74,10 +77,20 @@ def build_eval_suite(frames_per_shot: int | None = None) -> list[Story]:
     ]
 
 
-def write_eval_suite(path=EVAL_SUITE_PATH) -> Path:
-    return save_stories(path, build_eval_suite())
+def build_long_suite(frames_per_shot: int | None = None) -> list[Story]:
+    """The long suite: 4 stories of 20 shots from seeds 100..103."""
+    return [sample_story(seed, num_shots=LONG_SHOTS, frames_per_shot=frames_per_shot) for seed in LONG_SEEDS]
+
+
+def write_eval_suite(path=EVAL_SUITE_PATH, long: bool = False) -> Path:
+    return save_stories(path, build_long_suite() if long else build_eval_suite())
 
 
 def load_eval_suite(path=EVAL_SUITE_PATH) -> list[Story]:
     """The committed suite file (regenerate with `shotstream world suite`)."""
+    return load_stories(path)
+
+
+def load_long_suite(path=LONG_SUITE_PATH) -> list[Story]:
+    """The committed long suite file (regenerate with `shotstream world suite --long`)."""
     return load_stories(path)
