@@ -38,11 +38,14 @@ def build_pipeline(model_path: str | None, dtype: torch.dtype, device: str) -> S
     from shotstream.text_encoder import TextEncoder
 
     cfg = get_preset("tiny")
+    # Speed depends on the architecture, not the weights: the shipped codec (and its geometry) if any.
+    if SHIPPED_AUTOENCODER.is_dir():
+        ae = TinyVideoAutoencoder.from_pretrained(SHIPPED_AUTOENCODER, device=device)
+        cfg.video = ae.cfg
+    else:
+        ae = TinyVideoAutoencoder(cfg.video).to(device).eval()
     torch.manual_seed(0)
     model = WanDiT(cfg.model, cfg.video.latent_channels).to(device=device, dtype=dtype).eval()
-    # Speed depends on the architecture, not the weights: the shipped codec if there is one.
-    ae = (TinyVideoAutoencoder.from_pretrained(SHIPPED_AUTOENCODER, device=device) if SHIPPED_AUTOENCODER.is_dir()
-          else TinyVideoAutoencoder(cfg.video).to(device).eval())
     return ShotStreamPipeline(model, cfg, ae, TextEncoder(max_len=cfg.model.text_len, device=device))
 
 

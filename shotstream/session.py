@@ -16,6 +16,7 @@ interface: its chunks arrive together once the whole shot is denoised.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 import warnings
@@ -165,6 +166,7 @@ class ShotStreamSession:
         self._cancel = threading.Event()
         self._closed = False
         self.in_progress: str | None = None  # caption of the shot being generated
+        self._prepared: ShotConditioning | None = None  # the next shot's history (prepare_context)
         self._frames_so_far = 0  # rolling ablation: positions continue across shots
 
     # -- control, callable from any thread ---------------------------------------------------
@@ -197,6 +199,7 @@ class ShotStreamSession:
         self.cancel()
         self.shots.clear()
         self._frames_so_far = 0
+        self._prepared = None
         self.memory.global_context.begin()
 
     @property
@@ -237,24 +240,43 @@ class ShotStreamSession:
         return f"{self.global_caption} {caption}" if self.global_caption else caption
 
     def conditioning(self, caption: str) -> ShotConditioning:
-        """Select conditional frames from the history, encode them, and embed the captions."""
+        """Shot k's conditioning: the prepared history (`prepare_context`) plus the caption's slot."""
+        ctx = self.prepare_context()
+        with record_function("text_encoding"):
+            text, mask = self.pipe.embed_captions([self._caption(caption)])
+        if ctx.text.shape[1]:  # (the first shot has no history slots)
+            text, mask = torch.cat([ctx.text, text], 1), torch.cat([ctx.text_mask, mask], 1)
+        return dataclasses.replace(ctx, text=text, text_mask=mask)
+
+    def prepare_context(self) -> ShotConditioning:
+        """Everything shot k = len(shots) needs from the history, done once per shot: the
+        conditional frames selected and encoded, their captions embedded, and (causal) the global
+        context cache written. `_generate` calls it as soon as a shot ends, so a prompt typed
+        afterwards pays only for its own caption and chunks. Its text holds the history's caption
+        slots only; `conditioning` appends the new shot's."""
         pipe, device, k = self.pipe, self.pipe.device, len(self.shots)
+        if self._prepared is not None and self._prepared.shot == k:
+            return self._prepared
         picks = [] if pipe.kind == "rolling" else select_context_frames([len(s.frames) for s in self.shots], pipe.config.model.context_frames)
         sources = list(dict.fromkeys(s for s, _ in picks))  # earlier shots that give frames, in order
-        with record_function("text_encoding"):
-            text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources] + [self._caption(caption)])
-        if picks:
-            images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
-            with torch.no_grad(), record_function("context_encoding"):
-                context = pipe.autoencoder.encode_image(images)  # [Cf, 1, C, h, w]
-            context = context[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
-        else:
-            h, w = pipe.config.video.latent_size
-            context = torch.zeros(1, 0, pipe.config.video.latent_channels, h, w, device=device, dtype=pipe.model.dtype)
-        shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
-        slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
-        return ShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
-                                chunk_frames=pipe.config.model.chunk_frames)
+        h, w = pipe.config.video.latent_size
+        context = torch.zeros(1, 0, pipe.config.video.latent_channels, h, w, device=device, dtype=pipe.model.dtype)
+        text = torch.zeros(1, 0, 0, pipe.model.cfg.dim, device=device, dtype=pipe.model.dtype)  # no slots yet
+        mask = torch.zeros(1, 0, 0, device=device, dtype=torch.bool)
+        with torch.no_grad():
+            if picks:
+                images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
+                with record_function("context_encoding"):
+                    context = pipe.autoencoder.encode_image(images)[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
+                text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources])
+            shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
+            slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
+            ctx = ShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
+                                   chunk_frames=pipe.config.model.chunk_frames)
+            if pipe.kind == "causal":
+                write_global_context(pipe.model, self.memory, ctx)
+        self._prepared = ctx
+        return ctx
 
     def _noise(self, shot: int) -> torch.Tensor:
         """Deterministic per (seed, shot), drawn on CPU so every device sees the same noise."""
@@ -280,6 +302,7 @@ class ShotStreamSession:
             if self._cancel.is_set():
                 return  # the unfinished shot is dropped; finished shots stay
         self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
+        self.prepare_context()  # for the next shot, while the user watches this one and types
 
     def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
         pipe, cfg = self.pipe, self.pipe.config
@@ -291,9 +314,7 @@ class ShotStreamSession:
             yield from x0.split(cfg.model.chunk_frames, dim=1)
             return
         sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)
-        rolling = pipe.kind == "rolling"
-        if not rolling:
-            write_global_context(pipe.model, self.memory, cond)
+        rolling = pipe.kind == "rolling"  # (causal: prepare_context wrote the global context cache)
         offset = self._frames_so_far if rolling else None
         for x0 in rollout_shot(pipe.model, self.memory, cond, noise, sigmas, g, pos_offset=offset, reset_local=not rolling):
             self._frames_so_far += x0.shape[1]

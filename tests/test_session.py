@@ -78,6 +78,27 @@ def test_next_prompt_submitted_mid_stream_is_generated_without_regenerating_the_
     assert len(session.shots) == 3
 
 
+def test_next_shots_history_is_prepared_when_a_shot_ends():
+    """Once a shot ends, the next shot's conditional frames are encoded and its global cache written:
+    a prompt submitted later starts from there, with the same result as a prompt queued early."""
+    session = make_pipe().session(seed=2)
+    calls = []
+    encode = session.pipe.autoencoder.encode_image
+    session.pipe.autoencoder.encode_image = lambda x: calls.append(len(x)) or encode(x)
+    session.submit("a red circle walks left")
+    list(session.stream())
+    assert calls == [6]  # shot 1's 6 conditional frames (the budget), picked from shot 0 right after it
+    assert session.memory.global_context.tokens == 6 * session.memory.tokens_per_frame
+    session.submit("it jumps")
+    list(session.stream())
+    assert calls == [6, 6]  # nothing re-encoded for shot 1; shot 2's history prepared after it
+    queued = make_pipe().session(seed=2)
+    queued.submit("a red circle walks left")
+    queued.submit("it jumps")
+    list(queued.stream())
+    assert np.array_equal(queued.story_frames(), session.story_frames())
+
+
 def test_same_seed_same_story_and_seed_matters():
     def run(seed):
         s = make_pipe().session(seed=seed)
