@@ -142,14 +142,60 @@ def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, rep
     return 2 * n**3 / best
 
 
+# Dense bf16 tensor-core peak (TFLOP/s) and memory bandwidth (GB/s) from the vendors' data sheets.
+GPUS = {"H100 SXM": (989.0, 3350.0), "A100 SXM": (312.0, 2039.0), "L40S": (362.0, 864.0), "RTX 4090": (165.0, 1008.0)}
+PAPER_FPS = 16.0  # ShotStream's claim for Wan2.1-1.3B on one GPU; Self-Forcing reports 17 FPS on an H100
+
+
+def projection_page(preset: str, efficiencies=(0.25, 0.4)) -> str:
+    """Markdown: the preset's per-chunk / per-shot cost and projected FPS on common GPUs."""
+    cfg = get_preset(preset)
+    lines = [
+        f"# GPU projection of the {preset} preset",
+        "",
+        f"_`python -m benchmark.flops --preset {preset} --out results/perf/projection.md` — analytic FLOPs "
+        "(checked against torch's FlopCounterMode in tests/test_flops.py) and a roofline per forward._",
+        "",
+        f"{tokens_per_frame(cfg)} tokens per latent frame, chunks of {cfg.model.chunk_frames} latent frames, "
+        f"{len(cfg.sampler.student_timesteps)} denoising steps + 1 cache write per chunk: "
+        f"{chunk_flops(cfg, 3) / 1e12:.1f} TFLOP per mid-shot chunk, {shot_flops(cfg) / 1e12:.0f} TFLOP per "
+        f"{cfg.video.frames_per_shot}-frame shot; dual cache {cache_bytes(cfg) / 2**30:.2f} GiB and weights "
+        f"{weight_bytes(cfg) / 2**30:.2f} GiB in bf16, the same at every shot.",
+        "",
+        "| GPU | bf16 TFLOP/s | GB/s | " + " | ".join(f"FPS at {e:.0%} | first frame at {e:.0%}" for e in efficiencies) + " |",
+        "|---|---:|---:|" + "---:|---:|" * len(efficiencies),
+    ]
+    for name, (tflops, bandwidth) in GPUS.items():
+        cells = []
+        for e in efficiencies:
+            p = project(cfg, tflops, bandwidth, e)
+            cells += [f"{p.fps:.1f}", f"{p.first_frame_s:.2f} s"]
+        lines.append(f"| {name} | {tflops:g} | {bandwidth:g} | " + " | ".join(cells) + " |")
+    h100 = {e: project(cfg, *GPUS["H100 SXM"], e).fps for e in efficiencies}
+    lines += ["", f"The paper claims {PAPER_FPS:g} FPS on one GPU: on an H100 the model predicts "
+              + " to ".join(f"{v:.1f}" for v in h100.values())
+              + f" FPS at {efficiencies[0]:.0%} to {efficiencies[-1]:.0%} of peak (decoding not counted), "
+              "so the claim needs kernels at roughly "
+              f"{min(1.0, PAPER_FPS / h100[efficiencies[-1]] * efficiencies[-1]):.0%} of peak or better.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="wan2.1-1.3b")
     ap.add_argument("--tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
     ap.add_argument("--bandwidth", type=float, default=3350.0, help="memory bandwidth GB/s (H100 SXM: 3350)")
     ap.add_argument("--efficiency", type=float, default=0.4, help="fraction of peak the kernels reach")
+    ap.add_argument("--out", default=None, help="also write a markdown page of projections on common GPUs here "
+                    "(e.g. results/perf/projection.md, inlined in results/REPORT.md)")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(projection_page(args.preset), encoding="utf-8")
+        print(f"wrote {args.out}")
     p = project(cfg, args.tflops, args.bandwidth, args.efficiency)
     print(f"{args.preset}: {tokens_per_frame(cfg)} tokens/latent frame, chunk = {cfg.model.chunk_frames} latent frames")
     print(f"  per chunk (mid-shot): {chunk_flops(cfg, 3) / 1e12:.1f} TFLOP; per shot {shot_flops(cfg) / 1e12:.0f} TFLOP")

@@ -4,7 +4,9 @@
     results/leaderboard.csv   one row per method: each metric's mean (and p95 where registered),
                               named/pronoun splits, failure count, protocol (suite, encoder, steps)
     results/plots/*.png       one plot per metric (per method) + chunk time vs shot index
-    results/REPORT.md         the above as a readable page, with each metric's formula
+    results/REPORT.md         the above as a readable page, with each metric's formula, the
+                              speed ratios against the teacher, and the machine's performance
+                              pages (results/perf/*.md: profile, FLOP model) when present
 
 Every file is rendered into a temporary folder first and renamed into place only when all of
 them are ready, so a failure never leaves a partial leaderboard.
@@ -94,7 +96,8 @@ def write_report(results_dir: str | Path) -> dict[str, Path]:
         board.to_csv(tmp / "leaderboard.csv", index=False)
         (tmp / "plots").mkdir()
         plots = make_plots(rows, tmp / "plots")
-        (tmp / "REPORT.md").write_text(render_markdown(rows, board, plots), encoding="utf-8")
+        report = render_markdown(rows, board, plots) + "\n".join(perf_sections(results_dir))
+        (tmp / "REPORT.md").write_text(report, encoding="utf-8")
         written = {}
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
@@ -175,7 +178,12 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
         "",
     ]
     score_cols = [c for c in board.columns if c not in ("method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS)]
-    lines += [_md_table(board[["method", *score_cols]]), "", "## Metrics", "",
+    lines += [_md_table(board[["method", *score_cols]]), ""]
+    ratios = speed_ratios(board)
+    if not ratios.empty:
+        lines += [f"## Speed against the {REFERENCE}", "", "Same machine, same run, same suite.", "",
+                  _md_table(ratios), ""]
+    lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
     for name in metric_order(rows):
         m = METRICS.get(name)
@@ -191,6 +199,33 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
     lines += ["None."] if fails.empty else [_md_table(fails)]
     lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+REFERENCE = "teacher"  # the slow bidirectional model every streaming method is compared with
+
+
+def speed_ratios(board: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """Per timed method, how it compares with `reference` in the same run: first-frame latency
+    speed-up (reference / method), FPS ratio (method / reference) and its own chunk-time growth."""
+    if reference not in set(board["method"]) or "latency_first_frame_s" not in board:
+        return pd.DataFrame()
+    ref = board.set_index("method").loc[reference]
+    timed = board[board["latency_first_frame_s"].notna() & (board["method"] != reference)]
+    return pd.DataFrame({
+        "method": timed["method"],
+        f"first frame x sooner than {reference}": ref["latency_first_frame_s"] / timed["latency_first_frame_s"],
+        f"fps / {reference}": timed["fps"] / ref["fps"],
+        "chunk_time_growth": timed.get("chunk_time_growth", np.nan),
+    })
+
+
+def perf_sections(results_dir: Path) -> list[str]:
+    """The committed performance pages (results/perf/*.md), inlined one level down."""
+    lines = []
+    for page in sorted((results_dir / "perf").glob("*.md")):
+        text = page.read_text(encoding="utf-8").strip().splitlines()
+        lines += ["", *("#" + line if line.startswith("#") else line for line in text), ""]
+    return lines
 
 
 def _md_table(df: pd.DataFrame) -> str:

@@ -517,6 +517,24 @@ def test_report_failure_leaves_previous_leaderboard_intact(tmp_path, monkeypatch
     assert not list(tmp_path.glob(".report-*"))
 
 
+def test_report_compares_speed_with_the_teacher_and_inlines_perf_pages(tmp_path):
+    board = pd.DataFrame({"method": ["student", "teacher", "ground_truth"],
+                          "latency_first_frame_s": [0.2, 10.0, np.nan], "fps": [30.0, 3.0, np.nan],
+                          "chunk_time_growth": [1.01, 1.5, np.nan]})
+    ratios = report_mod.speed_ratios(board)
+    assert list(ratios["method"]) == ["student"]  # the reference and untimed rows are not compared
+    assert ratios.iloc[0].tolist()[1:] == pytest.approx([50.0, 10.0, 1.01])
+    assert report_mod.speed_ratios(board[board["method"] != "teacher"]).empty
+
+    store = RowStore(tmp_path)
+    run_benchmark(["fake"], make_stories(1), store, META, Scoring(metrics=get_metrics(["fps"])),
+                  generate=FakeMethod(), progress=False)
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "profile.md").write_text("# Profile of one streamed shot\n\n| phase | ms |\n")
+    report = write_report(tmp_path)["REPORT.md"].read_text()
+    assert "\n## Profile of one streamed shot\n" in report and "| phase | ms |" in report
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 

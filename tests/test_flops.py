@@ -34,3 +34,12 @@ def test_chunk_cost_is_bounded_and_projection_is_sane():
     assert cache_bytes(cfg) == 2 * 30 * (6 + 21 + 3) * 1560 * 1536 * 2
     slow, fast = project(cfg, 100, 1000), project(cfg, 1000, 3000)
     assert fast.fps > slow.fps and fast.first_frame_s < slow.first_frame_s
+
+
+def test_projection_page_lists_gpus_and_checks_the_paper_claim():
+    from benchmark.flops import GPUS, projection_page
+
+    page = projection_page("wan2.1-1.3b")
+    assert all(f"| {name} |" in page for name in GPUS)
+    h100 = project(get_preset("wan2.1-1.3b"), *GPUS["H100 SXM"], 0.4)
+    assert f"{h100.fps:.1f}" in page and "16 FPS" in page
