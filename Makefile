@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install system-deps
+.PHONY: demo test install system-deps train bench
 
 demo: install
 	$(PY) -m demo.app
@@ -12,6 +12,14 @@ test: install
 	$(PY) -m pytest
 
 install: $(STAMP)
+
+# Retrain every shipped tiny model from scratch (hours on a 2-core CPU; resumable).
+train: install
+	PY=$(PY) bash scripts/train_tiny.sh
+
+# Every figure in results/ from the shipped checkpoints (about an hour on a 2-core CPU; resumable).
+bench: install
+	PY=$(PY) bash scripts/benchmark_all.sh
 
 # Debian packages the tests and the demo use (ffmpeg for video, chromium for the browser test).
 system-deps:

@@ -128,3 +128,34 @@ def test_rolling_inter_stage_carries_the_cache_across_shots(smoke_models, tmp_pa
     stage.last_generated = b
     stage.batch(1, 0, 1)  # next shot of the same stories
     assert stage.frames_so_far == F and stage.rolling_memory.kv.length == 3 * stage.rolling_memory.tokens_per_frame
+
+
+@pytest.mark.parametrize("indicator", ["none", "learned"])
+def test_indicator_ablations_branch_off_a_shared_student(smoke_models, tmp_path, indicator):
+    """Self-forcing of an ablation starts from the shared ODE student with its indicator swapped."""
+    from shotstream.model.dit import WanDiT
+    from shotstream.model.loading import save_pretrained
+    from shotstream.training.self_forcing import IntraShotStage
+
+    root, ae, teacher = smoke_models
+    _, config, _ = from_pretrained(teacher)
+    torch.manual_seed(0)
+    shared = WanDiT(config.model, config.video.latent_channels)
+    save_pretrained(shared, config, tmp_path / "student_ode", kind="causal")
+    cfg = resolve_config("intra", "intra_smoke", [f"stage.teacher={teacher}", f"stage.autoencoder={ae}",
+                                                  f"stage.init={tmp_path / 'student_ode'}",
+                                                  f"stage.model_overrides=model.shot_indicator={indicator}"],
+                         out=str(tmp_path / "run"))
+    stage = IntraShotStage(cfg.stage, cfg)
+    gen = stage.generator.state_dict()
+    assert stage.generator.cfg.shot_indicator == indicator
+    assert ("shot_embedding" in gen) == (indicator == "learned")
+    if indicator == "learned":
+        assert not gen["shot_embedding"].any()  # starts as no indicator at all
+    saved = from_pretrained(tmp_path / "student_ode")[0].state_dict()
+    assert all(torch.equal(saved[k].float(), v) for k, v in gen.items() if k != "shot_embedding")
+    with pytest.raises(ValueError, match="differs from preset"):
+        bad = resolve_config("intra", "intra_smoke", [f"stage.teacher={teacher}", f"stage.autoencoder={ae}",
+                                                      f"stage.init={tmp_path / 'student_ode'}",
+                                                      "stage.model_overrides=model.num_layers=3"], out=str(tmp_path / "bad"))
+        IntraShotStage(bad.stage, bad)

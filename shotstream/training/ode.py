@@ -142,13 +142,18 @@ class ODEConfig:
     export_to: str = ""
 
 
-def init_student(teacher_path: str, config, device) -> WanDiT:
-    """A causal student with the teacher's weights (new ablation-only parameters start at zero)."""
-    teacher, _, _ = from_pretrained(teacher_path, device=device)
+def init_student(source: str, config, device) -> WanDiT:
+    """A student of `config.model` with the weights of the model folder `source` (the teacher, or
+    an earlier student stage). The shot indicator may differ (the ablations branch off here): a
+    learned indicator's embedding starts at zero, an unused one is dropped. Everything else must
+    match."""
+    model, _, _ = from_pretrained(source, device=device)
+    weights = {k: v for k, v in model.state_dict().items()
+               if k != "shot_embedding" or config.model.shot_indicator == "learned"}
     student = WanDiT(config.model, config.video.latent_channels).to(device)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    missing, unexpected = student.load_state_dict(weights, strict=False)
     if unexpected or any(k != "shot_embedding" for k in missing):
-        raise ValueError(f"{teacher_path}: teacher does not match the student config (missing {missing}, unexpected {unexpected})")
+        raise ValueError(f"{source}: its weights do not match the student config (missing {missing}, unexpected {unexpected})")
     return student
 
 

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from shotstream import flow_matching as fm
-from shotstream.model.loading import from_pretrained, save_pretrained
+from shotstream.model.loading import from_pretrained, read_config, save_pretrained
 from shotstream.model.memory import DualCache
 from shotstream.rollout import ShotConditioning, rollout_shot, write_global_context
 from shotstream.session import to_uint8
 from shotstream.training.data import NextShotBatch, collate, example_from_history, next_shot_example
 from shotstream.training.dmd import DMD, DMDConfig
+from shotstream.training.ode import init_student
 from shotstream.training.state import derive_seed
 from shotstream.training.teacher import NextShotStage, sample_story_sheet
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
@@ -67,13 +68,15 @@ class IntraShotStage(NextShotStage):
 
     def __init__(self, config: SelfForcingConfig, train: TrainConfig):
         super().__init__(config, train)
-        generator, gcfg, kind = from_pretrained(config.init, device=self.device)
+        gcfg, kind = read_config(config.init)
         if kind != "causal":
             raise ValueError(f"{config.init}: self-forcing starts from a causal student (ODE stage), got {kind}")
-        # The memory settings (local window, sink) shape the cache, not the weights: they may change.
-        memory = {"local_window": self.config.model.local_window, "sink_frames": self.config.model.sink_frames}
-        if dataclasses.replace(gcfg.model, **memory) != self.config.model:
+        # The memory settings (local window, sink) shape the cache, not the weights, and the
+        # indicator ablations branch off a shared ODE student: those may change, nothing else.
+        free = {k: getattr(self.config.model, k) for k in ("local_window", "sink_frames", "shot_indicator")}
+        if dataclasses.replace(gcfg.model, **free) != self.config.model:
             raise ValueError(f"{config.init}: its model config differs from preset + model_overrides")
+        generator = init_student(config.init, self.config, self.device)
         if config.kind not in ("causal", "rolling"):
             raise ValueError(f"stage.kind must be causal or rolling, got {config.kind!r}")
         if config.kind == "rolling" and not isinstance(self, InterShotStage):
