@@ -80,17 +80,29 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the model under torch.compile(dynamic=True) (minutes of compilation on a CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in args.dtypes.split(","):
         pipe = build_pipeline(args.model, DTYPES[name], args.device)
-        measure(pipe, 2)  # warm-up: allocator, kernels, text-encoder cache
-        r = measure(pipe, args.shots)
-        print(f"{name}: {num_parameters(pipe.model) / 1e6:.1f}M params, threads={args.threads}, "
-              f"{r['ms_per_chunk']:.1f} ms/chunk, first chunk {r['first_chunk_latency_s'] * 1000:.0f} ms, "
-              f"{r['fps']:.1f} FPS, chunk time shot {args.shots}/shot 2 = {r['chunk_time_ratio_last_first']:.3f}, "
-              f"cache {r['cache_mb']:.1f} MB")
+        report(name, pipe, args)
+        if args.compile:
+            t = time.perf_counter()
+            pipe.model.compile(dynamic=True)
+            measure(pipe, 1)
+            print(f"{name} compiled: first shot (compilation) {time.perf_counter() - t:.0f} s")
+            report(f"{name} compiled", pipe, args)
     return 0
+
+
+def report(name: str, pipe: ShotStreamPipeline, args) -> None:
+    measure(pipe, 2)  # warm-up: allocator, kernels, text-encoder cache
+    r = measure(pipe, args.shots)
+    print(f"{name}: {num_parameters(pipe.model) / 1e6:.1f}M params, threads={args.threads}, "
+          f"{r['ms_per_chunk']:.1f} ms/chunk, first chunk {r['first_chunk_latency_s'] * 1000:.0f} ms, "
+          f"{r['fps']:.1f} FPS, chunk time shot {args.shots}/shot 2 = {r['chunk_time_ratio_last_first']:.3f}, "
+          f"cache {r['cache_mb']:.1f} MB")
 
 
 if __name__ == "__main__":
