@@ -220,8 +220,12 @@ def speed_ratios(board: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFram
 
 
 def perf_sections(results_dir: Path) -> list[str]:
-    """The committed performance pages (results/perf/*.md), inlined one level down."""
+    """The committed performance pages (results/perf/*.md), inlined one level down, and a link to
+    the long-story run (results/long/, `--suite storyworld-long`) when there is one."""
     lines = []
+    if (results_dir / "long" / "REPORT.md").is_file():
+        lines += ["", "## Long stories", "", "Chunk time and memory over 20-shot stories (`--suite storyworld-long`): "
+                  "[long/REPORT.md](long/REPORT.md).", ""]
     for page in sorted((results_dir / "perf").glob("*.md")):
         text = page.read_text(encoding="utf-8").strip().splitlines()
         lines += ["", *("#" + line if line.startswith("#") else line for line in text), ""]
