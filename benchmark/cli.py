@@ -153,13 +153,15 @@ def _load_stories(path: str) -> tuple[list[dict], str]:
 def cmd_run(args) -> int:
     """Under `torchrun`, rank r of W runs stories r, r+W, ...; each story's rows are their own file in
     the shared results folder, so the shards merge by construction and rank 0 writes the report."""
+    from datetime import timedelta
+
     from shotstream.training.distributed import setup, teardown
 
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    world = setup(args.device)
+    world = setup(args.device, timeout=timedelta(hours=24))  # ranks finish their shares at different times
     try:
         return _run_shard(args, world)
     finally:
@@ -184,7 +186,10 @@ def _run_shard(args, world) -> int:
     if args.limit is not None:
         stories = stories[: max(args.limit, 0)]
     # ids are fixed before sharding (a story without one is named by its position in the suite)
-    stories = [story_view(s, i) for i, s in enumerate(stories)][world.rank::world.world_size]
+    stories = [story_view(s, i) for i, s in enumerate(stories)]
+    if len({s.id for s in stories}) != len(stories):
+        raise ValueError("story ids must be unique within a suite")
+    stories = stories[world.rank::world.world_size]
     # The protocol records the flag ("cuda"); setup() made each rank's own GPU the current one.
     device = args.device
     scoring, encoder = _scoring(args, None)

@@ -181,7 +181,8 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
     lines += [_md_table(board[["method", *score_cols]]), ""]
     ratios = speed_ratios(board)
     if not ratios.empty:
-        lines += [f"## Speed against the {REFERENCE}", "", "Same machine, same run, same suite.", "",
+        lines += [f"## Speed against the {REFERENCE}", "", "From the rows above: compare methods measured on the "
+                  "same device, dtype and threads (see Protocol).", "",
                   _md_table(ratios), ""]
     lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
@@ -207,7 +208,7 @@ REFERENCE = "teacher"  # the slow bidirectional model every streaming method is 
 def speed_ratios(board: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """Per timed method, how it compares with `reference` in the same run: first-frame latency
     speed-up (reference / method), FPS ratio (method / reference) and its own chunk-time growth."""
-    if reference not in set(board["method"]) or "latency_first_frame_s" not in board:
+    if reference not in set(board["method"]) or not {"latency_first_frame_s", "fps"} <= set(board):
         return pd.DataFrame()
     ref = board.set_index("method").loc[reference]
     timed = board[board["latency_first_frame_s"].notna() & (board["method"] != reference)]

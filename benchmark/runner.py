@@ -109,9 +109,10 @@ class StreamingGenerator:
 
     Each method's pipeline is loaded once (and warmed up with one throw-away shot, so the first
     story's latency does not include one-time costs), then every story is a fresh session:
-    for each shot, its prompt is submitted right before it is streamed, so latency is prompt
-    -> first decoded frames (text encoding, context encoding and the first chunk's denoising and
-    decoding). The teacher runs behind the same interface; its chunks arrive when the shot is done.
+    for each shot, its prompt is submitted once the previous shot has streamed, so latency is
+    prompt -> first decoded frames: the caption's encoding and the first chunk's denoising and
+    decoding (the session prepares a shot's history, context encoding and global cache, as soon
+    as the previous shot ends, as in the app where the user types meanwhile). The teacher runs behind the same interface; its chunks arrive when the shot is done.
     Peak memory is measured around the story's streaming only (not the pipeline load).
     """
 

@@ -129,7 +129,7 @@ def rollout_shot(
                 noise[:, start:start + n], sigmas, generator, grad_exit_only=True,
                 exit_step=None if exit_steps is None else exit_steps[start // chunk],
             )
-        # The chunk goes out first (decoded and shown while its K/V are written), then
+        # The chunk goes out first, so its decoding and display do not wait for its K/V; then
         # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context.
         yield x0
         with torch.no_grad(), record_function("cache_write"):

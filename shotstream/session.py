@@ -109,12 +109,16 @@ class ShotStreamPipeline:
                         dtype: torch.dtype = torch.float32, text_encoder=None) -> "ShotStreamPipeline":
         """Load a model folder; the autoencoder defaults to the `autoencoder` folder beside it."""
         from shotstream.autoencoder import TinyVideoAutoencoder
+        from shotstream.checkpoint import CheckpointError
         from shotstream.model.loading import from_pretrained
         from shotstream.text_encoder import TextEncoder
 
         model, config, kind = from_pretrained(path, device=device, dtype=dtype)
         ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
         ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
+        if ae.cfg != config.video:  # a model is tied to the codec whose latents it was trained on
+            raise CheckpointError(f"{ae_path} does not match {path}: its video config {ae.cfg} differs from the "
+                                  f"model's {config.video}")
         te = text_encoder or TextEncoder(max_len=config.model.text_len, device=device)
         return cls(model, config, ae, te, kind)
 
@@ -195,7 +199,8 @@ class ShotStreamSession:
             self._cond.notify_all()
 
     def reset(self) -> None:
-        """Start a new story (same seed): history, queue and memory cleared."""
+        """Start a new story (same seed): history, queue and memory cleared. Unlike `submit` and
+        `cancel`, call it only while no `stream()` is running (the demo makes a new session)."""
         self.cancel()
         self.shots.clear()
         self._frames_so_far = 0
@@ -300,9 +305,14 @@ class ShotStreamSession:
             last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
             yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
             if self._cancel.is_set():
-                return  # the unfinished shot is dropped; finished shots stay
-        self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
-        self.prepare_context()  # for the next shot, while the user watches this one and types
+                # The unfinished shot is dropped; finished shots stay. (The rolling ablation's
+                # window keeps the dropped shot's chunks: the benchmark never cancels.)
+                return
+        with self._cond:  # one step for `submit`'s shot count: finished, not in progress
+            self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
+            self.in_progress = None
+        if len(self.shots) < self.max_shots:
+            self.prepare_context()  # for the next shot, while the user watches this one and types
 
     def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
         pipe, cfg = self.pipe, self.pipe.config

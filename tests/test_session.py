@@ -256,3 +256,18 @@ def test_stream_can_be_resumed_from_other_threads_with_grad_enabled():
     for p in pools:
         p.shutdown()
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_a_model_refuses_an_autoencoder_it_was_not_trained_with(tmp_path):
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.checkpoint import CheckpointError
+    from shotstream.model.loading import save_pretrained
+
+    pipe = make_pipe()
+    save_pretrained(pipe.model, pipe.config, tmp_path / "m", kind="causal")
+    other = VideoConfig(height=32, width=32, frames_per_shot=17, latent_channels=8)
+    TinyVideoAutoencoder(other, base_channels=8).save_pretrained(tmp_path / "autoencoder")
+    with pytest.raises(CheckpointError, match="does not match"):
+        ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder())
+    TinyVideoAutoencoder(VIDEO, base_channels=8).save_pretrained(tmp_path / "autoencoder")
+    assert ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder()).kind == "causal"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,8 +31,11 @@ class World:
         return self.rank == 0
 
 
-def setup(device: str) -> World:
-    """Join the `torchrun` process group if there is one: nccl for CUDA devices, gloo otherwise."""
+def setup(device: str, timeout: timedelta | None = None) -> World:
+    """Join the `torchrun` process group if there is one: nccl for CUDA devices, gloo otherwise.
+
+    timeout: how long a collective may wait (torch's default otherwise), e.g. long for a rank
+    that finishes its share of a benchmark early and waits for the others at a barrier."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 and not dist.is_initialized():
         return World(0, 1, torch.device(device))
@@ -42,7 +46,7 @@ def setup(device: str) -> World:
         torch.cuda.set_device(dev)
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return World(dist.get_rank(), dist.get_world_size(), dev, owns_group)
 
 

@@ -149,7 +149,7 @@ class IntraShotStage(NextShotStage):
     def pipeline(self):
         from shotstream.session import ShotStreamPipeline
 
-        return ShotStreamPipeline(self.generator, self.config, self.autoencoder, self.text_encoder, kind="causal")
+        return ShotStreamPipeline(self.generator, self.config, self.autoencoder, self.text_encoder, kind=self.cfg.kind)
 
     def sample(self, step: int, out_dir: Path) -> None:
         sample_story_sheet(self.pipeline(), self.cfg.sample_story, self.cfg.sample_shots, out_dir)
