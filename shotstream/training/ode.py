@@ -1,6 +1,6 @@
 """Stage 2: ODE initialisation of the causal student from teacher trajectories.
 
-    shotstream ode-pairs --count 1024                       # teacher trajectories -> cache/ode_pairs/
+    shotstream ode-pairs --count 256                        # teacher trajectories -> cache/ode_pairs/ (~13 min)
     shotstream train ode --config ode                       # regress the student onto them
 
 Pairs: the bidirectional teacher (many Euler steps, CFG) denoises next-shot examples; x is kept
@@ -42,7 +42,7 @@ class PairsConfig(TeacherConfig):
     teacher: str = "checkpoints/tiny/teacher"
     out: str = "cache/ode_pairs"
     shard_size: int = 8  # examples per shard file (one teacher batch)
-    steps: int = 16  # teacher Euler steps (the student's sigmas are added to the grid)
+    steps: int = 12  # teacher Euler steps (the student's sigmas are added to the grid)
     guidance_scale: float = 3.0
     context_dropout: float = 0.0
 
@@ -221,9 +221,9 @@ def add_parser(sub) -> None:
                        description=make_pairs.__doc__)
     p.add_argument("--teacher", default="checkpoints/tiny/teacher", help="bidirectional teacher folder")
     p.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
-    p.add_argument("--count", type=int, default=1024, help="number of trajectories (rounded up to whole shards)")
+    p.add_argument("--count", type=int, default=256, help="number of trajectories (rounded up to whole shards)")
     p.add_argument("--out", default="cache/ode_pairs", help="output folder (outside git)")
-    p.add_argument("--steps", type=int, default=16, help="teacher Euler steps")
+    p.add_argument("--steps", type=int, default=12, help="teacher Euler steps (+ CFG: two forwards each)")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
