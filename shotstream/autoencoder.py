@@ -11,11 +11,14 @@ Layouts: video [B, F, 3, H, W] in [-1, 1]; latents [B, f, C, h, w] with f = 1 + 
 h = H / 8, w = W / 8, C = VideoConfig.latent_channels.
 
 TinyVideoAutoencoder is a 2D conv net (ResNet blocks, GroupNorm, SiLU): the 4 frames of a
-group are stacked in channels, a 2x pixel-unshuffle stem replaces the costly full-resolution
-convolutions, and two stems (first frame / group) share one trunk; the decoder mirrors it with
-two heads. It is deterministic (no KL); latents are normalised per channel with a mean and std
-stored as buffers (`fit_latent_stats`, run on data after training) so the diffusion model sees
-roughly unit-variance latents.
+group are stacked in channels and a 2x pixel-unshuffle stem replaces the costly full-resolution
+convolutions; the decoder mirrors it. A lone frame (a shot's first frame, a conditional frame)
+is encoded as a still group of 4 copies and decoded as the mean of its group, so every latent
+frame lives in one latent space: the diffusion model never has to tell a first-frame latent from
+a group latent (it has no absolute frame position to tell them apart by). It is deterministic
+(no KL); latents are normalised per channel with a mean and std stored as buffers
+(`fit_latent_stats`, run on data after training) so the diffusion model sees roughly
+unit-variance latents.
 """
 
 from __future__ import annotations
@@ -200,8 +203,7 @@ class TinyVideoAutoencoder(CausalVideoAutoencoder):
         chs = [base_channels * m for m in channel_mults]
         T, C = cfg.temporal_stride, cfg.latent_channels
 
-        # Encoder: two stems (1 frame / T stacked frames) at half resolution, one shared trunk.
-        self.enc_stem_first = nn.Conv2d(3 * 4, chs[0], 3, padding=1)
+        # Encoder: a stem over T stacked frames at half resolution, then the trunk.
         self.enc_stem_group = nn.Conv2d(T * 3 * 4, chs[0], 3, padding=1)
         enc: list[nn.Module] = []
         cin = chs[0]
@@ -214,7 +216,7 @@ class TinyVideoAutoencoder(CausalVideoAutoencoder):
         enc += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, C, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
 
-        # Decoder: mirror trunk, then two heads that pixel-shuffle back to full resolution.
+        # Decoder: mirror trunk, then a head that pixel-shuffles T frames back to full resolution.
         dec: list[nn.Module] = [nn.Conv2d(C, chs[-1], 3, padding=1)]
         cin = chs[-1]
         for i, ch in reversed(list(enumerate(chs))):
@@ -226,7 +228,6 @@ class TinyVideoAutoencoder(CausalVideoAutoencoder):
                 cin = chs[i - 1]
         dec += [_norm(cin), nn.SiLU()]
         self.decoder = nn.Sequential(*dec)
-        self.dec_head_first = nn.Conv2d(cin, 3 * 4, 3, padding=1)
         self.dec_head_group = nn.Conv2d(cin, T * 3 * 4, 3, padding=1)
 
         # Latent normalisation (identity until fit_latent_stats runs on data).
@@ -243,15 +244,15 @@ class TinyVideoAutoencoder(CausalVideoAutoencoder):
 
     # -- hooks ---------------------------------------------------------------------------------
 
-    def _encode_first(self, frames):  # (N, 3, H, W) -> (N, C, h, w)
-        return self.encoder(self.enc_stem_first(F.pixel_unshuffle(frames, 2)))
+    def _encode_first(self, frames):  # (N, 3, H, W) -> (N, C, h, w): a still group of T copies
+        return self._encode_groups(frames[:, None].expand(-1, self.temporal_stride, -1, -1, -1))
 
     def _encode_groups(self, groups):  # (N, T, 3, H, W) -> (N, C, h, w)
         x = F.pixel_unshuffle(rearrange(groups, "n t c h w -> n (t c) h w"), 2)  # (N, T*3*4, H/2, W/2)
         return self.encoder(self.enc_stem_group(x))
 
-    def _decode_first(self, z):  # (N, C, h, w) -> (N, 3, H, W)
-        return F.pixel_shuffle(self.dec_head_first(self.decoder(z)), 2)
+    def _decode_first(self, z):  # (N, C, h, w) -> (N, 3, H, W): the mean of the still group
+        return self._decode_groups(z).mean(dim=1)
 
     def _decode_groups(self, z):  # (N, C, h, w) -> (N, T, 3, H, W)
         x = F.pixel_shuffle(self.dec_head_group(self.decoder(z)), 2)  # (N, T*3, H, W)
