@@ -22,7 +22,8 @@ def run_stage(stage, config, out, *overrides):
 def smoke_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
-    teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}") / "teacher"
+    teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
+                        "stage.character_loss_weight=4") / "teacher"
     return root, ae, teacher
 
 
@@ -159,3 +160,26 @@ def test_indicator_ablations_branch_off_a_shared_student(smoke_models, tmp_path,
                                                       f"stage.init={tmp_path / 'student_ode'}",
                                                       "stage.model_overrides=model.num_layers=3"], out=str(tmp_path / "bad"))
         IntraShotStage(bad.stage, bad)
+
+
+def test_character_weight_marks_the_latent_cells_the_main_character_touches():
+    import numpy as np
+
+    from shotstream.config import get_preset
+    from shotstream.training.data import character_weight, next_shot_example
+    from shotstream.world.story import sample_story
+
+    cfg = get_preset("tiny")  # 8x8 pixels per latent cell, 4 frames per latent frame
+    boxes = np.full((9, 2, 4), np.nan, np.float32)  # 9 frames -> 3 latent frames
+    boxes[0, 0] = (8, 16, 20, 24)  # frame 0 -> latent frame 0: cells x 1..2, y 2
+    boxes[4, 0] = (0, 0, 8, 8)  # frame 4 -> latent frame 1 (frames 1-4): cell (0, 0)
+    boxes[5, 1] = (0, 0, 64, 64)  # a companion (index 1) never counts
+    w = character_weight(boxes, cfg, 5.0)
+    assert w.shape == (3, 16, 16)
+    assert sorted(zip(*np.nonzero(w[0] == 5))) == [(2, 1), (2, 2)]
+    assert sorted(zip(*np.nonzero(w[1] == 5))) == [(0, 0)]
+    assert (w[2] == 1).all() and set(np.unique(w)) == {1.0, 5.0}
+    # on a real render, the weighted cells are where the character is drawn
+    example = next_shot_example(sample_story(3, num_shots=1, frames_per_shot=cfg.video.frames_per_shot), 0, cfg)
+    w = character_weight(example.target_boxes, cfg, 5.0)
+    assert w.shape == (cfg.video.latent_frames_per_shot, 16, 16) and 0 < (w == 5).mean() < 0.5

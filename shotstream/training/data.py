@@ -38,12 +38,33 @@ class NextShotExample:
     context: np.ndarray  # uint8 [Cf, H, W, 3]
     context_shots: list[int]  # source shot of each conditional frame
     shots: list[np.ndarray]  # every rendered shot 0..k (inter-shot training rolls them out)
+    target_boxes: np.ndarray | None = None  # float32 [F, n_chars, 4] (x0 y0 x1 y1 px, NaN = unseen)
 
 
 def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotExample:
     """Shot k of a story with conditional frames from the ground-truth renders of shots < k."""
-    rendered = [render_shot(story, i, cfg.video)[0] for i in range(k + 1)]
-    return example_from_history(story, k, rendered[:k], rendered[k], cfg)
+    rendered = [render_shot(story, i, cfg.video) for i in range(k + 1)]
+    example = example_from_history(story, k, [f for f, _ in rendered[:k]], rendered[k][0], cfg)
+    example.target_boxes = rendered[k][1]
+    return example
+
+
+def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
+    """Per latent cell loss weight [f, h, w]: `weight` where the main character's box (boxes
+    [F, n_chars, 4] in pixels) touches the cell in any pixel frame of that latent frame, else 1.
+
+    The characters are a few latent cells in a 16x16 grid of background: with a uniform loss a
+    small model learns the scenes long before them."""
+    s, t = cfg.video.spatial_stride, cfg.video.temporal_stride
+    h, w = cfg.video.latent_size
+    out = np.ones((1 + (len(boxes) - 1) // t, h, w), np.float32)
+    for j in range(len(out)):
+        frames = boxes[:1] if j == 0 else boxes[1 + (j - 1) * t: 1 + j * t]
+        for x0, y0, x1, y1 in frames[:, 0]:
+            if np.isnan(x0):
+                continue
+            out[j, int(y0) // s: -(-int(np.ceil(y1)) // s), int(x0) // s: -(-int(np.ceil(x1)) // s)] = weight
+    return out
 
 
 def example_from_history(story: Story, k: int, history: list[np.ndarray], target: np.ndarray | None,
@@ -80,6 +101,7 @@ class NextShotBatch:
     text: torch.Tensor
     text_mask: torch.Tensor
     shot: torch.Tensor  # [B] target shot index
+    loss_weight: torch.Tensor | None = None  # [B, F, h, w] per latent cell (character_weight), or None
 
     @property
     def budget(self) -> int:
@@ -119,8 +141,10 @@ class NextShotBatch:
 
 @torch.no_grad()
 def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: ShotStreamConfig, device,
-            context_dropout: float = 0.0, rng: np.random.Generator | None = None) -> NextShotBatch:
-    """Encode pixels with the autoencoder and captions with the text encoder; pad the context."""
+            context_dropout: float = 0.0, rng: np.random.Generator | None = None,
+            character_loss_weight: float = 1.0) -> NextShotBatch:
+    """Encode pixels with the autoencoder and captions with the text encoder; pad the context.
+    character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
     C = cfg.model.context_frames
     h, w = cfg.video.latent_size
     target = autoencoder.encode(torch.stack([to_model_video(e.target, device) for e in examples]))
@@ -147,4 +171,6 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         text=states.to(device).reshape(len(examples), C + 1, L, D),
         text_mask=mask.to(device).reshape(len(examples), C + 1, L),
         shot=torch.tensor([e.shot for e in examples], device=device),
+        loss_weight=None if character_loss_weight == 1.0 else torch.from_numpy(np.stack(
+            [character_weight(e.target_boxes, cfg, character_loss_weight) for e in examples])).to(device),
     )

@@ -35,6 +35,7 @@ class TeacherConfig:
     autoencoder: str = "checkpoints/tiny/autoencoder"
     context_dropout: float = 0.1
     text_dropout: float = 0.1
+    character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     max_shots: int = 6  # training stories have 2..max_shots shots
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
@@ -66,7 +67,8 @@ class NextShotStage:
         examples = [sample_example(s, self.config, self.cfg.max_shots) for s in seeds]
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
-                       context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng)
+                       context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
+                       character_loss_weight=getattr(self.cfg, "character_loss_weight", 1.0))
 
     def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Text dropout on the target's caption slot (the unconditional branch of CFG)."""
@@ -95,7 +97,8 @@ class TeacherStage(NextShotStage):
         noise = torch.randn_like(batch.target)
         text, mask = self.drop_target_text(batch, self.cfg.text_dropout)
         v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
-        return fm.flow_matching_loss(v, batch.target, noise), {"sigma": sigma.mean().item()}
+        weight = None if batch.loss_weight is None else batch.loss_weight[:, :, None].expand_as(batch.target)
+        return fm.flow_matching_loss(v, batch.target, noise, weight), {"sigma": sigma.mean().item()}
 
     def pipeline(self):
         from shotstream.session import ShotStreamPipeline
