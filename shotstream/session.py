@@ -116,9 +116,12 @@ class ShotStreamPipeline:
         model, config, kind = from_pretrained(path, device=device, dtype=dtype)
         ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
         ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
-        if ae.cfg != config.video:  # a model is tied to the codec whose latents it was trained on
-            raise CheckpointError(f"{ae_path} does not match {path}: its video config {ae.cfg} differs from the "
-                                  f"model's {config.video}")
+        # A model is tied to the codec whose latents it was trained on (shot length, fps, frame
+        # size may differ: the codec is convolutional and frame-group-wise).
+        codec = ("latent_channels", "temporal_stride", "spatial_stride")
+        theirs, ours = ({k: getattr(v, k) for k in codec} for v in (ae.cfg, config.video))
+        if theirs != ours:
+            raise CheckpointError(f"{ae_path} does not match {path}: the codec has {theirs}, the model expects {ours}")
         te = text_encoder or TextEncoder(max_len=config.model.text_len, device=device)
         return cls(model, config, ae, te, kind)
 
