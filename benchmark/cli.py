@@ -190,14 +190,13 @@ def _run_shard(args, world) -> int:
     if len({s.id for s in stories}) != len(stories):
         raise ValueError("story ids must be unique within a suite")
     stories = stories[world.rank::world.world_size]
-    # The protocol records the flag ("cuda"); setup() made each rank's own GPU the current one.
-    device = args.device
     scoring, encoder = _scoring(args, None)
     store = RowStore(args.results)
     metas = {}
     for name, folder in folders.items():
         metas[name] = RunMeta(suite=suite, encoder=encoder, **method_protocol(folder, args.teacher_steps),
-                              device=device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
+                              # the flag ("cuda"): setup() made each rank's own GPU the current one
+                              device=args.device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
         check_protocol(store, name, metas[name])
     generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps)
     done = skipped = 0

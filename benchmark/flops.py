@@ -21,6 +21,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -191,8 +192,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(projection_page(args.preset), encoding="utf-8")
         print(f"wrote {args.out}")
