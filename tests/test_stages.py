@@ -23,7 +23,7 @@ def smoke_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
     teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
-                        "stage.character_loss_weight=4") / "teacher"
+                        "stage.character_loss_weight=4", "stage.character_weight_from_step=1") / "teacher"
     return root, ae, teacher
 
 
@@ -36,6 +36,15 @@ def test_stages_write_loadable_models_curves_and_samples(smoke_models):
         assert (root / run / "loss.png").is_file()
         assert (root / run / "config.json").is_file()
     assert (root / "teacher" / "samples" / "step_00000002" / "story.png").is_file()
+
+
+def test_character_weight_starts_after_its_step():
+    from types import SimpleNamespace
+    from shotstream.training.teacher import TeacherConfig, TeacherStage
+
+    stage = SimpleNamespace(cfg=TeacherConfig(character_loss_weight=5, character_weight_from_step=2000))
+    weights = [TeacherStage.character_loss_weight(stage, step) for step in (1, 2000, 2001, 3000)]
+    assert weights == [1.0, 1.0, 5.0, 5.0]
 
 
 def test_generate_command_streams_a_story_with_the_teacher(smoke_models, tmp_path):

@@ -36,6 +36,7 @@ class TeacherConfig:
     context_dropout: float = 0.1
     text_dropout: float = 0.1
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
+    character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
     max_shots: int = 6  # training stories have 2..max_shots shots
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
@@ -68,7 +69,12 @@ class NextShotStage:
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
                        context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
-                       character_loss_weight=getattr(self.cfg, "character_loss_weight", 1.0))
+                       character_loss_weight=self.character_loss_weight(step))
+
+    def character_loss_weight(self, step: int) -> float:
+        if step <= getattr(self.cfg, "character_weight_from_step", 0):
+            return 1.0
+        return getattr(self.cfg, "character_loss_weight", 1.0)
 
     def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Text dropout on the target's caption slot (the unconditional branch of CFG)."""
