@@ -26,4 +26,6 @@ PROFILED=$(shipped student teacher | cut -d' ' -f1)
 # shellcheck disable=SC2086  # word splitting of the method lists is intended
 "$PY" -m benchmark run --method $STREAMING teacher autoencoder ground_truth --threads "$THREADS" $LIMIT
 # shellcheck disable=SC2086
-[ -n "$STREAMING" ] && "$PY" -m benchmark run --method $STREAMING --suite storyworld-long --results results/long --threads "$THREADS" $LIMIT
+if [ -n "$STREAMING" ]; then
+  "$PY" -m benchmark run --method $STREAMING --suite storyworld-long --results results/long --threads "$THREADS" $LIMIT
+fi
