@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +24,8 @@ def smoke_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
     teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
-                        "stage.character_loss_weight=4", "stage.character_weight_from_step=1") / "teacher"
+                        "stage.character_loss_weight=4", "stage.character_weight_from_step=1",
+                        "stage.image_batch_size=2") / "teacher"
     return root, ae, teacher
 
 
@@ -36,6 +38,7 @@ def test_stages_write_loadable_models_curves_and_samples(smoke_models):
         assert (root / run / "loss.png").is_file()
         assert (root / run / "config.json").is_file()
     assert (root / "teacher" / "samples" / "step_00000002" / "story.png").is_file()
+    assert "image_loss" in (root / "teacher" / "metrics.csv").read_text()  # joint image training ran
 
 
 def test_character_weight_starts_after_its_step():
@@ -45,6 +48,18 @@ def test_character_weight_starts_after_its_step():
     stage = SimpleNamespace(cfg=TeacherConfig(character_loss_weight=5, character_weight_from_step=2000))
     weights = [TeacherStage.character_loss_weight(stage, step) for step in (1, 2000, 2001, 3000)]
     assert weights == [1.0, 1.0, 5.0, 5.0]
+
+
+def test_image_examples_are_single_captioned_frames_without_context():
+    from shotstream.config import get_preset
+    from shotstream.training.data import sample_image_example
+
+    cfg = get_preset("tiny")
+    a, b = sample_image_example(7, cfg), sample_image_example(7, cfg)
+    assert a.target.shape == (1, cfg.video.height, cfg.video.width, 3) and len(a.context) == 0
+    assert a.target_boxes.shape[0] == 1 and a.target.std() > 0
+    assert np.array_equal(a.target, b.target)  # a pure function of the seed (exact resume)
+    assert a.story.shots[a.shot].caption
 
 
 def test_generate_command_streams_a_story_with_the_teacher(smoke_models, tmp_path):

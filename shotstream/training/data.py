@@ -85,6 +85,19 @@ def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> Next
     return next_shot_example(story, int(rng.integers(story.num_shots)), cfg)
 
 
+def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
+    """Joint image training: the opening frame of a random shot (a one-frame shot, drawn alone),
+    its caption and no context. Some 15x cheaper than a video example, so a step can show the
+    model many more captions: the text -> character mapping is learnt from these."""
+    rng = np.random.default_rng([seed, 0x1A6E])
+    story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=1)
+    k = int(rng.integers(story.num_shots))
+    frames, boxes = render_shot(story, k, cfg.video)
+    example = example_from_history(story, k, [], frames, cfg)
+    example.target_boxes = boxes
+    return example
+
+
 @dataclass
 class NextShotBatch:
     """A batch on the model's device. Conditional frames are padded to the budget C.

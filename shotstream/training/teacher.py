@@ -7,6 +7,8 @@ Target: one shot of a story. Condition: the clean latents of the frames `select_
 picks from the ground-truth earlier shots, concatenated in time before the noisy target, each
 with its shot's caption and shot flag (RoPE indicator). Flow-matching loss on the target frames
 only; 10% context dropout and 10% text dropout (the target's caption -> null, for CFG).
+Optionally (`image_batch_size`) each step also trains on single frames, as Wan trains on images
+and videos jointly.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import read_config, save_pretrained
 from shotstream.text_encoder import TextEncoder, text_dropout
-from shotstream.training.data import NextShotBatch, collate, sample_example
+from shotstream.training.data import NextShotBatch, collate, sample_example, sample_image_example
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 
@@ -37,6 +39,7 @@ class TeacherConfig:
     text_dropout: float = 0.1
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
+    image_batch_size: int = 0  # single-frame examples added to every step (data.sample_image_example)
     max_shots: int = 6  # training stories have 2..max_shots shots
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
@@ -98,13 +101,28 @@ class TeacherStage(NextShotStage):
     def optimizers(self):
         return {"model": OptimizerSpec(("model",))}
 
-    def loss(self, name: str, batch: NextShotBatch, step: int):
+    def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
+        """The video batch, then (image_batch_size > 0) a batch of single frames."""
+        batches = [super().batch(step, shard, num_shards)]
+        if self.cfg.image_batch_size:
+            seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(self.cfg.image_batch_size)]
+            images = [sample_image_example(s, self.config, self.cfg.max_shots) for s in seeds]
+            batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
+                                   character_loss_weight=self.character_loss_weight(step)))
+        return batches
+
+    def loss(self, name: str, batches: list[NextShotBatch], step: int):
+        losses = [self.flow_matching_loss(b) for b in batches]
+        logs = {"video_loss": losses[0].item()} | ({"image_loss": losses[1].item()} if len(losses) > 1 else {})
+        return sum(losses), logs
+
+    def flow_matching_loss(self, batch: NextShotBatch) -> torch.Tensor:
         sigma = fm.sample_training_sigmas(batch.target.shape[0], self.config.sampler.teacher_shift).to(self.device)
         noise = torch.randn_like(batch.target)
         text, mask = self.drop_target_text(batch, self.cfg.text_dropout)
         v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
         weight = None if batch.loss_weight is None else batch.loss_weight[:, :, None].expand_as(batch.target)
-        return fm.flow_matching_loss(v, batch.target, noise, weight), {"sigma": sigma.mean().item()}
+        return fm.flow_matching_loss(v, batch.target, noise, weight)
 
     def pipeline(self):
         from shotstream.session import ShotStreamPipeline
