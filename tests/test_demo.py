@@ -1,10 +1,11 @@
 """demo/app.py: pure helpers, and the app driven through gradio_client on a localhost server.
 
 The server runs a tiny random model (demo.devmodel) so no checkpoint is needed; the real text
-encoder (MiniLM, offline) is loaded once for the module.
+encoder (MiniLM, offline) is loaded once for the module. SHOTSTREAM_DEMO_MODEL=<shipped name or
+folder> serves that model instead (e.g. to time the browser test on the shipped student).
 """
 
-import socket
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from demo import app as demo_app  # noqa: E402
 from demo.app import Busy, GenerationSlots, ModelSpec, as_text, check_prompt, stats_markdown  # noqa: E402
 from demo.devmodel import DEV_OVERRIDES, write_dev_checkpoint  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 # 17-frame shots in 1-latent-frame chunks: 5 streamed chunks per shot (1 + 4 + 4 + 4 + 4 frames)
 TEST_OVERRIDES = [o for o in DEV_OVERRIDES if not o.startswith("video.frames_per_shot")] + [
@@ -96,21 +98,19 @@ def test_cli_defaults_are_safe():
 # The app through gradio_client
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    student = write_dev_checkpoint(tmp_path_factory.mktemp("dev"), overrides=TEST_OVERRIDES)
+    model = os.environ.get("SHOTSTREAM_DEMO_MODEL")
+    if model:
+        student = demo_app.resolve_model(model)
+    else:
+        student = write_dev_checkpoint(tmp_path_factory.mktemp("dev"), overrides=TEST_OVERRIDES)
     spec = ModelSpec(str(student))
-    demo_app.get_pipeline(spec)
+    width = demo_app.get_pipeline(spec).config.video.width
     demo = demo_app.build_app(spec, max_concurrent=1, max_waiting=4)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=demo.shotstream)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=demo.shotstream, width=width)
     demo.close()
 
 

@@ -61,7 +61,7 @@ def test_type_a_shot_watch_it_stream_queue_the_next(server):  # noqa: F811
             box.press("Enter")
             wait_for(page, THUMBS, lambda n: n >= 2, timeout=90)
             state = wait_for(page, VIDEO_STATE, lambda v: v["time"] > t_played)  # the video kept playing
-            assert state["width"] == 64  # frames of the model's size were decoded
+            assert state["width"] == server.width  # frames of the model's size were decoded
             assert page.evaluate("() => window.__pwned") is None  # the prompt's HTML never ran
             assert "onerror" in page.locator("#storyboard").inner_text() or page.locator("#storyboard img").count() == 2
             RESULTS.mkdir(parents=True, exist_ok=True)
