@@ -155,10 +155,11 @@ class NextShotBatch:
 @torch.no_grad()
 def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: ShotStreamConfig, device,
             context_dropout: float = 0.0, rng: np.random.Generator | None = None,
-            character_loss_weight: float = 1.0) -> NextShotBatch:
-    """Encode pixels with the autoencoder and captions with the text encoder; pad the context.
+            character_loss_weight: float = 1.0, budget: int | None = None) -> NextShotBatch:
+    """Encode pixels with the autoencoder and captions with the text encoder; pad the context to
+    `budget` frames (default: the model's context_frames; 0 for examples without context).
     character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
-    C = cfg.model.context_frames
+    C = cfg.model.context_frames if budget is None else budget
     h, w = cfg.video.latent_size
     target = autoencoder.encode(torch.stack([to_model_video(e.target, device) for e in examples]))
     context = torch.zeros(len(examples), C, cfg.video.latent_channels, h, w, device=device)

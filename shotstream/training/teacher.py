@@ -108,7 +108,7 @@ class TeacherStage(NextShotStage):
             seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(self.cfg.image_batch_size)]
             images = [sample_image_example(s, self.config, self.cfg.max_shots) for s in seeds]
             batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
-                                   character_loss_weight=self.character_loss_weight(step)))
+                                   character_loss_weight=self.character_loss_weight(step), budget=0))
         return batches
 
     def loss(self, name: str, batches: list[NextShotBatch], step: int):
