@@ -25,7 +25,7 @@ def smoke_models(tmp_path_factory):
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
     teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
                         "stage.character_loss_weight=4", "stage.character_weight_from_step=1",
-                        "stage.image_batch_size=2") / "teacher"
+                        "stage.image_batch_size=2", "stage.image_batch_from_step=1") / "teacher"
     return root, ae, teacher
 
 

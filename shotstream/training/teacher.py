@@ -39,7 +39,8 @@ class TeacherConfig:
     text_dropout: float = 0.1
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
-    image_batch_size: int = 0  # single-frame examples added to every step (data.sample_image_example)
+    image_batch_size: int = 0  # single-frame examples added to every step (data.sample_image_example)...
+    image_batch_from_step: int = 0  # ...after this step
     max_shots: int = 6  # training stories have 2..max_shots shots
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
@@ -104,7 +105,7 @@ class TeacherStage(NextShotStage):
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
         """The video batch, then (image_batch_size > 0) a batch of single frames."""
         batches = [super().batch(step, shard, num_shards)]
-        if self.cfg.image_batch_size:
+        if self.cfg.image_batch_size and step > self.cfg.image_batch_from_step:
             seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(self.cfg.image_batch_size)]
             images = [sample_image_example(s, self.config, self.cfg.max_shots) for s in seeds]
             batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
