@@ -1,5 +1,6 @@
 """The model core: cached == uncached, causality, the RoPE indicator, context selection, loading."""
 
+import dataclasses
 import math
 
 import pytest
@@ -93,6 +94,19 @@ def test_each_frame_reads_its_own_shots_caption():
         a = model(x[:, 2:], t[:, 2:], text, mask, frames.slice(2, x.shape[1]))
         b = model(x[:, 2:], t[:, 2:], text2, mask, frames.slice(2, x.shape[1]))
     assert torch.equal(a, b)
+
+
+def test_captions_no_frame_reads_do_not_change_the_output():
+    """Cross-attention projects only the slots the frames read (a chunk's cost stays flat as slots fill)."""
+    model = make_model()
+    x, t, text, mask, frames, *_ = story_inputs()
+    later = frames.slice(2, x.shape[1])
+    assert int(later.text_index.min()) >= 1
+    shifted = dataclasses.replace(later, text_index=later.text_index - 1)
+    with torch.no_grad():
+        a = model(x[:, 2:], t[:, 2:], text, mask, later)
+        b = model(x[:, 2:], t[:, 2:], text[:, 1:], mask[:, 1:], shifted)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_rope_indicator_adds_exactly_the_shot_phase():

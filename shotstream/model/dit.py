@@ -126,6 +126,10 @@ class CrossAttention(Attention):
 
     def forward(self, x, text, text_mask, text_index, frames: int):
         # x [B, N, D]; text [B, S, L, D]; text_mask [B, S, L]; text_index [B, F]
+        # Project only the slots these frames read: a streamed chunk reads one caption of the
+        # session's up to C + 1, so its cost stays flat as the story's history fills the slots.
+        slots, text_index = torch.unique(text_index, return_inverse=True)
+        text, text_mask = text[:, slots], text_mask[:, slots]
         B, S, L, _ = text.shape
         gather = lambda t: torch.gather(t, 1, text_index[:, :, None, None].expand(-1, -1, L, t.shape[-1]))  # noqa: E731
         k = gather(self.norm_k(self.k(text)))  # [B, F, L, D]
