@@ -187,8 +187,6 @@ def test_indicator_ablations_branch_off_a_shared_student(smoke_models, tmp_path,
 
 
 def test_character_weight_marks_the_latent_cells_the_main_character_touches():
-    import numpy as np
-
     from shotstream.config import get_preset
     from shotstream.training.data import character_weight, next_shot_example
     from shotstream.world.story import sample_story

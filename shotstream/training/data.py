@@ -44,9 +44,7 @@ class NextShotExample:
 def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotExample:
     """Shot k of a story with conditional frames from the ground-truth renders of shots < k."""
     rendered = [render_shot(story, i, cfg.video) for i in range(k + 1)]
-    example = example_from_history(story, k, [f for f, _ in rendered[:k]], rendered[k][0], cfg)
-    example.target_boxes = rendered[k][1]
-    return example
+    return example_from_history(story, k, [f for f, _ in rendered[:k]], *rendered[k], cfg=cfg)
 
 
 def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
@@ -68,14 +66,14 @@ def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) ->
 
 
 def example_from_history(story: Story, k: int, history: list[np.ndarray], target: np.ndarray | None,
-                         cfg: ShotStreamConfig) -> NextShotExample:
+                         target_boxes: np.ndarray | None = None, *, cfg: ShotStreamConfig) -> NextShotExample:
     """Shot k conditioned on `history` (frames of shots < k: ground truth, or the model's own)."""
     picks = select_context_frames([len(f) for f in history], cfg.model.context_frames)
     h, w = cfg.video.height, cfg.video.width
     context = np.stack([history[s][f] for s, f in picks]) if picks else np.zeros((0, h, w, 3), np.uint8)
     if target is None:  # self-forcing has no ground-truth target
         target = np.zeros((cfg.video.frames_per_shot, h, w, 3), np.uint8)
-    return NextShotExample(story, k, target, context, [s for s, _ in picks], [*history, target])
+    return NextShotExample(story, k, target, context, [s for s, _ in picks], [*history, target], target_boxes)
 
 
 def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
@@ -92,10 +90,7 @@ def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -
     rng = np.random.default_rng([seed, 0x1A6E])
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=1)
     k = int(rng.integers(story.num_shots))
-    frames, boxes = render_shot(story, k, cfg.video)
-    example = example_from_history(story, k, [], frames, cfg)
-    example.target_boxes = boxes
-    return example
+    return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
 
 
 @dataclass

@@ -196,7 +196,7 @@ class InterShotStage(IntraShotStage):
                 self.rolling_memory, self.frames_so_far = self.new_memory(len(self.stories), rolling=True), 0
         elif self.cfg.kind == "rolling":
             self.rolling_memory, self.frames_so_far = self.step_memory, self.frames_so_far + self.config.video.latent_frames_per_shot
-        examples = [example_from_history(s, k, h, None, self.config) for s, h in zip(self.stories, self.history)]
+        examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
 
     def rollout(self, batch: NextShotBatch, grad: bool, memory=None, pos_offset=None) -> torch.Tensor:
