@@ -103,8 +103,14 @@ def test_captions_no_frame_reads_do_not_change_the_output():
     later = frames.slice(2, x.shape[1])
     assert int(later.text_index.min()) >= 1
     shifted = dataclasses.replace(later, text_index=later.text_index - 1)
+    projected = []  # token count of the caption states the first block's K projection sees
+    hook = model.blocks[0].cross_attn.k.register_forward_hook(lambda m, i, o: projected.append(i[0].shape[1:3]))
     with torch.no_grad():
         a = model(x[:, 2:], t[:, 2:], text, mask, later)
+    hook.remove()
+    read = int(later.text_index.unique().numel())
+    assert read < text.shape[1] and projected == [(read, text.shape[2])]
+    with torch.no_grad():
         b = model(x[:, 2:], t[:, 2:], text[:, 1:], mask[:, 1:], shifted)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
