@@ -123,19 +123,25 @@ def test_inter_shot_identity_uses_the_labelled_box():
 
 def synthetic_records():
     # shot 0 submitted at 0, chunks ready at 0.5, 1.0, 1.5 ; shot 1 submitted early (0.25) and waits:
-    # its chunks start at 1.5 and are ready at 2.0, 2.75, 3.5. 8 frames per chunk.
+    # its chunks start at 1.5 and are ready at 2.0, 2.75, 3.5 ; shot 2 submitted at 4.0, chunks of
+    # 0.9 s. 8 frames per chunk.
     return [ChunkRecord(0, 0, 0.0, 0.5, 8), ChunkRecord(0, 1, 0.0, 1.0, 8), ChunkRecord(0, 2, 0.0, 1.5, 8),
-            ChunkRecord(1, 0, 0.25, 2.0, 8), ChunkRecord(1, 1, 0.25, 2.75, 8), ChunkRecord(1, 2, 0.25, 3.5, 8)]
+            ChunkRecord(1, 0, 0.25, 2.0, 8), ChunkRecord(1, 1, 0.25, 2.75, 8), ChunkRecord(1, 2, 0.25, 3.5, 8),
+            ChunkRecord(2, 0, 4.0, 4.9, 8), ChunkRecord(2, 1, 4.0, 5.8, 8), ChunkRecord(2, 2, 4.0, 6.7, 8)]
 
 
 def test_timing_metrics_are_exact_on_synthetic_records():
     frames = solid("red", frames=24)
-    rows = score_story(story([frames, frames], records=synthetic_records(), peak=123.5),
+    rows = score_story(story([frames] * 3, records=synthetic_records(), peak=123.5),
                        get_metrics(["latency_first_frame_s", "fps", "chunk_time_s", "chunk_time_growth", "peak_mem_mb"]))
-    assert values(rows, "latency_first_frame_s") == {(0, ""): 0.5, (1, ""): 1.75}
-    assert values(rows, "fps") == {(STORY_LEVEL, ""): 48 / 3.5}
-    assert values(rows, "chunk_time_s") == {(0, ""): 0.5, (1, ""): pytest.approx(2.0 / 3)}  # (0.5 + .75 + .75)/3
-    assert values(rows, "chunk_time_growth") == {(STORY_LEVEL, ""): pytest.approx((2.0 / 3) / 0.5)}
+    assert values(rows, "latency_first_frame_s") == {(0, ""): 0.5, (1, ""): 1.75, (2, ""): pytest.approx(0.9)}
+    assert values(rows, "fps") == {(STORY_LEVEL, ""): pytest.approx(72 / 6.7)}
+    assert values(rows, "chunk_time_s") == {(0, ""): 0.5, (1, ""): pytest.approx(2.0 / 3),  # (0.5 + .75 + .75)/3
+                                            (2, ""): pytest.approx(0.9)}
+    # growth is measured from the second shot, the first with a full memory (shot 0 has none)
+    assert values(rows, "chunk_time_growth") == {(STORY_LEVEL, ""): pytest.approx(0.9 / (2.0 / 3))}
+    two_shots = score_story(story([frames] * 2, records=synthetic_records()[:6]), get_metrics(["chunk_time_growth"]))
+    assert math.isnan(values(two_shots, "chunk_time_growth")[(STORY_LEVEL, "")])
     assert values(rows, "peak_mem_mb") == {(STORY_LEVEL, ""): 123.5}
 
 
