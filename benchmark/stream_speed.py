@@ -2,6 +2,7 @@
 
     python -m benchmark.stream_speed                      # tiny preset, random weights, fp32 + bf16
     python -m benchmark.stream_speed --model checkpoints/tiny/student --shots 10
+    python -m benchmark.stream_speed --dtypes fp32 --overlap-decode   # + the decode-overlap variant
 
 Prints, per dtype: ms per chunk (mean over chunks after the first shot), first-chunk latency
 (prompt submitted -> first decoded frames), frames per second, and the ratio of the per-chunk
@@ -49,8 +50,8 @@ def build_pipeline(model_path: str | None, dtype: torch.dtype, device: str) -> S
     return ShotStreamPipeline(model, cfg, ae, TextEncoder(max_len=cfg.model.text_len, device=device))
 
 
-def measure(pipe: ShotStreamPipeline, shots: int, seed: int = 0) -> dict:
-    session = pipe.session(seed=seed, max_queue=shots)
+def measure(pipe: ShotStreamPipeline, shots: int, seed: int = 0, overlap_decode: bool = False) -> dict:
+    session = pipe.session(seed=seed, max_queue=shots, overlap_decode=overlap_decode)
     chunk_ms: dict[int, list[float]] = {}
     first_chunk, frames, t0 = [], 0, time.perf_counter()
     for k in range(shots):
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--overlap-decode", action="store_true",
+                    help="also time the session with decoding overlapped with the next chunk's denoising "
+                         "(a worker thread; on this 2-core CPU both compete for the same cores)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the model under torch.compile(dynamic=True) (minutes of compilation on a CPU)")
     args = ap.parse_args(argv)
@@ -87,6 +91,8 @@ def main(argv=None) -> int:
     for name in args.dtypes.split(","):
         pipe = build_pipeline(args.model, DTYPES[name], args.device)
         report(name, pipe, args)
+        if args.overlap_decode:
+            report(f"{name} overlap-decode", pipe, args, overlap_decode=True)
         if args.compile:
             t = time.perf_counter()
             pipe.model.compile(dynamic=True)
@@ -96,9 +102,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(name: str, pipe: ShotStreamPipeline, args) -> None:
-    measure(pipe, 2)  # warm-up: allocator, kernels, text-encoder cache
-    r = measure(pipe, args.shots)
+def report(name: str, pipe: ShotStreamPipeline, args, **session_kw) -> None:
+    measure(pipe, 2, **session_kw)  # warm-up: allocator, kernels, text-encoder cache
+    r = measure(pipe, args.shots, **session_kw)
     print(f"{name}: {num_parameters(pipe.model) / 1e6:.1f}M params, threads={args.threads}, "
           f"{r['ms_per_chunk']:.1f} ms/chunk, first chunk {r['first_chunk_latency_s'] * 1000:.0f} ms, "
           f"{r['fps']:.1f} FPS, chunk time shot {args.shots}/shot 2 = {r['chunk_time_ratio_last_first']:.3f}, "

@@ -16,11 +16,13 @@ interface: its chunks arrive together once the whole shot is denoised.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,54 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def to_model_video(frames: np.ndarray, device) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> [F, 3, H, W] in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def run_ahead(make_items: Callable[[], Iterator], depth: int = 1) -> Iterator:
+    """Iterate `make_items()` in a worker thread, at most `depth` items ahead of the consumer.
+
+    The streaming session runs the denoiser there, so chunk j is decoded (and shown) while chunk
+    j+1 is denoised. The worker runs under no_grad (grad mode is per thread); its exception is
+    raised here. When the consumer stops early (cancel, or the generator is closed), the worker
+    finishes its current item and is joined: nothing touches the session's memory afterwards.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            with torch.no_grad():
+                for item in make_items():
+                    if not put(item):
+                        return
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, which raises it
+            put(_Failure(e))
+        else:
+            put(done)
+
+    worker = threading.Thread(target=work, name="shotstream-run-ahead", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 @dataclass
@@ -160,8 +210,12 @@ class ShotStreamSession:
     """
 
     def __init__(self, pipe: ShotStreamPipeline, seed: int = 0, global_caption: str | None = None,
-                 max_shots: int = MAX_SHOTS, max_queue: int = 8):
+                 max_shots: int = MAX_SHOTS, max_queue: int = 8, overlap_decode: bool = False):
         self.pipe, self.seed, self.max_shots, self.max_queue = pipe, seed, max_shots, max_queue
+        # Denoise chunk j+1 (and write chunk j's K/V) in a worker thread while chunk j is decoded
+        # (`run_ahead`). Off by default: on a 2-core CPU the two threads fight for the same cores
+        # and streaming gets slower (`python -m benchmark.stream_speed --overlap-decode`).
+        self.overlap_decode = overlap_decode
         self.global_caption = clean_prompt(global_caption) if global_caption else None
         cfg = pipe.config
         self.grid = pipe.model.grid(*cfg.video.latent_size)
@@ -299,18 +353,21 @@ class ShotStreamSession:
         chunks, t_start, t_first = [], time.perf_counter(), None
         with torch.no_grad():
             cond = self.conditioning(request.caption)
-        for j, x0 in enumerate(self._latent_chunks(cond, self._noise(k), k)):
-            with torch.no_grad(), record_function("decode"):
-                frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0))
-            t_ready = time.perf_counter()
-            t_first = t_first or t_ready
-            chunks.append(frames)
-            last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
-            yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
-            if self._cancel.is_set():
-                # The unfinished shot is dropped; finished shots stay. (The rolling ablation's
-                # window keeps the dropped shot's chunks: the benchmark never cancels.)
-                return
+        make = lambda: self._latent_chunks(cond, self._noise(k), k)  # noqa: E731
+        causal = pipe.kind != "bidirectional"  # (a teacher's chunks all exist before the first is decoded)
+        with contextlib.closing(run_ahead(make) if self.overlap_decode and causal else make()) as latents:
+            for j, x0 in enumerate(latents):
+                with torch.no_grad(), record_function("decode"):
+                    frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0))
+                t_ready = time.perf_counter()
+                t_first = t_first or t_ready
+                chunks.append(frames)
+                last = sum(len(c) for c in chunks) >= pipe.config.video.frames_per_shot
+                yield StreamChunk(k, j, frames, request.caption, request.t_submit, t_start, t_ready, last)
+                if self._cancel.is_set():
+                    # The unfinished shot is dropped; finished shots stay. (The rolling ablation's
+                    # window keeps the dropped shot's chunks: the benchmark never cancels.)
+                    return
         with self._cond:  # one step for `submit`'s shot count: finished, not in progress
             self.shots.append(Shot(request.caption, np.concatenate(chunks), request.t_submit, t_first, time.perf_counter()))
             self.in_progress = None

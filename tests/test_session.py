@@ -271,3 +271,57 @@ def test_a_model_refuses_an_autoencoder_it_was_not_trained_with(tmp_path):
         ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder())
     TinyVideoAutoencoder(VIDEO, base_channels=8).save_pretrained(tmp_path / "autoencoder")
     assert ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder()).kind == "causal"
+
+
+def test_overlapped_decoding_streams_the_same_story():
+    """overlap_decode runs the denoiser one chunk ahead in a worker thread: same frames, same
+    order, and a cancelled shot's worker is joined before the session goes on."""
+    def story(overlap, kind="causal"):
+        pipe = make_pipe(kind, local_window=4) if kind == "rolling" else make_pipe(kind)
+        session = pipe.session(seed=2, overlap_decode=overlap)
+        for p in ["a red circle walks left", "it jumps", "it spins"]:
+            session.submit(p)
+        chunks = [(c.shot, c.chunk) for c in session.stream()]
+        return chunks, session.story_frames()
+
+    for kind in ("causal", "rolling"):
+        (order, frames), (order_ov, frames_ov) = story(False, kind), story(True, kind)
+        assert order_ov == order and np.array_equal(frames_ov, frames)
+
+    session = make_pipe().session(seed=0, overlap_decode=True)
+    session.submit("a red circle walks left")
+    session.submit("it jumps")
+    for chunk in session.stream():
+        if chunk.shot == 1:
+            session.cancel()
+    assert len(session.shots) == 1
+    assert not any(t.name == "shotstream-run-ahead" for t in threading.enumerate())
+    session.submit("it bounces")
+    list(session.stream())
+    assert len(session.shots) == 2
+
+
+def test_run_ahead_raises_the_workers_error_and_stops_when_closed():
+    from shotstream.session import run_ahead
+
+    def failing():
+        yield 1
+        raise RuntimeError("denoiser failed")
+
+    it = run_ahead(failing)
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="denoiser failed"):
+        next(it)
+
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+
+    it = run_ahead(endless, depth=1)
+    assert [next(it), next(it)] == [0, 1]
+    it.close()  # the consumer stops early: the worker is joined, at most a couple of items ahead
+    assert len(made) <= 4 and not any(t.name == "shotstream-run-ahead" for t in threading.enumerate())
+    assert torch.is_grad_enabled()
