@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shotstream.cli import CLIError
 
-from benchmark.metrics import CLIP_METRICS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
+from benchmark.metrics import CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def _scoring(args, default_names: list[str] | None):
         print(f"shotstream-bench: warning: no CLIP encoder ({DEFAULT_CLIP} not found); CLIP-based metrics "
               "will be missing", file=sys.stderr)
     probe = None
-    if any(m.name in LABEL_KEYS for m in metrics):
+    if any(m.name in LABEL_KEYS or m.name in IDENTITY_PARTS for m in metrics):
         from benchmark.probe import load_probe
 
         if args.probe:

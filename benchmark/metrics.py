@@ -282,7 +282,7 @@ def chunk_time_s(story: StoryOutput, ctx: MetricContext) -> list[Value]:
             for k in range(len(story.frames))]
 
 
-@register_metric("chunk_time_growth", higher_is_better=False, range=(0, math.inf), unit="ratio", level="story",
+@register_metric("chunk_time_growth", higher_is_better=False, range=(0, math.inf), unit="ratio", level="story", version=2,
                  doc="mean chunk time at the last shot / at the second shot (1 = no growth with shots); the "
                      "baseline is the first shot whose memory is full: shot 1 has no history and does less work")
 def chunk_time_growth(story: StoryOutput, ctx: MetricContext) -> list[Value]:
@@ -381,10 +381,12 @@ def intra_shot_consistency(story: StoryOutput, ctx: MetricContext) -> list[Value
 
 # The contract with StoryWorld's labels and the probe's predictions: metric -> label key.
 LABEL_KEYS = {"identity_acc": "identity", "scene_acc": "scene", "framing_acc": "framing", "action_acc": "action"}
+# Identity is right only when all three of its attributes are: these say which one a model misses.
+IDENTITY_PARTS = {"colour_acc": "colour", "shape_acc": "shape", "pattern_acc": "pattern"}
 
 
 def _label_accuracy(metric: str):
-    key = LABEL_KEYS[metric]
+    key = (LABEL_KEYS | IDENTITY_PARTS)[metric]
 
     def fn(story: StoryOutput, ctx: MetricContext) -> list[Value]:
         out = []
@@ -407,3 +409,7 @@ for _metric, _key in LABEL_KEYS.items():
     register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy", by_subset=True,
                     doc=f"per shot: 1 if probe.predict(frames)[{_key!r}] == labels[{_key!r}] else 0 "
                         f"(leaderboard: mean, also split into named / pronoun ('it') shots)")(_label_accuracy(_metric))
+for _metric, _key in IDENTITY_PARTS.items():
+    register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy",
+                    doc=f"per shot: the main character's {_key} as identity_acc reads it: "
+                        f"1 if probe.predict(frames)[{_key!r}] == labels[{_key!r}] else 0")(_label_accuracy(_metric))

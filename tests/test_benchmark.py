@@ -198,12 +198,12 @@ def test_out_of_range_value_is_a_failure_not_clipped():
 
 
 class ColourProbe:
-    """Predicts 'identity' from the mean colour; knows nothing about 'action'."""
+    """Predicts 'identity' and 'colour' from the mean colour; knows nothing about 'action'."""
 
     def predict(self, frames):
         mean = frames.reshape(-1, 3).mean(0)
         name = min(COLOURS, key=lambda c: np.abs(mean - np.array(COLOURS[c])).sum())
-        return {"identity": name, "scene": "forest", "framing": "wide"}
+        return {"identity": name, "colour": name, "scene": "forest", "framing": "wide"}
 
 
 def test_label_accuracy_with_probe_and_pronoun_subset(tmp_path):
@@ -220,6 +220,18 @@ def test_label_accuracy_with_probe_and_pronoun_subset(tmp_path):
     assert board.loc[0, "identity_acc"] == pytest.approx(2 / 3)
     assert board.loc[0, "identity_acc[named]"] == 1.0 and board.loc[0, "identity_acc[pronoun]"] == 0.5
     assert math.isnan(board.loc[0, "action_acc"])
+
+
+def test_identity_parts_say_which_attribute_is_missed(tmp_path):
+    labels = [{"identity": "red circle", "colour": "red", "shape": "circle", "pronoun": False},
+              {"identity": "blue circle", "colour": "blue", "shape": "circle", "pronoun": True}]
+    rows = score_story(story([solid("red"), solid("green")], labels=labels),
+                       get_metrics(["colour_acc", "shape_acc"]), probe=ColourProbe())
+    assert values(rows, "colour_acc") == {(0, "named"): 1.0, (1, "pronoun"): 0.0}
+    assert all(math.isnan(v) for v in values(rows, "shape_acc").values())  # the probe gave no shape
+    RowStore(tmp_path).write_story("m", "s0", rows, META)
+    board = build_leaderboard(RowStore(tmp_path).read())
+    assert board.loc[0, "colour_acc"] == 0.5 and "colour_acc[named]" not in board  # a diagnostic: no split
 
 
 # --- CLIP ---------------------------------------------------------------------------------------
