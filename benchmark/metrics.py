@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark import timing
 from benchmark.timing import ChunkRecord, chunk_durations
 
 STORY_LEVEL = -1  # the `shot` of a row that describes a whole story
@@ -282,20 +283,26 @@ def chunk_time_s(story: StoryOutput, ctx: MetricContext) -> list[Value]:
             for k in range(len(story.frames))]
 
 
-@register_metric("chunk_time_growth", higher_is_better=False, range=(0, math.inf), unit="ratio", level="story", version=2,
-                 doc="mean chunk time at the last shot / at the second shot (1 = no growth with shots); the "
-                     "baseline is the first shot whose memory is full: shot 1 has no history and does less work")
+@register_metric("chunk_time_growth", higher_is_better=False, range=(0, math.inf), unit="ratio", level="story", version=3,
+                 doc="chunk time at the last shot / at the second shot (1 = no growth with shots), read off a "
+                     "robust line (Theil-Sen) fitted to every chunk of those shots; shot 1 has no history and "
+                     "does less work, so the baseline is the second shot, the first whose memory is full")
 def chunk_time_growth(story: StoryOutput, ctx: MetricContext) -> list[Value]:
     # From the second shot on the global cache holds its full budget of conditional frames
     # (select_context_frames fills it from one shot), so every later chunk does the same work:
-    # any rise is growth with the story. The first shot attends to an empty global cache.
-    per_shot = _chunk_time_per_shot(story)
-    base, last = 1, len(story.frames) - 1
-    if last <= base:
+    # any trend is growth with the story. A shot has only a few chunks: the line uses them all.
+    first, last = 1, len(story.frames) - 1
+    if last <= first:
         return [Value(STORY_LEVEL, math.nan, "missing: needs a story of >= 3 shots")]
-    if base not in per_shot or last not in per_shot or per_shot[base] <= 0:
+    durations = chunk_durations(_records(story))
+    shots = {r.shot for r, _ in durations}
+    if first not in shots or last not in shots:
         return [Value(STORY_LEVEL, math.nan, "missing: no chunk time for the second or last shot")]
-    return [Value(STORY_LEVEL, per_shot[last] / per_shot[base])]
+    try:
+        growth = timing.chunk_time_growth([r.shot for r, _ in durations], [d for _, d in durations], first, last)
+    except ValueError as e:
+        return [Value(STORY_LEVEL, math.nan, f"error: {e}")]
+    return [Value(STORY_LEVEL, growth)]
 
 
 @register_metric("peak_mem_mb", higher_is_better=False, range=(0, math.inf), unit="MB", level="story",

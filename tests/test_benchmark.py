@@ -138,11 +138,40 @@ def test_timing_metrics_are_exact_on_synthetic_records():
     assert values(rows, "fps") == {(STORY_LEVEL, ""): pytest.approx(72 / 6.7)}
     assert values(rows, "chunk_time_s") == {(0, ""): 0.5, (1, ""): pytest.approx(2.0 / 3),  # (0.5 + .75 + .75)/3
                                             (2, ""): pytest.approx(0.9)}
-    # growth is measured from the second shot, the first with a full memory (shot 0 has none)
-    assert values(rows, "chunk_time_growth") == {(STORY_LEVEL, ""): pytest.approx(0.9 / (2.0 / 3))}
+    # the line through shot 1 (0.5, 0.75, 0.75 s) and shot 2 (0.9 s x3): median pairwise slope 0.15,
+    # through (median shot, median time) = (1.5, 0.825): 0.75 s at shot 1, 0.9 s at shot 2
+    assert values(rows, "chunk_time_growth") == {(STORY_LEVEL, ""): pytest.approx(0.9 / 0.75)}
     two_shots = score_story(story([frames] * 2, records=synthetic_records()[:6]), get_metrics(["chunk_time_growth"]))
     assert math.isnan(values(two_shots, "chunk_time_growth")[(STORY_LEVEL, "")])
     assert values(rows, "peak_mem_mb") == {(STORY_LEVEL, ""): 123.5}
+
+
+def back_to_back(durations: list[list[float]]) -> list[ChunkRecord]:
+    """Records of shots streamed back to back, each submitted as the previous one ends."""
+    records, t = [], 0.0
+    for shot, chunks in enumerate(durations):
+        submit = t
+        for j, d in enumerate(chunks):
+            t += d
+            records.append(ChunkRecord(shot, j, submit, t, 8))
+    return records
+
+
+def test_chunk_time_growth_reads_the_trend_from_the_second_shot_and_ignores_a_spike():
+    # Shot 0 (no history) is cheap; from shot 1 on each chunk takes 1 + 0.05 (k - 1) s, and one
+    # chunk of the last shot was slowed 3x by something else: the trend, not the spike, is growth.
+    line = lambda k: 1.0 + 0.05 * (k - 1)  # noqa: E731
+    durations = [[0.5] * 3] + [[line(k)] * 3 for k in range(1, 5)]
+    durations[4][1] = 3.0
+    frames = [solid("red", frames=24)] * 5
+    growth = values(score_story(story(frames, records=back_to_back(durations)), get_metrics(["chunk_time_growth"])),
+                    "chunk_time_growth")
+    assert growth == {(STORY_LEVEL, ""): pytest.approx(line(4) / line(1))}
+    flat = [[0.5] * 3] + [[1.0] * 3] * 4
+    flat[4][1] = 3.0
+    growth = values(score_story(story(frames, records=back_to_back(flat)), get_metrics(["chunk_time_growth"])),
+                    "chunk_time_growth")
+    assert growth == {(STORY_LEVEL, ""): pytest.approx(1.0)}
 
 
 def test_stream_recorder_produces_records_with_its_clock():
