@@ -15,16 +15,17 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 from urllib.parse import quote, unquote
 
 import pandas as pd
 
-from benchmark.metrics import MetricRow
+from benchmark.metrics import TIMING_METRICS, Metric, MetricRow
 
-# Run metadata: the protocol (suite, encoder, steps) and the environment of every row.
-PROTOCOL_COLUMNS = ["suite", "encoder", "steps", "preset"]
-META_COLUMNS = [*PROTOCOL_COLUMNS, "device", "dtype", "threads", "seed", "git_commit", "date"]
+# Run metadata of every row. The protocol columns must agree across a method's rows (a resumed
+# run may not mix seeds, dtypes or devices); the others record the environment.
+PROTOCOL_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "seed"]
+META_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "threads", "seed", "git_commit", "date"]
 ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS]
 _DTYPES = {"method": str, "story": str, "shot": "int64", "metric": str, "value": "float64", "subset": str,
            "note": str, "metric_version": "int64", "suite": str, "encoder": str, "steps": str, "preset": str,
@@ -74,8 +75,20 @@ class RowStore:
         # Names are percent-encoded, so any story id ("suite/0003", "a b") maps to one safe file.
         return self.rows_dir / quote(method, safe="") / f"{quote(story, safe='')}.csv"
 
-    def done(self, method: str, story: str) -> bool:
-        return self.story_file(method, story).is_file()
+    def done(self, method: str, story: str, metrics: Sequence[Metric] | None = None) -> bool:
+        """Are the rows of (method, story) stored, with every metric of `metrics` at its current
+        version? A story scored before a metric changed, or by a run asked for fewer metrics, is
+        generated again. Timing metrics may be absent: references (ground truth, external videos)
+        have none."""
+        path = self.story_file(method, story)
+        if not path.is_file():
+            return False
+        if metrics is None:
+            return True
+        stored = pd.read_csv(path, usecols=["metric", "metric_version"]).drop_duplicates()
+        versions = stored.groupby("metric")["metric_version"].agg(set).to_dict()
+        return all(versions.get(m.name, {m.version}) == {m.version} and (m.name in versions or m.name in TIMING_METRICS)
+                   for m in metrics)
 
     def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta) -> Path:
         """Write (or replace) the rows of (method, story) atomically."""

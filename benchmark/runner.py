@@ -301,12 +301,13 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         raise ValueError("story ids must be unique within a suite")
     for method in methods:
         check_protocol(store, method, meta)
+    metrics = scoring.metrics if scoring.metrics is not None else get_metrics()
     counts = {"done": 0, "skipped": 0}
     pairs = [(m, v) for m in methods for v in views]
     bar = tqdm(pairs, desc="benchmark", unit="story", disable=not progress)
     for method, view in bar:
         bar.set_postfix_str(f"{method} {view.id}")
-        if store.done(method, view.id):
+        if store.done(method, view.id, metrics):
             counts["skipped"] += 1
             continue
         call = lambda: generate(method, view, seed=story_seed(meta.seed, view.id), device=meta.device,  # noqa: E731
@@ -315,10 +316,9 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         output = StoryOutput(view.id, view.captions, list(gen.frames), view.labels, view.global_caption,
                              records=gen.records,
                              peak_mem_mb=gen.peak_mem_mb if gen.peak_mem_mb is not None else measured)
-        metrics = scoring.metrics if scoring.metrics is not None else get_metrics()
-        if not gen.timed:  # a reference (ground truth) has no generation time: timing rows are absent, not NaN
-            metrics = [m for m in metrics if m.name not in TIMING_METRICS]
-        rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
+        # A reference (ground truth) has no generation time: its timing rows are absent, not NaN.
+        scored = metrics if gen.timed else [m for m in metrics if m.name not in TIMING_METRICS]
+        rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
         store.write_story(method, view.id, rows, meta)
         counts["done"] += 1
     return counts
@@ -328,22 +328,17 @@ def score_manifest(manifest: Manifest, method: str, store: RowStore, meta: RunMe
                    scoring: Scoring | None = None, *, progress: bool = True) -> dict[str, int]:
     """Score the videos of a manifest as `method`; every entry is checked before any row is written."""
     scoring = scoring or Scoring()
+    # Videos from other systems carry no chunk timings: every metric but the timing ones by default.
+    metrics = scoring.metrics if scoring.metrics is not None else [m for m in get_metrics() if m.name not in TIMING_METRICS]
     check_protocol(store, method, meta)
     manifest.check_videos()
     counts = {"done": 0, "skipped": 0}
     for story in tqdm(manifest.stories, desc="score", unit="story", disable=not progress):
-        if store.done(method, story.id):
+        if store.done(method, story.id, metrics):
             counts["skipped"] += 1
             continue
         output = StoryOutput(story.id, story.captions, story.load_frames(), story.labels, story.global_caption)
-        rows = score_story(output, scoring.metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
+        rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
         store.write_story(method, story.id, rows, meta)
         counts["done"] += 1
     return counts
-
-
-def default_metrics_for_scoring() -> list[Metric]:
-    """Videos from other systems carry no chunk timings: score everything but the timing metrics."""
-    from benchmark.metrics import TIMING_METRICS
-
-    return [m for m in get_metrics() if m.name not in TIMING_METRICS]

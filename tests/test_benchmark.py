@@ -3,6 +3,7 @@ atomic report, and the torchmetrics CLIPScore cross-check. CPU, no downloads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -414,13 +415,31 @@ def test_resume_after_interrupted_run_matches_uninterrupted(tmp_path):
     assert again.calls == []
 
 
-def test_run_refuses_to_mix_protocols(tmp_path):
+@pytest.mark.parametrize("change", [{"steps": "8"}, {"seed": 1}, {"dtype": "bfloat16"}, {"device": "cuda"}])
+def test_run_refuses_to_mix_protocols(tmp_path, change):
     store = RowStore(tmp_path)
     scoring = Scoring(metrics=get_metrics(["fps"]))
     run_benchmark(["fake"], make_stories(1), store, META, scoring, generate=FakeMethod(), progress=False)
-    other = RunMeta(**{**META.__dict__, "steps": "8"})
+    other = RunMeta(**{**META.__dict__, **change})
     with pytest.raises(ValueError, match="another protocol"):
         run_benchmark(["fake"], make_stories(2), store, other, scoring, generate=FakeMethod(), progress=False)
+
+
+def test_rerun_regenerates_stories_scored_with_fewer_metrics_or_an_older_metric_version(tmp_path, monkeypatch):
+    store, stories = RowStore(tmp_path), make_stories(2)
+    run_benchmark(["fake"], stories, store, META, Scoring(metrics=get_metrics(["fps"])), generate=FakeMethod(),
+                  progress=False)
+    more = lambda: Scoring(metrics=get_metrics(["fps", "identity_acc"]), probe=ColourProbe())  # noqa: E731
+    assert run_benchmark(["fake"], stories, store, META, more(), generate=FakeMethod(), progress=False)["done"] == 2
+    assert set(store.read()["metric"]) == {"fps", "identity_acc"}
+    # the definition of fps changes: every stored story is stale
+    monkeypatch.setitem(METRICS, "fps", dataclasses.replace(METRICS["fps"], version=METRICS["fps"].version + 1))
+    bumped = FakeMethod()
+    assert run_benchmark(["fake"], stories, store, META, more(), generate=bumped, progress=False)["done"] == 2
+    assert bumped.calls == ["story-0", "story-1"]
+    assert set(store.read().query("metric == 'fps'")["metric_version"]) == {METRICS["fps"].version}
+    # and now it is all current: nothing to do
+    assert run_benchmark(["fake"], stories, store, META, more(), generate=FakeMethod(), progress=False)["done"] == 0
 
 
 # --- score: external mp4s and manifests ---------------------------------------------------------
