@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from shotstream.cli import CLIError
+from shotstream.runtime import add_runtime_args, set_threads
 
 from benchmark.metrics import CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
@@ -46,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(global_caption, shot1..shotN) giving the captions (no labels: label metrics are missing)")
     run.add_argument("--limit", type=int, default=None, help="only the first N stories")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (aliases fp32, bf16, fp16)")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_runtime_args(run, dtype="float32")
     run.add_argument("--teacher-steps", type=int, default=None,
                      help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
     _scoring_args(run, default_metrics="all")
@@ -157,10 +156,7 @@ def cmd_run(args) -> int:
 
     from shotstream.training.distributed import setup, teardown
 
-    import torch
-
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+    set_threads(args.threads)
     world = setup(args.device, timeout=timedelta(hours=24))  # ranks finish their shares at different times
     try:
         return _run_shard(args, world)
@@ -170,13 +166,11 @@ def cmd_run(args) -> int:
 
 def _run_shard(args, world) -> int:
     from benchmark.rows import RowStore, RunMeta
-    from benchmark.runner import (StreamingGenerator, canonical_dtype, check_protocol, method_protocol, parse_method,
-                                  run_benchmark, story_view)
+    from benchmark.runner import StreamingGenerator, check_protocol, method_protocol, parse_method, run_benchmark, story_view
     from benchmark.suite import load_suite
     from benchmark.timing import cpu_threads
     from shotstream.training.distributed import barrier
 
-    dtype = canonical_dtype(args.dtype)
     # Resolve every method before anything is generated: a typo fails at once, writing nothing.
     folders = dict(parse_method(m) for m in args.method)
     if args.stories:
@@ -196,7 +190,7 @@ def _run_shard(args, world) -> int:
     for name, folder in folders.items():
         metas[name] = RunMeta(suite=suite, encoder=encoder, **method_protocol(folder, args.teacher_steps),
                               # the flag ("cuda"): setup() made each rank's own GPU the current one
-                              device=args.device, dtype=dtype, threads=cpu_threads(), seed=args.seed)
+                              device=args.device, dtype=args.dtype, threads=cpu_threads(), seed=args.seed)
         check_protocol(store, name, metas[name])
     generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps)
     done = skipped = 0
@@ -262,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (CLIError, ValueError, FileNotFoundError, KeyError, CheckpointError, GenerationNotWired) as e:
+    except (CLIError, ValueError, OSError, KeyError, CheckpointError, GenerationNotWired) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"shotstream-bench {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmark.flops import chunk_flops, forward_flops, measure_matmul_flops, tokens_per_frame
-from benchmark.stream_speed import DTYPES, build_pipeline
+from benchmark.stream_speed import build_pipeline
+from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
 from shotstream.video import encode_segment, pad_to_even
 
 PHASES = ("text_encoding", "context_encoding", "global_cache_write", "denoise", "cache_write", "decode",
@@ -128,18 +129,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="student",
                     help="shipped model name or folder (default: student; 'random' = tiny preset, random weights)")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_runtime_args(ap, threads=torch.get_num_threads())
     ap.add_argument("--out", default="results/perf/profile.md", help="markdown table to write ('' = print only)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     folder = None
     if args.model != "random":
         from shotstream.generate import resolve_model
 
         folder = str(resolve_model(args.model))
-    pipe = build_pipeline(folder, DTYPES[args.dtype], args.device)
+    pipe = build_pipeline(folder, torch_dtype(args.dtype), args.device)
     result = profile_story(pipe)
     peak_bf16 = measure_matmul_flops(torch.bfloat16, device=args.device)
     peak_fp32 = measure_matmul_flops(torch.float32, device=args.device)

@@ -26,6 +26,7 @@ from benchmark.manifest import Manifest
 from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta
 from benchmark.timing import ChunkRecord, measure_peak_memory
+from shotstream.runtime import dtype_name, torch_dtype
 
 
 @dataclass
@@ -45,17 +46,6 @@ class GenerationNotWired(RuntimeError):
 GROUND_TRUTH = "ground_truth"  # the StoryWorld renders themselves: the upper bound of every quality metric
 # An autoencoder folder as a method (`autoencoder` = the shipped codec): the ground truth encoded and
 # decoded, the ceiling of every generated method, since they all decode through that codec.
-# dtype names accepted on the command line -> the name recorded in the rows.
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-               "float16": "float16", "fp16": "float16"}
-
-
-def canonical_dtype(name: str) -> str:
-    if name not in DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPE_NAMES)}")
-    return DTYPE_NAMES[name]
-
-
 def parse_method(spec: str) -> tuple[str, Path | None]:
     """`name` (shipped model, `autoencoder`, `ground_truth`, or a folder) or `name=folder` ->
     (row name, model folder).
@@ -138,10 +128,9 @@ class StreamingGenerator:
     def pipeline(self, method: str, device: str = "cpu", dtype: str = "float32"):
         from shotstream.session import ShotStreamPipeline
 
-        key = (method, device, canonical_dtype(dtype))
+        key = (method, device, dtype_name(dtype))
         if key not in self._pipes:
-            torch_dtype = getattr(torch, key[2])
-            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), device=device, dtype=torch_dtype)
+            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), device=device, dtype=torch_dtype(dtype))
             if self.teacher_steps is not None:
                 pipe.config.sampler.teacher_steps = self.teacher_steps
             if self.warmup:

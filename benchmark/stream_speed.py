@@ -24,9 +24,9 @@ from benchmark.timing import chunk_time_growth
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import get_preset
 from shotstream.model.dit import WanDiT, num_parameters
+from shotstream.runtime import add_runtime_args, as_arg, dtype_name, set_threads, torch_dtype
 from shotstream.session import ShotStreamPipeline
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SHIPPED_AUTOENCODER = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "autoencoder"
 PROMPTS = [
     "a red striped star walks to the left in a snowy field, wide shot",
@@ -81,9 +81,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: tiny preset with random weights)")
     ap.add_argument("--shots", type=int, default=10, help="shots per story (default 10)")
-    ap.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32,bf16")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtypes", type=as_arg(lambda text: [dtype_name(d) for d in text.split(",")]), default="fp32,bf16",
+                    help="comma list of fp32, bf16, fp16 (default: fp32,bf16)")
+    add_runtime_args(ap, dtype=None, threads=torch.get_num_threads())
     ap.add_argument("--overlap-decode", action="store_true",
                     help="also time the session with decoding overlapped with the next chunk's denoising "
                          "(a worker thread; on this 2-core CPU both compete for the same cores)")
@@ -92,9 +92,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.shots < 2:
         ap.error("--shots must be at least 2 (the chunk-time growth compares shots)")
-    torch.set_num_threads(args.threads)
-    for name in args.dtypes.split(","):
-        pipe = build_pipeline(args.model, DTYPES[name], args.device)
+    set_threads(args.threads)
+    for name in args.dtypes:
+        pipe = build_pipeline(args.model, torch_dtype(name), args.device)
         report(name, pipe, args)
         if args.overlap_decode:
             report(f"{name} overlap-decode", pipe, args, overlap_decode=True)

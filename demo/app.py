@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import warnings
 from collections import deque
 from pathlib import Path
 
@@ -29,8 +28,10 @@ if __package__ in (None, ""):  # `python demo/app.py` (how a Hugging Face Space 
 
 import gradio as gr
 
-from shotstream.generate import CHECKPOINTS, DTYPES, resolve_model
-from shotstream.session import ShotStreamPipeline, ShotStreamSession, clean_prompt
+from shotstream.checkpoint import CheckpointError
+from shotstream.generate import CHECKPOINTS, resolve_model
+from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads, torch_dtype
+from shotstream.session import ShotStreamPipeline, ShotStreamSession, check_seed, clean_prompt
 from shotstream.video import encode_segment, pad_to_even, write_mp4
 
 MAX_PROMPT_CHARS = 400  # the text encoder keeps 64 tokens; longer prompts are cut with a message
@@ -45,11 +46,15 @@ N_EXAMPLES = 4
 
 def check_prompt(text, max_chars: int = MAX_PROMPT_CHARS) -> tuple[str, str | None]:
     """(clean prompt, note for the user or None). Raises ValueError on empty / undecodable input."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        prompt = clean_prompt(text, max_chars=max_chars)
-    note = f"Prompt cut to its first {max_chars} characters." if caught else None
-    return prompt, note
+    prompt = clean_prompt(text, max_chars=sys.maxsize)  # cut here, with a note instead of a warning
+    if len(prompt) > max_chars:
+        return prompt[:max_chars], f"Prompt cut to its first {max_chars} characters."
+    return prompt, None
+
+
+def seed_value(seed) -> int:
+    """The seed box's value: empty means 0; anything else must be a valid session seed."""
+    return 0 if seed is None or seed == "" else check_seed(seed)
 
 
 def as_text(text: str) -> str:
@@ -125,7 +130,7 @@ class GenerationSlots:
 class ModelSpec:
     path: str
     device: str = "cpu"
-    dtype: str = "fp32"
+    dtype: str = "float32"
 
 
 _PIPELINES: dict[ModelSpec, ShotStreamPipeline] = {}
@@ -136,7 +141,7 @@ def get_pipeline(spec: ModelSpec) -> ShotStreamPipeline:
     """Load once per (model, device, dtype); every session shares the weights."""
     with _PIPELINES_LOCK:
         if spec not in _PIPELINES:
-            _PIPELINES[spec] = ShotStreamPipeline.from_pretrained(spec.path, device=spec.device, dtype=DTYPES[spec.dtype])
+            _PIPELINES[spec] = ShotStreamPipeline.from_pretrained(spec.path, device=spec.device, dtype=torch_dtype(spec.dtype))
         return _PIPELINES[spec]
 
 
@@ -171,7 +176,7 @@ class Story:
         self.session = self._new_session(seed, global_caption)
 
     def _new_session(self, seed: int, global_caption: str | None) -> ShotStreamSession:
-        self.seed, self.global_caption = int(seed), global_caption or None
+        self.seed, self.global_caption = check_seed(seed), global_caption or None
         return self.pipe.session(seed=self.seed, global_caption=self.global_caption, max_queue=MAX_PENDING)
 
     def restart(self, seed: int, global_caption: str | None) -> None:
@@ -228,12 +233,13 @@ class App:
         try:
             prompt, note = check_prompt(prompt)
             caption, caption_note = check_prompt(global_caption) if (global_caption or "").strip() else (None, None)
+            seed = seed_value(seed)
         except (ValueError, TypeError) as e:
             gr.Info(f"Nothing queued: {e}.")
             return gr.skip(), f"Nothing queued: {as_text(str(e))}."
         story = self.story(request, seed, caption)
         if not story.session.shots and not story.session.pending and story.streaming is None:
-            if (story.seed, story.global_caption) != (int(seed), caption):
+            if (story.seed, story.global_caption) != (seed, caption):
                 story.restart(seed, caption)  # seed / story caption apply from a story's first shot
         for n in (note, caption_note):
             if n:
@@ -327,8 +333,13 @@ class App:
         story = self.story(request, create=False)
         try:
             caption = check_prompt(global_caption)[0] if (global_caption or "").strip() else None
-        except ValueError:
+        except (ValueError, TypeError):
             caption = None
+        try:
+            seed = seed_value(seed)
+        except ValueError as e:
+            gr.Warning(f"Seed 0 used: {e}.")
+            seed = 0
         if story is not None:
             story.restart(seed, caption)
         return None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot.", None
@@ -430,25 +441,25 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo.app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="shipped model name or model folder (default: student, else teacher)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    add_runtime_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--max-concurrent", type=int, default=1, help="generations at once; later users wait in line")
+    p.add_argument("--max-concurrent", type=as_arg(positive_int), default=1, help="generations at once; later users wait in line")
     p.add_argument("--no-warmup", action="store_true", help="load the model on first use instead of at start")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    set_threads(args.threads)
     try:
         spec = ModelSpec(str(default_model(args.model)), args.device, args.dtype)
-    except FileNotFoundError as e:
+        if not args.no_warmup:  # loaded before the server starts: the first user does not wait, a bad checkpoint stops here
+            get_pipeline(spec)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     demo = build_app(spec, args.max_concurrent)
-    if not args.no_warmup:  # first user does not wait for the load
-        threading.Thread(target=get_pipeline, args=(spec,), daemon=True).start()
     print(f"ShotStream demo: model {spec.path} on {spec.device} ({spec.dtype}), at most {args.max_concurrent} generation(s) at once")
     demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, css=CSS)
     return 0

@@ -40,7 +40,7 @@ def dispatch(args) -> int:
     """Run a parsed command; user errors become one line on stderr and exit code 2."""
     try:
         return args.func(args) or 0
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as e:
+    except (CLIError, OSError, ValueError, KeyError) as e:  # (OSError: missing files, full disk, no permission)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"shotstream {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -4,22 +4,22 @@
     shotstream generate --model teacher --story stories.json:0 -o t.mp4
     shotstream generate -p "a red star walks left in the snow" -p "close-up of it spinning" -o s.mp4
 
-Shipped models are named (`student`, `teacher`, ablations) and live in checkpoints/<preset>/;
-any model folder path works too.
+Shipped models are named (`student`, `teacher`, ablations) and live in checkpoints/tiny/; any
+model folder path works too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO_ROOT / "checkpoints" / "tiny"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_model(name: str) -> Path:
@@ -48,6 +48,15 @@ def resolve_story(spec: str):
         raise ValueError(f"--story {spec}: index {index!r} is not in 0..{len(stories) - 1}") from None
 
 
+def check_output(path: Path) -> None:
+    """The mp4 (and the contact sheet beside it) can be written: its folder exists or can be made."""
+    if path.is_dir():
+        raise ValueError(f"-o {path}: is a folder; give a file name such as {path / 'story.mp4'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"-o {path}: the folder {path.parent} is not writable")
+
+
 def cmd_generate(args) -> int:
     from shotstream.session import ShotStreamPipeline
     from shotstream.video import contact_sheet, save_png, write_mp4
@@ -59,9 +68,10 @@ def cmd_generate(args) -> int:
         prompts, global_caption = story.captions, story.global_caption
     else:
         prompts, global_caption = args.prompt, args.global_caption
-    torch.set_num_threads(args.threads)
+    check_output(Path(args.output))  # before any work: a bad -o must not cost the story
+    set_threads(args.threads)
     pipe = ShotStreamPipeline.from_pretrained(resolve_model(args.model), autoencoder=args.autoencoder,
-                                              device=args.device, dtype=DTYPES[args.dtype])
+                                              device=args.device, dtype=torch_dtype(args.dtype))
     session = pipe.session(seed=args.seed, global_caption=global_caption, max_queue=max(8, len(prompts)))
     for p in prompts:
         session.submit(p)
@@ -89,7 +99,5 @@ def add_parser(sub) -> None:
     p.add_argument("--global-caption", help="story caption prefixed to every shot (with --prompt)")
     p.add_argument("-o", "--output", default="story.mp4", help="output mp4 (a contact sheet .png is written beside it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    add_runtime_args(p)
     p.set_defaults(func=cmd_generate)

@@ -35,27 +35,29 @@ from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import DualCache, select_context_frames
 from shotstream.rollout import ShotConditioning, generate_shot_bidirectional, rollout_shot, write_global_context
+from shotstream.text_encoder import check_caption
 
 MAX_PROMPT_CHARS = 2000  # longer prompts are cut (the text encoder keeps far fewer tokens anyway)
 MAX_SHOTS = 100  # per session; memory is bounded, this only bounds the stored history
 
 
 def clean_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
-    """Validate a user prompt: str or UTF-8 bytes, not empty; over-long prompts are truncated with a warning."""
-    if isinstance(prompt, (bytes, bytearray)):
-        try:
-            prompt = bytes(prompt).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("prompt is not valid UTF-8 text") from None
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
-    prompt = " ".join(prompt.split())
-    if not prompt:
-        raise ValueError("empty prompt: describe the shot")
+    """Validate a user prompt (text_encoder.check_caption: str or UTF-8 bytes, valid Unicode, not
+    empty) and normalise its whitespace; over-long prompts are truncated with a warning."""
+    prompt = " ".join(check_caption(prompt, "prompt").split())
     if len(prompt) > max_chars:
         warnings.warn(f"prompt of {len(prompt)} characters truncated to {max_chars}", stacklevel=2)
         prompt = prompt[:max_chars]
     return prompt
+
+
+def check_seed(seed) -> int:
+    """A session seed: a whole number in [0, 2**32) (noise seeds are derived from it per shot)."""
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    return seed
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -211,7 +213,7 @@ class ShotStreamSession:
 
     def __init__(self, pipe: ShotStreamPipeline, seed: int = 0, global_caption: str | None = None,
                  max_shots: int = MAX_SHOTS, max_queue: int = 8, overlap_decode: bool = False):
-        self.pipe, self.seed, self.max_shots, self.max_queue = pipe, seed, max_shots, max_queue
+        self.pipe, self.seed, self.max_shots, self.max_queue = pipe, check_seed(seed), max_shots, max_queue
         # Denoise chunk j+1 (and write chunk j's K/V) in a worker thread while chunk j is decoded
         # (`run_ahead`). Off by default: on a 2-core CPU the two threads fight for the same cores
         # and streaming gets slower (`python -m benchmark.stream_speed --overlap-decode`).

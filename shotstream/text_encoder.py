@@ -47,7 +47,7 @@ def check_caption(caption, where: str = "caption") -> str:
         except UnicodeDecodeError as e:
             raise ValueError(f"{where}: bytes are not valid UTF-8 ({e})") from None
     if not isinstance(caption, str):
-        raise TypeError(f"{where}: expected str, got {type(caption).__name__}")
+        raise TypeError(f"{where}: expected text (str or UTF-8 bytes), got {type(caption).__name__}")
     try:
         caption.encode("utf-8")
     except UnicodeEncodeError as e:  # lone surrogates, e.g. from surrogateescape decoding

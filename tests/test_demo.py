@@ -92,6 +92,31 @@ def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, 
 def test_cli_defaults_are_safe():
     args = demo_app.parse_args([])
     assert args.host == "127.0.0.1" and args.model is None and args.max_concurrent == 1
+    assert args.device == "cpu" and args.dtype == "float32"
+
+
+@pytest.mark.parametrize("argv, message", [(["--max-concurrent", "0"], "at least 1"), (["--device", "cud"], "unknown device"),
+                                           (["--dtype", "fp64"], "unknown dtype"), (["--threads", "two"], "whole number")])
+def test_bad_cli_arguments_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo_app.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_stops_the_app_before_it_serves(tmp_path, capsys):
+    model = write_dev_checkpoint(tmp_path, overrides=TEST_OVERRIDES)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a failed copy
+    assert demo_app.main(["--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_seed_box_empty_means_zero_and_bad_values_are_refused():
+    assert demo_app.seed_value(None) == 0 and demo_app.seed_value(7.0) == 7
+    for bad in (-1, 2.5, 2**40):
+        with pytest.raises(ValueError, match="seed must be"):
+            demo_app.seed_value(bad)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,6 +211,8 @@ def test_bad_prompts_are_refused_or_truncated_clearly():
         session.submit(b"\xff\xfe bad bytes")
     with pytest.raises(TypeError, match="text"):
         session.submit(42)
+    with pytest.raises(ValueError, match="not valid Unicode"):  # a lone surrogate (surrogateescape'd argv bytes)
+        session.submit("caf\udce9")
     with pytest.warns(UserWarning, match="truncated"):
         session.submit("word " * 2000)  # 10,000 characters
     assert session.pending == 1
@@ -220,6 +222,12 @@ def test_bad_prompts_are_refused_or_truncated_clearly():
     small.submit("two")
     with pytest.raises(ValueError, match="at most 2 shots"):
         small.submit("three")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "7", None, True])
+def test_bad_seeds_are_refused(seed):
+    with pytest.raises(ValueError, match="seed must be"):
+        make_pipe().session(seed=seed)
 
 
 def test_stream_can_be_resumed_from_other_threads_with_grad_enabled():

@@ -85,6 +85,12 @@ def test_generate_reports_bad_input_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "shotstream", "generate", "--story", "suite:99"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # refused before the model loads: an output path that is a folder, a device or thread count
+    for args, message in ((["-o", str(tmp_path)], "is a folder"), (["--device", "cuda:7"], "device"),
+                          (["--threads", "0"], "at least 1"), (["--dtype", "fp64"], "unknown dtype")):
+        proc = subprocess.run([sys.executable, "-m", "shotstream", "generate", "-p", "x", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):

@@ -76,8 +76,8 @@ def test_long_caption_truncated_with_warning(enc):
         ("   \n\t", ValueError, "empty prompt"),
         (b"\xff\xfe caption", ValueError, "UTF-8"),
         ("bad \udcff surrogate", ValueError, "Unicode"),
-        (42, TypeError, "expected str, got int"),
-        (None, TypeError, "expected str, got NoneType"),
+        (42, TypeError, "got int"),
+        (None, TypeError, "got NoneType"),
     ],
 )
 def test_bad_captions_raise(enc, bad, exc, msg):

@@ -206,6 +206,7 @@ def test_divergence_cli_exit_code_and_one_line_message(tmp_path, capsys):
         (["--override", "precision=fp16"], "precision must be fp32 or bf16"),
         (["--override", "batch_size=many"], "expected int"),
         (["--config", "no_such_config.json"], "no_such_config.json: config file not found"),
+        (["--override", "device=cuda:9"], "device 'cuda:9'"),  # a config's device is checked too
     ],
 )
 def test_bad_config_gives_one_clear_error(tmp_path, capsys, argv, message):

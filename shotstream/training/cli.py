@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from shotstream.config import _did_you_mean, apply_overrides, from_dict
+from shotstream.runtime import as_arg, check_device
 
 # Stage name -> "module:Class", imported only when that stage runs. Register a stage with one line.
 STAGES: dict[str, str] = {
@@ -93,7 +94,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="set a config field, e.g. steps=200, lr=1e-3, stage.hidden=64 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--out", help="run folder (default: out_dir of the config, else runs/<stage>)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (overrides the config)")
+    p.add_argument("--device", type=as_arg(check_device), help="cpu, cuda or cuda:N (overrides the config)")
     p.set_defaults(func=run)
     return p
 

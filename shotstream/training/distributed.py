@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shotstream.runtime import check_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -36,6 +38,7 @@ def setup(device: str, timeout: timedelta | None = None) -> World:
 
     timeout: how long a collective may wait (torch's default otherwise), e.g. long for a rank
     that finishes its share of a benchmark early and waits for the others at a barrier."""
+    check_device(device)  # (a config file's device too)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 and not dist.is_initialized():
         return World(0, 1, torch.device(device))

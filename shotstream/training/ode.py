@@ -25,6 +25,7 @@ from tqdm import tqdm
 from shotstream import flow_matching as fm
 from shotstream.model.dit import FrameInfo, WanDiT
 from shotstream.model.loading import from_pretrained, save_pretrained
+from shotstream.runtime import add_runtime_args, set_threads
 from shotstream.training.data import NextShotBatch
 from shotstream.training.state import derive_seed
 from shotstream.training.teacher import NextShotStage, TeacherConfig, build_config
@@ -210,7 +211,7 @@ def cmd_pairs(args) -> int:
 
     cfg = apply_overrides(PairsConfig(teacher=args.teacher, out=args.out, steps=args.steps,
                                       guidance_scale=args.guidance, autoencoder=args.autoencoder), args.override)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = make_pairs(cfg, args.count, device=args.device, seed=args.seed)
     print(f"ODE pairs in {out}")
     return 0
@@ -226,8 +227,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=12, help="teacher Euler steps (+ CFG: two forwards each)")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_runtime_args(p, dtype=None, threads=torch.get_num_threads())
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="PairsConfig field, e.g. shard_size=4, preset=tiny")
     p.set_defaults(func=cmd_pairs)

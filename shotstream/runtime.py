@@ -1,0 +1,81 @@
+"""Device, dtype and CPU threads as chosen on a command line, checked once for every entry point
+(`shotstream`, `shotstream-bench`, the demo, the speed tools): a typo or a missing GPU is one
+clear error before anything loads, never a traceback from deep inside torch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+
+# Names accepted for a dtype -> torch's name, the one results record.
+DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+               "fp16": "float16", "float16": "float16"}
+
+
+def dtype_name(name: str) -> str:
+    """'bf16' or 'bfloat16' -> 'bfloat16'; ValueError for anything else."""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, dtype_name(name))
+
+
+def check_device(name: str) -> str:
+    """A device string torch understands and this machine has ('cpu', 'cuda', 'cuda:1')."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: only cpu and cuda are supported")
+    return name
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def as_arg(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """`parse` as an argparse type: its ValueError becomes argparse's one-line usage error."""
+    def arg(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    arg.__name__ = parse.__name__
+    return arg
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, dtype: str | None = "fp32",
+                     threads: int | None = None) -> None:
+    """--device, --dtype (unless dtype is None) and --threads, validated at parse time; --dtype
+    parses to torch's name ('bfloat16'), --threads None means torch's default."""
+    parser.add_argument("--device", type=as_arg(check_device), default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    if dtype is not None:
+        parser.add_argument("--dtype", type=as_arg(dtype_name), default=dtype_name(dtype),
+                            help=f"fp32 | bf16 | fp16 (or float32, bfloat16, float16; default: {dtype})")
+    default = "torch's" if threads is None else threads
+    parser.add_argument("--threads", type=as_arg(positive_int), default=threads,
+                        help=f"CPU threads for torch (default: {default})")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -1,0 +1,42 @@
+"""shotstream.runtime: the device / dtype / thread choices every command line shares."""
+
+import argparse
+
+import pytest
+import torch
+
+from shotstream.runtime import add_runtime_args, check_device, dtype_name, positive_int, torch_dtype
+
+
+def test_dtype_aliases_name_torch_dtypes():
+    assert [dtype_name(n) for n in ("fp32", "bf16", "float16")] == ["float32", "bfloat16", "float16"]
+    assert torch_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'fp64'"):
+        dtype_name("fp64")
+
+
+def test_devices_are_checked_against_this_machine():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        check_device("gpu0")
+    with pytest.raises(ValueError, match="only cpu and cuda"):
+        check_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            check_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="visible"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_runtime_arguments_parse_and_refuse_in_one_line(capsys):
+    parser = argparse.ArgumentParser()
+    add_runtime_args(parser, dtype="bf16", threads=2)
+    args = parser.parse_args([])
+    assert (args.device, args.dtype, args.threads) == ("cpu", "bfloat16", 2)
+    assert parser.parse_args(["--dtype", "fp16", "--threads", "3"]).dtype == "float16"
+    for argv, message in ((["--threads", "-1"], "at least 1"), (["--device", "tpu"], "unknown device")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert positive_int("4") == 4
