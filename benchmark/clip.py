@@ -13,7 +13,6 @@ embeddings out are torch float [N, D], L2-normalised.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, load_tensors
+from shotstream.checkpoint import CheckpointError, check_keys, file_digest, load_checkpoint, load_tensors
 
 CLIP_CONFIG_DIR = Path(__file__).parent / "clip_configs"
 DEFAULT_ARCH = "ShotStream-CLIP-tiny"
@@ -67,7 +66,7 @@ class ClipEncoder:
             )
         model = _create_untrained(arch, device)
         _load_state(model, load_tensors(weights), str(weights))
-        return cls(model, open_clip.get_tokenizer(arch), name=f"{arch}@{_file_digest(weights)}")
+        return cls(model, open_clip.get_tokenizer(arch), name=f"{arch}@{file_digest(weights)}")
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path, device: str = "cpu") -> "ClipEncoder":
@@ -86,7 +85,7 @@ class ClipEncoder:
         model = _create_untrained(arch, device)
         _load_state(model, tensors, str(folder))
         weights = Path(folder) / "model.safetensors"
-        return cls(model, open_clip.get_tokenizer(arch), name=f"{arch}@{_file_digest(weights)}")
+        return cls(model, open_clip.get_tokenizer(arch), name=f"{arch}@{file_digest(weights)}")
 
     def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 [N, H, W, 3] (or list of [H, W, 3]) -> float [N, 3, S, S], CLIP-normalised.
@@ -177,10 +176,3 @@ def _resize_center_crop(img: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:10]

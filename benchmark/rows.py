@@ -10,9 +10,7 @@ report writes the merged `<results>/rows.csv` from it.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +19,7 @@ from urllib.parse import quote, unquote
 import pandas as pd
 
 from benchmark.metrics import TIMING_METRICS, Metric, MetricRow
+from shotstream.checkpoint import write_atomic
 
 # Run metadata of every row. The protocol columns must agree across a method's rows (a resumed
 # run may not mix seeds, dtypes or devices); the others record the environment.
@@ -133,27 +132,3 @@ class RowStore:
     def stories(self, method: str) -> list[str]:
         d = self.rows_dir / quote(method, safe="")
         return sorted(unquote(f.stem) for f in d.glob("*.csv")) if d.is_dir() else []
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a fsync'ed temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass

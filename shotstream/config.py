@@ -36,11 +36,19 @@ class VideoConfig:
         return self.height // self.spatial_stride, self.width // self.spatial_stride
 
     def validate(self) -> None:
+        _check_positive("video", self, "height", "width", "fps", "frames_per_shot", "temporal_stride", "spatial_stride",
+                        "latent_channels")
         if self.height % self.spatial_stride or self.width % self.spatial_stride:
             raise ValueError(
                 f"video size {self.height}x{self.width} must be a multiple of the spatial stride {self.spatial_stride}"
             )
         latent_frame_count(self.frames_per_shot, self.temporal_stride)
+
+
+def _check_positive(section: str, cfg, *names: str) -> None:
+    bad = [f"{section}.{n}={getattr(cfg, n)}" for n in names if not getattr(cfg, n) > 0]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be positive")
 
 
 def latent_frame_count(frames: int, temporal_stride: int = 4) -> int:
@@ -84,6 +92,7 @@ class ModelConfig:
         return self.dim // self.num_heads
 
     def validate(self) -> None:
+        _check_positive("model", self, "dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "text_len", "freq_dim")
         if self.dim % self.num_heads:
             raise ValueError(f"model.dim={self.dim} is not divisible by model.num_heads={self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 8:

@@ -1,5 +1,6 @@
 """Smoke runs of the real training stages: autoencoder -> teacher -> generate, a few steps each."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -98,8 +99,12 @@ def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
     from shotstream.training.ode import PairsConfig, make_pairs
 
     root, ae, teacher = smoke_models
-    pairs = make_pairs(PairsConfig(teacher=str(teacher), autoencoder=str(ae), out=str(tmp_path / "pairs"),
-                                   steps=2, shard_size=2), count=4, progress=False)
+    recipe = PairsConfig(teacher=str(teacher), autoencoder=str(ae), out=str(tmp_path / "pairs"), steps=2, shard_size=2)
+    pairs = make_pairs(recipe, count=4, progress=False)
+    assert len(list(pairs.glob("pairs_*.safetensors"))) == 2
+    # resuming with another recipe (a retrained teacher, other sampler settings) is refused, not mixed in
+    with pytest.raises(ValueError, match="another guidance_scale"):
+        make_pairs(dataclasses.replace(recipe, guidance_scale=1.0), count=6, progress=False)
     assert len(list(pairs.glob("pairs_*.safetensors"))) == 2
     ode = run_stage("ode", "ode_smoke", tmp_path / "ode", f"stage.teacher={teacher}", f"stage.pairs={pairs}")
     common = [f"stage.teacher={teacher}", f"stage.autoencoder={ae}"]
@@ -211,3 +216,15 @@ def test_character_weight_marks_the_latent_cells_the_main_character_touches():
     example = next_shot_example(sample_story(3, num_shots=1, frames_per_shot=cfg.video.frames_per_shot), 0, cfg)
     w = character_weight(example.target_boxes, cfg, 5.0)
     assert w.shape == (cfg.video.latent_frames_per_shot, 16, 16) and 0 < (w == 5).mean() < 0.5
+
+
+def test_ode_pair_shards_of_unknown_origin_are_refused(smoke_models, tmp_path):
+    from shotstream.training.ode import PairsConfig, make_pairs
+
+    root, ae, teacher = smoke_models
+    out = tmp_path / "pairs"
+    out.mkdir()
+    (out / "pairs_00000.safetensors").write_bytes(b"left by an older run")  # no pairs.json beside it
+    with pytest.raises(ValueError, match="without pairs.json"):
+        make_pairs(PairsConfig(teacher=str(teacher), autoencoder=str(ae), out=str(out), steps=2, shard_size=2),
+                   count=2, progress=False)

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shotstream import flow_matching as fm
 from shotstream.model.dit import FrameInfo, WanDiT
+from shotstream.checkpoint import file_digest, load_tensors, read_json, write_atomic
 from shotstream.model.loading import from_pretrained, save_pretrained
 from shotstream.runtime import add_runtime_args, set_threads
 from shotstream.training.data import NextShotBatch
@@ -49,19 +50,25 @@ class PairsConfig(TeacherConfig):
 
 
 def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progress: bool = True) -> Path:
-    """Write `count` teacher trajectories as shards `pairs_XXXXX.safetensors` (+ captions JSON).
+    """Write `count` teacher trajectories as shards `pairs_XXXXX.safetensors`, and their recipe
+    (teacher weights digest, sampler, seed) as pairs.json.
 
-    Shards already on disk are kept (re-running resumes); each is written to a temporary name
-    and renamed, so an interrupted run never leaves a half-written shard.
+    Shards already on disk are kept (re-running resumes) if they were made with the same recipe:
+    pairs of a retrained teacher are refused, not mixed in. Each shard is written to a temporary
+    name and renamed, so an interrupted run never leaves a half-written shard.
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     teacher, tcfg, kind = from_pretrained(cfg.teacher, device=device)
     stage = NextShotStage(cfg,  # next-shot batches for the trajectory sampler
                            TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size))
     if kind != "bidirectional":
         raise ValueError(f"{cfg.teacher}: ODE pairs need the bidirectional teacher, got a {kind} model")
     sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)
+    recipe = {"teacher": cfg.teacher, "teacher_weights": file_digest(*sorted(Path(cfg.teacher).glob("*.safetensors"))),
+              "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "sigmas": sigmas.tolist(),
+              "shard_size": cfg.shard_size, "seed": seed}
+    check_pairs_recipe(out, recipe)
+    out.mkdir(parents=True, exist_ok=True)
     null = stage.null_states, stage.null_mask
     shards = -(-count // cfg.shard_size)
     for i in tqdm(range(shards), desc="ode pairs", unit="shard", disable=not progress):
@@ -84,9 +91,26 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
         save_file({k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).contiguous().cpu()
                    for k, v in tensors.items()}, str(tmp))
         tmp.replace(path)
-    (out / "pairs.json").write_text(json.dumps({"teacher": cfg.teacher, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-                                                "sigmas": sigmas.tolist(), "count": shards * cfg.shard_size}, indent=2))
+    done = len(list(out.glob("pairs_*.safetensors"))) * cfg.shard_size
+    write_atomic(out / "pairs.json", json.dumps({**recipe, "count": done}, indent=2))
     return out
+
+
+def check_pairs_recipe(out: Path, recipe: dict) -> None:
+    """Refuse to add to (or resume) a pairs folder made with another teacher, sampler or seed."""
+    meta, shards = out / "pairs.json", sorted(out.glob("pairs_*.safetensors"))
+    if not meta.is_file():
+        if shards:
+            raise ValueError(f"{out}: {len(shards)} ODE-pair shards without pairs.json (their teacher is unknown); "
+                             "move the folder aside or pass --out")
+        write_atomic(meta, json.dumps({**recipe, "count": 0}, indent=2))
+        return
+    stored = read_json(meta)
+    changed = [k for k in recipe if stored.get(k) != recipe[k]]
+    if changed:
+        raise ValueError(f"{out} holds ODE pairs made with another {', '.join(changed)} "
+                         f"({', '.join(f'{k}: {stored.get(k)!r}' for k in changed if k != 'sigmas')}); "
+                         "move the folder aside or pass --out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +193,7 @@ class ODEStage:
         files = sorted(Path(config.pairs).glob("pairs_*.safetensors"))
         if not files:
             raise FileNotFoundError(f"{config.pairs}: no ODE pairs; run `shotstream ode-pairs` first")
-        shards = [load_file(str(f)) for f in files]
+        shards = [load_tensors(f) for f in files]
         self.pairs = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
         self.sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift).float()
 

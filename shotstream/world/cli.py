@@ -109,8 +109,6 @@ def add_parser(sub) -> None:
     _add_video_args(p)
     p.set_defaults(func=cmd_preview)
 
-    from shotstream.world.dataset import EVAL_SUITE_PATH
-
     p = wsub.add_parser("suite", help="regenerate the fixed evaluation suite JSON (or the long suite)")
     p.add_argument("--long", action="store_true", help="the long suite: 4 stories of 20 shots (seeds 100..103)")
     p.add_argument("-o", "--output", default=None, help="output path (default: the packaged suite file)")
