@@ -95,7 +95,8 @@ def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _scoring(args, default_names: list[str] | None):
+def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
+    """The metrics asked for, with the CLIP encoder and label probe they need, on `device`."""
     from benchmark.clip import ClipEncoder, load_clip
     from benchmark.runner import Scoring
 
@@ -104,11 +105,11 @@ def _scoring(args, default_names: list[str] | None):
     if args.clip_arch or args.clip_weights:
         if not (args.clip_arch and args.clip_weights):
             raise CLIError("--clip-arch and --clip-weights go together")
-        clip = ClipEncoder.from_arch(args.clip_arch, args.clip_weights)
+        clip = ClipEncoder.from_arch(args.clip_arch, args.clip_weights, device=device)
     elif args.clip:
-        clip = load_clip(args.clip)
+        clip = load_clip(args.clip, device=device)
     elif DEFAULT_CLIP.is_dir():
-        clip = load_clip(DEFAULT_CLIP)
+        clip = load_clip(DEFAULT_CLIP, device=device)
     else:
         clip = None  # CLIP-based metrics are then NaN ("missing"), reported as failures
     if clip is None and any(m.name in CLIP_METRICS for m in metrics):
@@ -119,9 +120,9 @@ def _scoring(args, default_names: list[str] | None):
         from benchmark.probe import load_probe
 
         if args.probe:
-            probe = load_probe(args.probe)
+            probe = load_probe(args.probe, device=device)
         elif DEFAULT_PROBE.is_dir():
-            probe = load_probe(DEFAULT_PROBE)
+            probe = load_probe(DEFAULT_PROBE, device=device)
         else:
             print(f"shotstream-bench: warning: no label probe ({DEFAULT_PROBE} not found; train one with "
                   "`shotstream-bench train-probe`); label metrics will be missing", file=sys.stderr)
@@ -166,7 +167,8 @@ def cmd_run(args) -> int:
 
 def _run_shard(args, world) -> int:
     from benchmark.rows import RowStore, RunMeta
-    from benchmark.runner import StreamingGenerator, check_protocol, method_protocol, parse_method, run_benchmark, story_view
+    from benchmark.runner import (StreamingGenerator, check_prompts, check_protocol, method_protocol, parse_method,
+                                  run_benchmark, story_view)
     from benchmark.suite import load_suite
     from benchmark.timing import cpu_threads
     from shotstream.training.distributed import barrier
@@ -183,8 +185,10 @@ def _run_shard(args, world) -> int:
     stories = [story_view(s, i) for i, s in enumerate(stories)]
     if len({s.id for s in stories}) != len(stories):
         raise ValueError("story ids must be unique within a suite")
+    for story in stories:
+        check_prompts(story)
     stories = stories[world.rank::world.world_size]
-    scoring, encoder = _scoring(args, None)
+    scoring, encoder = _scoring(args, None, device=str(world.device))
     store = RowStore(args.results)
     metas = {}
     for name, folder in folders.items():

@@ -130,6 +130,7 @@ class StoryWorldProbe:
 
     def __init__(self, net: ProbeNet, config: dict):
         self.net, self.config = net.float().eval(), config
+        self.device = next(net.parameters()).device
         self.frames, self.size = config["frames"], config["size"]
 
     @torch.no_grad()
@@ -137,8 +138,8 @@ class StoryWorldProbe:
         if not shots:
             return []
         inputs = [probe_input(s, self.frames, self.size) for s in shots]
-        x = torch.stack([m for m, _ in inputs])  # (B, n*3, S, S)
-        detail = torch.stack([d for _, d in inputs])  # (B, 3, 2S, 2S)
+        x = torch.stack([m for m, _ in inputs]).to(self.device)  # (B, n*3, S, S)
+        detail = torch.stack([d for _, d in inputs]).to(self.device)  # (B, 3, 2S, 2S)
         logits = self.net(x, detail)
         out = [{} for _ in shots]
         for k, names in HEADS.items():
@@ -153,7 +154,7 @@ class StoryWorldProbe:
         return self.predict_batch([frames])[0]
 
 
-def load_probe(folder: str | Path) -> StoryWorldProbe:
+def load_probe(folder: str | Path, device: str = "cpu") -> StoryWorldProbe:
     """Load a probe folder written by `train_probe` (config.json + model.safetensors)."""
     config, tensors = load_checkpoint(folder)
     if config.get("format") != CHECKPOINT_FORMAT:
@@ -163,7 +164,7 @@ def load_probe(folder: str | Path) -> StoryWorldProbe:
     net = ProbeNet(config["frames"], config["width"])
     check_keys(net.state_dict(), tensors, str(Path(folder) / "model.safetensors"))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    return StoryWorldProbe(net, config)
+    return StoryWorldProbe(net.to(device), config)
 
 
 # --- data ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ optional `labels` dict, optional `frames`), as attributes or dict keys, plus an 
 
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,21 @@ def story_view(obj: Any, index: int) -> StoryView:
         frames=[np.asarray(f) for f in frames] if all(f is not None for f in frames) else None,
         source=obj,
     )
+
+
+def check_prompts(view: StoryView) -> None:
+    """Can a streaming session take this story? Checked for every story before any is generated,
+    so a bad caption far into a suite stops the run at once instead of after hours."""
+    from shotstream.session import MAX_SHOTS, clean_prompt
+
+    if len(view.captions) > MAX_SHOTS:
+        raise ValueError(f"story {view.id}: {len(view.captions)} shots; a session holds at most {MAX_SHOTS}")
+    named = [("global caption", view.global_caption)] if view.global_caption else []
+    for where, caption in named + [(f"shot {k}", c) for k, c in enumerate(view.captions)]:
+        try:
+            clean_prompt(caption, max_chars=sys.maxsize)  # (over-long captions are cut when generated, not refused)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"story {view.id}, {where}: {e}") from None
 
 
 def story_seed(seed: int, story_id: str) -> int:

@@ -1,6 +1,6 @@
 """Flow matching (rectified flow) as pure functions: schedules, noising, targets and samplers.
 
-Convention (Wan2.1, see notes/CONVENTIONS.md):
+Convention (Wan2.1's):
 
     x_t = (1 - sigma) * x0 + sigma * noise        sigma in [0, 1], sigma = 1 is pure noise
     v   = noise - x0                              what the network predicts
@@ -245,7 +245,9 @@ def few_step_sample(
             x0 = predict_x0(x, v, sigma)
         if i == exit_step:
             return x0
-        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        # drawn where the generator lives (a CPU generator gives every device the same noise)
+        on = generator.device if generator is not None else x.device
+        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=on).to(x.device)
         x = add_noise(x0, fresh, float(s[i + 1]))
     raise AssertionError("unreachable")
 

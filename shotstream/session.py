@@ -378,7 +378,7 @@ class ShotStreamSession:
 
     def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
         pipe, cfg = self.pipe, self.pipe.config
-        g = torch.Generator(device=noise.device).manual_seed(self.seed * 1_000_003 + k + 1)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
         if pipe.kind == "bidirectional":
             sigmas = fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)
             null = pipe.null_caption() if cfg.sampler.guidance_scale != 1.0 else None

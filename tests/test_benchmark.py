@@ -615,8 +615,11 @@ def test_cli_help_documents_every_metric(capsys):
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
     prompts = tmp_path / "story.json"
     prompts.write_text(json.dumps({"global_caption": "g", "shot1": "a", "shot2": "b"}))
+    empty = tmp_path / "empty_shot.json"
+    empty.write_text(json.dumps({"global_caption": "g", "shot1": "a", "shot2": "  "}))
     cases = [["run", "--method", "shotstream", "--stories", str(prompts), "--results", str(tmp_path / "r"), "--quiet",
               "--metrics", "fps"],
+             ["run", "--method", "student", "--stories", str(empty), "--results", str(tmp_path / "r"), "--quiet"],
              ["run", "--method", "x", "--suite", "storyworld-test"],
              ["score", "--manifest", str(tmp_path / "none.json")],
              ["report", "--results", str(tmp_path / "empty")]]

@@ -2,7 +2,7 @@
 
 Module names and parameter layout follow Wan's `WanModel` exactly (`patch_embedding`,
 `text_embedding`, `time_embedding`, `time_projection`, `blocks.N.self_attn.q`, ..., `head.head`),
-so official checkpoints load without renaming (see `wan_weights.py`). What ShotStream adds:
+so official checkpoints load without renaming (see `model/loading.py`). What ShotStream adds:
 
 - every latent frame carries (temporal position, shot flag, caption slot): the shot flag drives
   the RoPE discontinuity indicator and each frame cross-attends to its own shot's caption;
