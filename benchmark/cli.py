@@ -202,6 +202,7 @@ def _run_shard(args, world) -> int:
         counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate,
                                progress=not args.quiet and world.is_main)
         done, skipped = done + counts["done"], skipped + counts["skipped"]
+        generate.release(name)  # the next method's peak memory must not include this one's model
     shard = f" (rank {world.rank} of {world.world_size})" if world.world_size > 1 else ""
     print(f"run: {done} stories scored, {skipped} already done (resumed){shard}")
     barrier(world)  # every shard's rows are on disk before the report reads them

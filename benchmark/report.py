@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 from benchmark.metrics import METRICS, STORY_LEVEL  # noqa: E402
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore  # noqa: E402
 
-ENV_COLUMNS = ["device", "dtype", "threads", "git_commit"]
+ENV_COLUMNS = ["threads", "git_commit"]  # (device and dtype are protocol columns)
 SUBSETS = ("named", "pronoun")
 
 

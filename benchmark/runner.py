@@ -142,6 +142,17 @@ class StreamingGenerator:
             self._pipes[key] = pipe
         return self._pipes[key]
 
+    def release(self, method: str) -> None:
+        """Free the method's pipelines (every device and dtype)."""
+        import gc
+
+        names = {method, str(self.folders.get(method))}  # (a codec is keyed by its folder)
+        for key in [k for k in self._pipes if k[0] in names]:
+            del self._pipes[key]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def __call__(self, method: str, story: "StoryView", *, seed: int, device: str, dtype: str, steps: str,
                  preset: str) -> Generation:
         folder = self.folder(method)

@@ -3,6 +3,7 @@
 the loss log (metrics.csv), its plot (loss.png), the resolved config and the newest sample
 sheets. Usage: python scripts/collect_training_results.py [runs/autoencoder runs/teacher ...]"""
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +24,18 @@ def collect(run: Path) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    runs = [Path(a) for a in sys.argv[1:]] or sorted(p for p in (ROOT / "runs").iterdir() if p.is_dir())
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("Usage")[0])
+    ap.add_argument("runs", nargs="*", type=Path, help="run folders (default: every folder of runs/)")
+    args = ap.parse_args(argv)
+    runs = args.runs or sorted(p for p in (ROOT / "runs").iterdir() if p.is_dir())
+    missing = [str(r) for r in runs if not (r / "metrics.csv").is_file()]
+    if missing:
+        ap.error(f"not a training run (no metrics.csv): {', '.join(missing)}")
     for run in runs:
         print(f"{run} -> {collect(run)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -628,3 +628,14 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"shotstream-bench {argv[0]}: error:"), err
     assert not (tmp_path / "r" / "rows").exists()  # the failed generation wrote nothing
+
+
+def test_streaming_generator_releases_a_methods_models():
+    from benchmark.runner import StreamingGenerator
+
+    gen = StreamingGenerator({"a": Path("models/a"), "codec": Path("models/ae")})
+    gen._pipes = {("a", "cpu", "float32"): object(), ("a", "cpu", "bfloat16"): object(),
+                  ("b", "cpu", "float32"): object(), ("models/ae", "cpu", "codec"): object()}
+    gen.release("a")
+    gen.release("codec")
+    assert list(gen._pipes) == [("b", "cpu", "float32")]
