@@ -86,8 +86,13 @@ class RowStore:
             return True
         stored = pd.read_csv(path, usecols=["metric", "metric_version"]).drop_duplicates()
         versions = stored.groupby("metric")["metric_version"].agg(set).to_dict()
-        return all(versions.get(m.name, {m.version}) == {m.version} and (m.name in versions or m.name in TIMING_METRICS)
-                   for m in metrics)
+        for m in metrics:
+            if m.name not in versions:
+                if m.name not in TIMING_METRICS:
+                    return False
+            elif versions[m.name] != {m.version}:
+                return False
+        return True
 
     def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta) -> Path:
         """Write (or replace) the rows of (method, story) atomically."""
