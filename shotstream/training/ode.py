@@ -68,7 +68,6 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
               "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "sigmas": sigmas.tolist(),
               "shard_size": cfg.shard_size, "seed": seed}
     check_pairs_recipe(out, recipe)
-    out.mkdir(parents=True, exist_ok=True)
     null = stage.null_states, stage.null_mask
     shards = -(-count // cfg.shard_size)
     for i in tqdm(range(shards), desc="ode pairs", unit="shard", disable=not progress):
@@ -106,7 +105,7 @@ def check_pairs_recipe(out: Path, recipe: dict) -> None:
         write_atomic(meta, json.dumps({**recipe, "count": 0}, indent=2))
         return
     stored = read_json(meta)
-    changed = [k for k in recipe if stored.get(k) != recipe[k]]
+    changed = [k for k in recipe if k != "teacher" and stored.get(k) != recipe[k]]  # (its weights, not its path)
     if changed:
         raise ValueError(f"{out} holds ODE pairs made with another {', '.join(changed)} "
                          f"({', '.join(f'{k}: {stored.get(k)!r}' for k in changed if k != 'sigmas')}); "
