@@ -13,7 +13,6 @@ optional `labels` dict, optional `frames`), as attributes or dict keys, plus an 
 
 from __future__ import annotations
 
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,16 +267,14 @@ def story_view(obj: Any, index: int) -> StoryView:
 def check_prompts(view: StoryView) -> None:
     """Can a streaming session take this story? Checked for every story before any is generated,
     so a bad caption far into a suite stops the run at once instead of after hours."""
-    from shotstream.session import MAX_SHOTS, clean_prompt
+    from shotstream.session import MAX_SHOTS
+    from shotstream.text_encoder import check_caption
 
     if len(view.captions) > MAX_SHOTS:
         raise ValueError(f"story {view.id}: {len(view.captions)} shots; a session holds at most {MAX_SHOTS}")
     named = [("global caption", view.global_caption)] if view.global_caption else []
     for where, caption in named + [(f"shot {k}", c) for k, c in enumerate(view.captions)]:
-        try:
-            clean_prompt(caption, max_chars=sys.maxsize)  # (over-long captions are cut when generated, not refused)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"story {view.id}, {where}: {e}") from None
+        check_caption(caption, f"story {view.id}, {where}")  # (the session's own check; long captions are cut, not refused)
 
 
 def story_seed(seed: int, story_id: str) -> int:
