@@ -4,9 +4,10 @@
 #   make train          (= bash scripts/train_tiny.sh)
 #
 # Resumable: a finished stage (runs/<name>/final) is skipped, a started one continues exactly
-# (--resume), ODE pairs already on disk are kept. Each stage exports its model folder into
-# checkpoints/tiny/ (see its config in shotstream/training/configs/). One stage runs at a time:
-# on a 2-core CPU two concurrent runs are each 4-5x slower.
+# (--resume), ODE pairs already on disk are kept. Each stage writes its model in fp32 to
+# runs/<name>/final/, where the next stage starts from, and ships it in bf16 to checkpoints/tiny/
+# (see its config in shotstream/training/configs/). One stage runs at a time: on a 2-core CPU two
+# concurrent runs are each 4-5x slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -9,7 +9,7 @@ import torch
 from shotstream.checkpoint import CheckpointError
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
 from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
-from shotstream.model.loading import from_pretrained, load_official, load_wan_folder, save_pretrained
+from shotstream.model.loading import export_model, from_pretrained, load_official, load_wan_folder, save_pretrained
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
 from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
 
@@ -233,6 +233,26 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path):
     assert kind == "causal" and cfg2 == config
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
+
+
+def test_export_keeps_fp32_for_the_next_stage_and_ships_bf16(tmp_path):
+    """A small update to bf16-grid weights survives in the run's copy, which the next stage loads."""
+    from safetensors import safe_open
+
+    model = make_model()
+    config = ShotStreamConfig(video=VideoConfig(latent_channels=4), model=small_cfg())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float() * (1 + 1e-4))  # well below half a bf16 step (2^-9)
+    run, shipped = export_model(model, config, tmp_path / "run", tmp_path / "shipped", kind="causal")
+    dtypes = {}
+    for folder in (run, shipped):
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            dtypes[folder.name] = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {"run": {torch.float32}, "shipped": {torch.bfloat16}}
+    loaded = from_pretrained(run)[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert export_model(model, config, tmp_path / "only", "", kind="causal") == [tmp_path / "only"]
 
 
 def test_truncated_or_mismatched_checkpoint_is_named(tmp_path):

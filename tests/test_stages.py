@@ -26,7 +26,7 @@ def smoke_models(tmp_path_factory):
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
     teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
                         "stage.character_loss_weight=4", "stage.character_weight_from_step=1",
-                        "stage.image_batch_size=2", "stage.image_batch_from_step=1") / "teacher"
+                        "stage.image_batches=1:2") / "teacher"
     return root, ae, teacher
 
 
@@ -49,6 +49,17 @@ def test_character_weight_starts_after_its_step():
     stage = SimpleNamespace(cfg=TeacherConfig(character_loss_weight=5, character_weight_from_step=2000))
     weights = [TeacherStage.character_loss_weight(stage, step) for step in (1, 2000, 2001, 3000)]
     assert weights == [1.0, 1.0, 5.0, 5.0]
+
+
+def test_image_batch_schedule_grows_after_each_step():
+    from shotstream.training.teacher import TeacherConfig
+
+    cfg = TeacherConfig(image_batches=("3000:16", "5000:64")).validate()
+    assert [cfg.image_batch_size(s) for s in (1, 3000, 3001, 5000, 5001, 9000)] == [0, 0, 16, 16, 64, 64]
+    assert TeacherConfig().image_batch_size(10) == 0
+    for bad in (("16",), ("a:b",), ("5000:64", "3000:16"), ("10:-1",)):
+        with pytest.raises(ValueError, match="image_batches"):
+            TeacherConfig(image_batches=bad).validate()
 
 
 def test_image_examples_are_single_captioned_frames_without_context():
@@ -161,9 +172,38 @@ def test_rolling_inter_stage_carries_the_cache_across_shots(smoke_models, tmp_pa
         torch.manual_seed(0)
         b = stage.rollout(batch, grad=False)  # a second rollout of the same step: same start, same shot
     assert torch.equal(a, b) and stage.rolling_memory.kv.length == 0
-    stage.last_generated = b
-    stage.batch(1, 0, 1)  # next shot of the same stories
+    stage.batch(1, 0, 1)  # next shot of the same stories: shot 0 streamed in full joins the history
     assert stage.frames_so_far == F and stage.rolling_memory.kv.length == 3 * stage.rolling_memory.tokens_per_frame
+
+
+def test_inter_stage_history_is_the_shot_streamed_in_full(smoke_models, tmp_path, monkeypatch):
+    """The shot that joins the history runs every step of every chunk, as the app streams it,
+    not the training rollouts' random exit; a finished story starts new ones without it."""
+    from shotstream.model.dit import WanDiT
+    from shotstream.model.loading import save_pretrained
+    from shotstream.session import to_uint8
+    from shotstream.training import self_forcing
+
+    root, ae, teacher = smoke_models
+    _, config, _ = from_pretrained(teacher)
+    save_pretrained(WanDiT(config.model, config.video.latent_channels), config, tmp_path / "student", kind="causal")
+    cfg = resolve_config("inter", "inter_smoke", [f"stage.teacher={teacher}", f"stage.autoencoder={ae}",
+                                                  f"stage.init={tmp_path / 'student'}", "stage.max_shots=2"],
+                         out=str(tmp_path / "run"))
+    stage = self_forcing.InterShotStage(cfg.stage, cfg)
+    exits, rollout_shot = [], self_forcing.rollout_shot
+    monkeypatch.setattr(self_forcing, "rollout_shot", lambda *a, **kw: exits.append(kw["exit_steps"]) or rollout_shot(*a, **kw))
+    shot0 = stage.batch(0, 0, 1)
+    torch.manual_seed(1)
+    expected = stage.autoencoder.decode(stage.rollout(shot0, grad=False, full=True))
+    torch.manual_seed(1)
+    shot1 = stage.batch(1, 0, 1)
+    assert all(e == [len(stage.sigmas) - 1] * len(e) for e in exits)
+    assert shot1.budget > 0 and shot1.context_valid.any()  # shot 1 is conditioned on the history
+    assert len(stage.history) == 2 and all(np.array_equal(h[0], to_uint8(expected[b:b + 1])) for b, h in enumerate(stage.history))
+    calls = len(exits)
+    stage.batch(2, 0, 1)  # the 2-shot stories are done: new stories, no history rollout
+    assert len(exits) == calls and all(h == [] for h in stage.history)
 
 
 @pytest.mark.parametrize("indicator", ["none", "learned"])

@@ -285,3 +285,21 @@ def test_stage_export_hook_runs_once_at_the_end_with_ema_weights(tmp_path):
     assert_same_tensors(exported, trainer.ema.shadow["model"])
     assert not torch.equal(exported["0.weight"], trainer.modules["model"].state_dict()["0.weight"])
     assert sorted(p.name for p in (tmp_path / "e/final").iterdir()) == ["weights.pt"]
+
+
+def test_ema_starts_at_ema_start_step(tmp_path):
+    """Until ema_start_step the average copies the weights; then it averages from there on."""
+    from shotstream.training import Trainer, run_config_class
+    from shotstream.training.toy import ToyStage
+
+    def trained(steps, **kw):
+        cfg = run_config_class(ToyStage)(steps=steps, ema_decay=0.5, progress=False, out_dir=str(tmp_path / f"{steps}{kw}"), **kw)
+        trainer = Trainer(ToyStage, cfg, name="toy")
+        trainer.run()
+        return trainer.modules["model"].state_dict(), trainer.ema.shadow["model"]
+
+    live3, shadow3 = trained(3, ema_start_step=3)
+    assert_same_tensors(shadow3, live3)
+    live2, _ = trained(2)
+    _, shadow = trained(3, ema_start_step=2)
+    assert_same_tensors(shadow, {k: 0.5 * live2[k] + 0.5 * live3[k] for k in live3})

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from shotstream import flow_matching as fm
 from shotstream.model.dit import FrameInfo, WanDiT
 from shotstream.checkpoint import file_digest, load_tensors, read_json, write_atomic
-from shotstream.model.loading import from_pretrained, save_pretrained
+from shotstream.model.loading import export_model, from_pretrained
 from shotstream.runtime import add_runtime_args, set_threads
 from shotstream.training.data import NextShotBatch
 from shotstream.training.state import derive_seed
@@ -225,8 +225,7 @@ class ODEStage:
         return torch.mean((x0_pred.float() - nb.target) ** 2), {}
 
     def export(self, out_dir: Path) -> list[Path]:
-        targets = [out_dir / self.cfg.export_name] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
-        return [save_pretrained(self.model, self.config, t, kind=self.cfg.kind, dtype=torch.bfloat16) for t in targets]
+        return export_model(self.model, self.config, out_dir / self.cfg.export_name, self.cfg.export_to, kind=self.cfg.kind)
 
 
 def cmd_pairs(args) -> int:

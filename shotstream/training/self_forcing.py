@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from shotstream import flow_matching as fm
-from shotstream.model.loading import from_pretrained, read_config, save_pretrained
+from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.model.memory import DualCache
 from shotstream.rollout import ShotConditioning, rollout_shot, write_global_context
 from shotstream.session import to_uint8
@@ -48,7 +48,7 @@ class SelfForcingConfig(DMDConfig):
     model_overrides: tuple[str, ...] = ()  # ablations: model.shot_indicator=none|learned
     autoencoder: str = "checkpoints/tiny/autoencoder"
     teacher: str = "checkpoints/tiny/teacher"  # real score; the critic starts from it too
-    init: str = "checkpoints/tiny/student_ode"  # generator weights (the previous stage's export)
+    init: str = "runs/ode/final/student_ode"  # generator weights: the previous stage's fp32 run copy
     generator_every: int = 4  # critic updates per generator update
     generator_lr: float = 2e-5
     critic_lr: float = 4e-5
@@ -114,8 +114,9 @@ class IntraShotStage(NextShotStage):
                          self.config.video.latent_frames_per_shot, batch=batch_size, device=self.device, rolling=rolling)
 
     def rollout(self, batch: NextShotBatch, grad: bool, memory: DualCache | None = None,
-                pos_offset: int | None = None) -> torch.Tensor:
+                pos_offset: int | None = None, full: bool = False) -> torch.Tensor:
         """The student's streamed shot [B, F, C, h, w]; gradients at each chunk's exit step if `grad`.
+        `full`: every chunk runs all steps (no random exit), as the app streams it.
 
         Default: a fresh dual cache whose global context holds the batch's conditional frames.
         Rolling ablation: `memory` is the story's rolling cache (no global context) and the shot's
@@ -133,8 +134,11 @@ class IntraShotStage(NextShotStage):
             write_global_context(self.generator, memory, cond)
         chunks = -(-F // self.config.model.chunk_frames)
         steps = len(self.sigmas)
-        exits = torch.randint(steps, (1 if self.cfg.same_exit_across_chunks else chunks,)).tolist()
-        exits = exits * chunks if len(exits) == 1 else exits
+        if full:
+            exits = [steps - 1] * chunks
+        else:
+            exits = torch.randint(steps, (1 if self.cfg.same_exit_across_chunks else chunks,)).tolist()
+            exits = exits * chunks if len(exits) == 1 else exits
         noise = torch.randn_like(batch.target)
         out = rollout_shot(self.generator, memory, cond, noise, self.sigmas, exit_steps=exits,
                            grad_chunks=set(range(chunks)) if grad else None, pos_offset=pos_offset,
@@ -143,7 +147,6 @@ class IntraShotStage(NextShotStage):
 
     def loss(self, name: str, batch: NextShotBatch, step: int):
         x0 = self.rollout(batch, grad=name == "generator")
-        self.last_generated = x0.detach()
         return self.dmd.generator_loss(x0, batch) if name == "generator" else self.dmd.critic_loss(x0, batch)
 
     def pipeline(self):
@@ -155,37 +158,38 @@ class IntraShotStage(NextShotStage):
         sample_story_sheet(self.pipeline(), self.cfg.sample_story, self.cfg.sample_shots, out_dir)
 
     def export(self, out_dir: Path) -> list[Path]:
-        targets = [out_dir / self.cfg.export_name] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
-        return [save_pretrained(self.generator, self.config, t, kind=self.cfg.kind, dtype=torch.bfloat16) for t in targets]
+        return export_model(self.generator, self.config, out_dir / self.cfg.export_name, self.cfg.export_to, kind=self.cfg.kind)
 
 
 class InterShotStage(IntraShotStage):
     """Stage 4: stories rolled out shot after shot; each step generates the next shot.
 
     The conditional frames of shot k are picked from the student's own decoded shots < k, so the
-    real score, the critic and the generator all see the self-generated history. A resumed run
-    starts fresh stories (the history of an interrupted story is not checkpointed).
+    real score, the critic and the generator all see the self-generated history. A shot joins the
+    history as the app streams it: a full 4-step rollout without gradients, not the training
+    rollouts, which stop at a random exit step. A resumed run starts fresh stories (the history of
+    an interrupted story is not checkpointed).
 
     Rolling ablation: the story's cache lives across steps. Every rollout of a step (critic,
-    generator) starts from a copy of the cache as the previous shot left it; the last one's
-    cache, which holds the shot that joins the history, carries on.
+    generator) starts from a copy of the cache as the previous shot left it; the full rollout
+    that makes the history shot leaves the cache that carries on.
     """
 
     def __init__(self, config: SelfForcingConfig, train: TrainConfig):
         if train.grad_accum != 1:
             raise ValueError("the inter-shot stage keeps one batch of stories per process: use grad_accum=1")
         super().__init__(config, train)
-        self.stories, self.history, self.last_generated = [], [], None
+        self.stories, self.history, self.pending = [], [], None  # pending: the batch of the last step's shot
         self.rolling_memory, self.step_memory, self.frames_so_far = None, None, 0
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
-        if self.last_generated is not None:  # the shot generated at the previous step joins the history
-            video = self.autoencoder.decode(self.last_generated)
-            for b, h in enumerate(self.history):
-                h.append(to_uint8(video[b:b + 1]))
-            self.last_generated = None
-        k = len(self.history[0]) if self.history else 0
-        if not self.stories or k >= self.stories[0].num_shots:
+        k = len(self.history[0]) + 1 if self.stories else 0  # the shot this step generates
+        if self.stories and k < self.stories[0].num_shots:
+            self.extend_history(self.pending)  # shot k - 1, generated last step
+            if self.cfg.kind == "rolling":
+                self.rolling_memory = self.step_memory
+                self.frames_so_far += self.config.video.latent_frames_per_shot
+        else:
             rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x1A))
             n = int(rng.integers(2, self.cfg.max_shots + 1))
             self.stories = [sample_story(training_seed(derive_seed(self.train.seed, step, shard, i)), num_shots=n,
@@ -194,13 +198,19 @@ class InterShotStage(IntraShotStage):
             self.history, k = [[] for _ in self.stories], 0
             if self.cfg.kind == "rolling":
                 self.rolling_memory, self.frames_so_far = self.new_memory(len(self.stories), rolling=True), 0
-        elif self.cfg.kind == "rolling":
-            self.rolling_memory, self.frames_so_far = self.step_memory, self.frames_so_far + self.config.video.latent_frames_per_shot
         examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]
-        return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
+        self.pending = collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
+        return self.pending
 
-    def rollout(self, batch: NextShotBatch, grad: bool, memory=None, pos_offset=None) -> torch.Tensor:
+    @torch.no_grad()
+    def extend_history(self, batch: NextShotBatch) -> None:
+        """Stream `batch`'s shot in full, decode it and append it to each story's history."""
+        video = self.autoencoder.decode(self.rollout(batch, grad=False, full=True))
+        for b, h in enumerate(self.history):
+            h.append(to_uint8(video[b:b + 1]))
+
+    def rollout(self, batch: NextShotBatch, grad: bool, memory=None, pos_offset=None, full: bool = False) -> torch.Tensor:
         if self.cfg.kind != "rolling":
-            return super().rollout(batch, grad)
+            return super().rollout(batch, grad, full=full)
         self.step_memory = copy.deepcopy(self.rolling_memory)
-        return super().rollout(batch, grad, self.step_memory, self.frames_so_far)
+        return super().rollout(batch, grad, self.step_memory, self.frames_so_far, full=full)

@@ -119,14 +119,16 @@ class EMA:
         }
 
     @torch.no_grad()
-    def update(self, names) -> None:
+    def update(self, names, decay: float | None = None) -> None:
+        """One averaging step (decay=0 copies the weights: the average starts here)."""
+        decay = self.decay if decay is None else decay
         for name in names:
             if name not in self.shadow:
                 continue
             for key, value in self.modules[name].state_dict().items():
                 shadow = self.shadow[name][key]
                 if value.is_floating_point():
-                    shadow.lerp_(value.float(), 1.0 - self.decay)
+                    shadow.lerp_(value.float(), 1.0 - decay)
                 else:  # integer buffers (step counters) are copied, not averaged
                     shadow.copy_(value)
 

@@ -7,8 +7,9 @@ Target: one shot of a story. Condition: the clean latents of the frames `select_
 picks from the ground-truth earlier shots, concatenated in time before the noisy target, each
 with its shot's caption and shot flag (RoPE indicator). Flow-matching loss on the target frames
 only; 10% context dropout and 10% text dropout (the target's caption -> null, for CFG).
-Optionally (`image_batch_size`) each step also trains on single frames, as Wan trains on images
-and videos jointly.
+Optionally (`image_batches`) each step also trains on single frames, as Wan trains on images
+and videos jointly: at 64 tokens a frame against 960 for a shot with context, images are the cheap
+way to teach what a caption's character looks like.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
-from shotstream.model.loading import read_config, save_pretrained
+from shotstream.model.loading import export_model, read_config
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import NextShotBatch, collate, sample_example, sample_image_example
 from shotstream.training.state import derive_seed
@@ -39,13 +40,35 @@ class TeacherConfig:
     text_dropout: float = 0.1
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
-    image_batch_size: int = 0  # single-frame examples added to every step (data.sample_image_example)...
-    image_batch_from_step: int = 0  # ...after this step
+    # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
+    # adds `size` single frames (data.sample_image_example), until the next entry takes over.
+    image_batches: tuple[str, ...] = ()
     max_shots: int = 6  # training stories have 2..max_shots shots
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
     sample_steps: int = 20
     export_to: str = ""  # also write the final model folder here (e.g. checkpoints/tiny/teacher)
+
+    def image_schedule(self) -> list[tuple[int, int]]:
+        """`image_batches` as (after_step, size) pairs; a malformed entry raises ValueError."""
+        schedule = []
+        for entry in self.image_batches:
+            try:
+                after, size = (int(v) for v in entry.split(":"))
+            except ValueError:
+                raise ValueError(f"stage.image_batches: {entry!r} is not 'after_step:size'") from None
+            if size < 0 or after < 0 or (schedule and after <= schedule[-1][0]):
+                raise ValueError(f"stage.image_batches: {entry!r} needs size, step >= 0 and steps ascending")
+            schedule.append((after, size))
+        return schedule
+
+    def image_batch_size(self, step: int) -> int:
+        """Single frames that `step` adds to its video batch (0 before the schedule's first entry)."""
+        return next((size for after, size in reversed(self.image_schedule()) if step > after), 0)
+
+    def validate(self) -> "TeacherConfig":
+        self.image_schedule()
+        return self
 
 
 def build_config(preset: str, overrides=(), teacher: str | None = None):
@@ -103,10 +126,11 @@ class TeacherStage(NextShotStage):
         return {"model": OptimizerSpec(("model",))}
 
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
-        """The video batch, then (image_batch_size > 0) a batch of single frames."""
+        """The video batch, then (if the `image_batches` schedule says so) a batch of single frames."""
         batches = [super().batch(step, shard, num_shards)]
-        if self.cfg.image_batch_size and step > self.cfg.image_batch_from_step:
-            seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(self.cfg.image_batch_size)]
+        if size := self.cfg.image_batch_size(step):
+            # The i-th frame's seed does not depend on the size: a grown batch keeps the earlier frames.
+            seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(size)]
             images = [sample_image_example(s, self.config, self.cfg.max_shots) for s in seeds]
             batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
                                    character_loss_weight=self.character_loss_weight(step), budget=0))
@@ -136,8 +160,7 @@ class TeacherStage(NextShotStage):
         sample_story_sheet(self.pipeline(), self.cfg.sample_story, self.cfg.sample_shots, out_dir)
 
     def export(self, out_dir: Path) -> list[Path]:
-        targets = [out_dir / "teacher"] + ([Path(self.cfg.export_to)] if self.cfg.export_to else [])
-        return [save_pretrained(self.model, self.config, t, kind="bidirectional", dtype=torch.bfloat16) for t in targets]
+        return export_model(self.model, self.config, out_dir / "teacher", self.cfg.export_to, kind="bidirectional")
 
 
 def sample_story_sheet(pipe, story_index: int, shots: int, out_dir: Path) -> Path:

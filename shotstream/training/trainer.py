@@ -100,6 +100,9 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, then constant (no dependence on `steps`: runs extend exactly)
     grad_clip: float = 1.0  # max global gradient norm per optimizer; 0 = no clipping (the norm is still logged)
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), saved and used for samples/export; 0 = off
+    # Until this step the EMA copies the weights (Self-Forcing's ema_start_step): a short fine-tuning
+    # stage would otherwise export mostly its starting point (0.99^150 = 22% after 150 updates).
+    ema_start_step: int = 0
     precision: str = "fp32"  # "bf16": losses run under bf16 autocast; weights and AdamW stay fp32
     device: str = "cpu"  # "cpu", "cuda" (each torchrun process takes cuda:LOCAL_RANK), "cuda:1", ...
     seed: int = 0
@@ -118,7 +121,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "sample_every", "grad_clip", "weight_decay"):
+        for name in ("warmup_steps", "sample_every", "grad_clip", "weight_decay", "ema_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -364,7 +367,7 @@ class Trainer:
             raise DivergenceError(f"step {step}: optimizer {name!r}: {what}; {self._stopped()}")
         opt.step()
         if self.ema is not None and self.specs[name].ema:
-            self.ema.update(self.specs[name].modules)
+            self.ema.update(self.specs[name].modules, decay=0.0 if step <= cfg.ema_start_step else None)
         out = {f"{name}/loss": loss_mean, f"{name}/grad_norm": grad_norm, f"{name}/lr": lr}
         out.update({f"{name}/{k}": v for k, v in logs.flush().items()})
         return out
