@@ -71,7 +71,7 @@ def test_dmd_generator_gradient_is_the_normalised_score_difference():
     real, fake, gen = small_model(0), small_model(1), small_model(2)
     batch = small_batch()
     null = torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
-    dmd = DMD(gen, real, fake, DMDConfig(guidance_scale=1.0), null)
+    dmd = DMD(gen, real, fake, DMDConfig(guidance_scale=1.0), null, shift=3.0)
     x0 = torch.randn_like(batch.target, requires_grad=True)
     torch.manual_seed(5)
     loss, logs = dmd.generator_loss(x0, batch)
@@ -88,7 +88,7 @@ def test_dmd_generator_gradient_is_the_normalised_score_difference():
     torch.testing.assert_close(x0.grad, expected, rtol=1e-4, atol=1e-7)
     assert logs["dmd_grad_norm"] > 0
     # identical real and fake scores -> no gradient at all
-    same = DMD(gen, real, real, DMDConfig(guidance_scale=1.0), null)
+    same = DMD(gen, real, real, DMDConfig(guidance_scale=1.0), null, shift=3.0)
     x1 = torch.randn_like(batch.target, requires_grad=True)
     same.generator_loss(x1, batch)[0].backward()
     assert torch.count_nonzero(x1.grad) == 0
@@ -98,7 +98,7 @@ def test_critic_loss_trains_the_fake_score_only():
     real, fake, gen = small_model(0), small_model(1), small_model(2)
     fake.train()
     batch = small_batch()
-    dmd = DMD(gen, real, fake, DMDConfig(), (torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)))
+    dmd = DMD(gen, real, fake, DMDConfig(), (torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)), shift=3.0)
     loss, _ = dmd.critic_loss(torch.randn_like(batch.target, requires_grad=True), batch)
     loss.backward()
     assert all(p.grad is None for p in real.parameters()) and all(p.grad is None for p in gen.parameters())

@@ -27,21 +27,23 @@ class DMDConfig:
     guidance_scale: float = 3.0  # CFG of the real score
     min_sigma: float = 0.02  # timesteps clamped away from the ends (Self-Forcing: 20..980 of 1000)
     max_sigma: float = 0.98
-    shift: float = 3.0  # shift applied to the uniformly drawn DMD / critic timestep
 
 
 class DMD:
     """Holds the three networks; the trainer only optimises what these losses return."""
 
     def __init__(self, generator: WanDiT, real_score: WanDiT, fake_score: WanDiT, cfg: DMDConfig,
-                 null_text: tuple[torch.Tensor, torch.Tensor]):
+                 null_text: tuple[torch.Tensor, torch.Tensor], shift: float):
+        # `shift`: the teacher's training shift, so the DMD and critic timesteps are those the
+        # real score learned on (drawn uniformly between min_sigma and max_sigma, then shifted).
         self.generator, self.real_score, self.fake_score, self.cfg = generator, real_score, fake_score, cfg
+        self.shift = shift
         self.null_states, self.null_mask = null_text
         real_score.requires_grad_(False).eval()
 
     def sample_sigma(self, batch_size: int, device) -> torch.Tensor:
         u = self.cfg.min_sigma + (self.cfg.max_sigma - self.cfg.min_sigma) * torch.rand(batch_size, device=device)
-        return fm.shift_sigma(u, self.cfg.shift)
+        return fm.shift_sigma(u, self.shift)
 
     def real_x0(self, batch: NextShotBatch, x_t, sigma) -> torch.Tensor:
         """Teacher x0 prediction with classifier-free guidance on the target caption."""

@@ -64,7 +64,7 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     if kind != "bidirectional":
         raise ValueError(f"{cfg.teacher}: ODE pairs need the bidirectional teacher, got a {kind} model")
     sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)
-    recipe = {"teacher": cfg.teacher, "teacher_weights": file_digest(*sorted(Path(cfg.teacher).glob("*.safetensors"))),
+    recipe = {"teacher": cfg.teacher, "teacher_weights": weights_digest(cfg.teacher),
               "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "sigmas": sigmas.tolist(),
               "shard_size": cfg.shard_size, "seed": seed}
     check_pairs_recipe(out, recipe)
@@ -95,6 +95,10 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     return out
 
 
+def weights_digest(model_folder: str | Path) -> str:
+    return file_digest(*sorted(Path(model_folder).glob("*.safetensors")))
+
+
 def check_pairs_recipe(out: Path, recipe: dict) -> None:
     """Refuse to add to (or resume) a pairs folder made with another teacher, sampler or seed."""
     meta, shards = out / "pairs.json", sorted(out.glob("pairs_*.safetensors"))
@@ -110,6 +114,22 @@ def check_pairs_recipe(out: Path, recipe: dict) -> None:
         raise ValueError(f"{out} holds ODE pairs made with another {', '.join(changed)} "
                          f"({', '.join(f'{k}: {stored.get(k)!r}' for k in changed if k != 'sigmas')}); "
                          "move the folder aside or pass --out")
+
+
+def check_pairs_for_student(pairs: Path, teacher: str, sigmas: torch.Tensor) -> None:
+    """The ODE stage regresses onto pairs recorded at its own student sigmas by the teacher it
+    starts from: anything else would train a sampler other than the one the app runs."""
+    meta = pairs / "pairs.json"
+    if not meta.is_file():
+        raise ValueError(f"{pairs}: no pairs.json, so the pairs' teacher and sigmas are unknown; "
+                         "make them again with `shotstream ode-pairs`")
+    stored = read_json(meta)
+    recorded = torch.tensor(stored.get("sigmas", []), dtype=sigmas.dtype)
+    if recorded.shape != sigmas.shape or not torch.allclose(recorded, sigmas):
+        raise ValueError(f"{pairs}: pairs recorded at sigmas {recorded.tolist()}, the student samples at {sigmas.tolist()}")
+    if stored.get("teacher_weights") != weights_digest(teacher):
+        raise ValueError(f"{pairs}: pairs made by another teacher than {teacher} (weights {stored.get('teacher_weights')!r}); "
+                         "make them again with `shotstream ode-pairs`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +212,14 @@ class ODEStage:
         files = sorted(Path(config.pairs).glob("pairs_*.safetensors"))
         if not files:
             raise FileNotFoundError(f"{config.pairs}: no ODE pairs; run `shotstream ode-pairs` first")
+        check_pairs_for_student(Path(config.pairs), config.teacher, self.sigmas_of(self.config))
         shards = [load_tensors(f) for f in files]
         self.pairs = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
-        self.sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift).float()
+        self.sigmas = self.sigmas_of(self.config).float()
+
+    @staticmethod
+    def sigmas_of(config) -> torch.Tensor:
+        return fm.student_sigmas(config.sampler.student_timesteps, config.sampler.shift)
 
     def modules(self):
         return {"model": self.model}

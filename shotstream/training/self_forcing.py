@@ -88,7 +88,8 @@ class IntraShotStage(NextShotStage):
             raise ValueError(f"{config.teacher}: the real score must be the bidirectional teacher, got {teacher_kind}")
         critic, _, _ = from_pretrained(config.teacher, device=self.device)
         self.generator, self.critic = generator.train().float(), critic.train().float()
-        self.dmd = DMD(self.generator, teacher.float(), self.critic, config, (self.null_states, self.null_mask))
+        self.dmd = DMD(self.generator, teacher.float(), self.critic, config, (self.null_states, self.null_mask),
+                       shift=self.config.sampler.teacher_shift)
         self.sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift)
 
     def modules(self):
