@@ -42,6 +42,22 @@ def test_stages_write_loadable_models_curves_and_samples(smoke_models):
     assert "image_loss" in (root / "teacher" / "metrics.csv").read_text()  # joint image training ran
 
 
+def test_teacher_finetune_starts_from_the_teacher_it_continues(smoke_models, tmp_path):
+    from shotstream.training.teacher import TeacherStage
+
+    root, ae, teacher = smoke_models
+    overrides = [f"stage.autoencoder={ae}", f"stage.init={teacher}", "stage.shift=1"]
+    cfg = resolve_config("teacher", "teacher_smoke", overrides, out=str(tmp_path / "ft"))
+    start = from_pretrained(teacher)[0].state_dict()
+    assert all(torch.equal(start[k], v) for k, v in TeacherStage(cfg.stage, cfg).model.state_dict().items())
+    bad = resolve_config("teacher", "teacher_smoke", overrides + ["stage.model_overrides=model.num_layers=1"],
+                         out=str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="not a teacher of this config"):
+        TeacherStage(bad.stage, bad)
+    with pytest.raises(ValueError, match="stage.shift"):
+        resolve_config("teacher", "teacher_smoke", ["stage.shift=-1"], out=str(tmp_path / "neg"))
+
+
 def test_character_weight_starts_after_its_step():
     from types import SimpleNamespace
     from shotstream.training.teacher import TeacherConfig, TeacherStage
@@ -72,6 +88,10 @@ def test_image_examples_are_single_captioned_frames_without_context():
     assert a.target_boxes.shape[0] == 1 and a.target.std() > 0
     assert np.array_equal(a.target, b.target)  # a pure function of the seed (exact resume)
     assert a.story.shots[a.shot].caption
+    # without context, only captions that name the character: over many seeds, never an "it" shot
+    examples = [sample_image_example(seed, cfg) for seed in range(60)]
+    assert not any(e.story.shots[e.shot].labels.pronoun for e in examples)
+    assert any(e.shot > 0 for e in examples)
 
 
 def test_generate_command_streams_a_story_with_the_teacher(smoke_models, tmp_path):

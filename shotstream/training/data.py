@@ -86,10 +86,12 @@ def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> Next
 def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
     """Joint image training: the opening frame of a random shot (a one-frame shot, drawn alone),
     its caption and no context. Some 15x cheaper than a video example, so a step can show the
-    model many more captions: the text -> character mapping is learnt from these."""
+    model many more captions: the text -> character mapping is learnt from these. Only shots that
+    name their character: without context, an "it" caption could only teach an average character."""
     rng = np.random.default_rng([seed, 0x1A6E])
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=1)
-    k = int(rng.integers(story.num_shots))
+    named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]  # shot 0 always names it
+    k = named[int(rng.integers(len(named)))]
     return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
 
 
