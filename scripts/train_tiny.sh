@@ -25,8 +25,6 @@ stage() {  # stage <stage> <config> <run dir> [--override k=v ...]
 # Stage 0-1: the codec and the bidirectional next-shot teacher.
 stage autoencoder autoencoder runs/autoencoder
 stage teacher teacher runs/teacher
-# ...then fine-tuned with more training at low noise and more single frames (-> checkpoints/tiny/teacher).
-stage teacher teacher_finetune runs/teacher_finetune
 # Stage 2: teacher trajectories (cache/, outside git), then the ODE regression of the causal student.
 "$PY" -m shotstream ode-pairs --count 256 --threads "$THREADS"
 stage ode ode runs/ode

@@ -1,7 +1,7 @@
 """Stage 1: the bidirectional next-shot teacher.
 
     shotstream train teacher --config teacher              # ~3.6 h on 2 CPU cores
-    shotstream train teacher --config teacher_finetune     # then low noise, more frames (~50 min)
+    shotstream train teacher --config teacher_finetune     # experiment: low noise, more frames (~50 min)
     shotstream train teacher --config teacher_smoke        # a few steps (CI)
 
 Target: one shot of a story. Condition: the clean latents of the frames `select_context_frames`
