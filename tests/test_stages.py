@@ -127,7 +127,8 @@ def test_generate_reports_bad_input_in_one_line(tmp_path):
 
 def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
     """ODE pairs -> ODE init -> intra-shot DMD -> inter-shot DMD, each a few steps, each loadable."""
-    from shotstream.training.ode import ODEStage, PairsConfig, check_pairs_for_student, make_pairs
+    from shotstream import flow_matching as fm
+    from shotstream.training.ode import PairsConfig, check_pairs_for_student, make_pairs
 
     root, ae, teacher = smoke_models
     recipe = PairsConfig(teacher=str(teacher), autoencoder=str(ae), out=str(tmp_path / "pairs"), steps=2, shard_size=2)
@@ -143,7 +144,8 @@ def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
         run_stage("ode", "ode_smoke", tmp_path / "ode_shift", f"stage.teacher={teacher}", f"stage.pairs={pairs}",
                   "stage.model_overrides=sampler.shift=5")
     with pytest.raises(ValueError, match="another teacher"):
-        check_pairs_for_student(pairs, str(ae), ODEStage.sigmas_of(from_pretrained(teacher)[1]))
+        tcfg = from_pretrained(teacher)[1]
+        check_pairs_for_student(pairs, str(ae), fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift))
     common = [f"stage.teacher={teacher}", f"stage.autoencoder={ae}"]
     intra = run_stage("intra", "intra_smoke", tmp_path / "intra", *common, f"stage.init={ode / 'student_ode'}")
     inter = run_stage("inter", "inter_smoke", tmp_path / "inter", *common, f"stage.init={intra / 'student'}")

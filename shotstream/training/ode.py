@@ -212,14 +212,11 @@ class ODEStage:
         files = sorted(Path(config.pairs).glob("pairs_*.safetensors"))
         if not files:
             raise FileNotFoundError(f"{config.pairs}: no ODE pairs; run `shotstream ode-pairs` first")
-        check_pairs_for_student(Path(config.pairs), config.teacher, self.sigmas_of(self.config))
+        sigmas = fm.student_sigmas(self.config.sampler.student_timesteps, self.config.sampler.shift)
+        check_pairs_for_student(Path(config.pairs), config.teacher, sigmas)
         shards = [load_tensors(f) for f in files]
         self.pairs = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
-        self.sigmas = self.sigmas_of(self.config).float()
-
-    @staticmethod
-    def sigmas_of(config) -> torch.Tensor:
-        return fm.student_sigmas(config.sampler.student_timesteps, config.sampler.shift)
+        self.sigmas = sigmas.float()
 
     def modules(self):
         return {"model": self.model}
