@@ -303,3 +303,13 @@ def test_ema_starts_at_ema_start_step(tmp_path):
     live2, _ = trained(2)
     _, shadow = trained(3, ema_start_step=2)
     assert_same_tensors(shadow, {k: 0.5 * live2[k] + 0.5 * live3[k] for k in live3})
+
+
+def test_lr_schedule_warms_up_holds_then_cools_down(tmp_path):
+    """The lr each logged step used: linear warm-up, constant, then a linear cooldown to 0."""
+    run(tmp_path / "s", overrides=["steps=10", "warmup_steps=2", "cooldown_steps=4", "log_every=1"])
+    with open(tmp_path / "s/metrics.csv", newline="") as f:
+        lrs = [float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "model/lr"]
+    assert lrs == pytest.approx([0.005, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.0075, 0.005, 0.0025])
+    with pytest.raises(ValueError, match="cooldown_steps=11 exceeds steps=10"):
+        run(tmp_path / "bad", overrides=["steps=10", "cooldown_steps=11"])

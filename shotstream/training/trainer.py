@@ -97,7 +97,10 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW learning rate (an OptimizerSpec may set its own)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear warm-up, then constant (no dependence on `steps`: runs extend exactly)
+    warmup_steps: int = 0  # linear warm-up, then constant
+    # Linear decay of the lr to 0 over the last `cooldown_steps` of `steps` (warmup-stable-decay):
+    # a run trained at a constant lr can be extended by a cooldown, which lowers the loss a step.
+    cooldown_steps: int = 0
     grad_clip: float = 1.0  # max global gradient norm per optimizer; 0 = no clipping (the norm is still logged)
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), saved and used for samples/export; 0 = off
     # Until this step the EMA copies the weights (Self-Forcing's ema_start_step): a short fine-tuning
@@ -121,11 +124,13 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "sample_every", "grad_clip", "weight_decay", "ema_start_step"):
+        for name in ("warmup_steps", "cooldown_steps", "sample_every", "grad_clip", "weight_decay", "ema_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train config: {name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"train config: lr must be > 0, got {self.lr}")
+        if self.cooldown_steps > self.steps:
+            raise ValueError(f"train config: cooldown_steps={self.cooldown_steps} exceeds steps={self.steps}")
         if len(self.betas) != 2:
             raise ValueError(f"train config: betas must be two numbers, got {self.betas}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -133,6 +138,13 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"train config: precision must be fp32 or bf16, got {self.precision!r}")
         return self
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the base lr at `step` (1-based): linear warm-up, constant, linear cooldown to 0."""
+    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    cool = min(1.0, (cfg.steps - step + 1) / cfg.cooldown_steps) if cfg.cooldown_steps else 1.0
+    return min(warm, cool)
 
 
 @dataclass
@@ -337,7 +349,7 @@ class Trainer:
     def _update(self, name: str, batches: list, step: int) -> dict[str, float]:
         """One AdamW step of optimizer `name` over the micro-batches of this step."""
         cfg, params, opt = self.cfg, self.params[name], self.optimizers[name]
-        lr = self._base_lr(name) * (min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+        lr = self._base_lr(name) * lr_factor(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
         for module in self.modules.values():
