@@ -125,20 +125,6 @@ def test_generate_reports_bad_input_in_one_line(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_prefetch_changes_the_speed_not_the_run(smoke_models, tmp_path):
-    """The next step's batch, built in a thread while the step trains, is the batch the step would
-    have built: the teacher ends bit for bit the same. A stage with stateful batches refuses."""
-    root, ae, teacher = smoke_models
-    common = [f"stage.autoencoder={ae}", "stage.image_batches=1:2"]
-    plain = from_pretrained(run_stage("teacher", "teacher_smoke", tmp_path / "plain", *common) / "teacher")[0]
-    ahead = from_pretrained(run_stage("teacher", "teacher_smoke", tmp_path / "ahead", *common, "prefetch=true")
-                            / "teacher")[0]
-    assert all(torch.equal(v, ahead.state_dict()[k]) for k, v in plain.state_dict().items())
-    with pytest.raises(ValueError, match="does not declare pure_batches"):
-        run_stage("inter", "inter_smoke", tmp_path / "inter", f"stage.teacher={teacher}", f"stage.autoencoder={ae}",
-                  f"stage.init={teacher}", "prefetch=true")
-
-
 def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
     """ODE pairs -> ODE init -> intra-shot DMD -> inter-shot DMD, each a few steps, each loadable."""
     from shotstream import flow_matching as fm

@@ -66,7 +66,6 @@ def training_clip(seed: int, video_cfg, clip_frames: int, crop_size: int = 0) ->
 
 class AutoencoderStage:
     Config = AutoencoderConfig
-    pure_batches = True  # batch() reads only its arguments: the trainer may prefetch it
 
     def __init__(self, config: AutoencoderConfig, train: TrainConfig):
         self.cfg, self.train = config, train

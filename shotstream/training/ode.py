@@ -203,7 +203,6 @@ def init_student(source: str, config, device) -> WanDiT:
 
 class ODEStage:
     Config = ODEConfig
-    pure_batches = True  # batch() reads only its arguments: the trainer may prefetch it
 
     def __init__(self, config: ODEConfig, train: TrainConfig):
         self.cfg, self.train = config, train

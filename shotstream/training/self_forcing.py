@@ -176,8 +176,6 @@ class InterShotStage(IntraShotStage):
     that makes the history shot leaves the cache that carries on.
     """
 
-    pure_batches = False  # batch() extends the stories with the shot the model made last step
-
     def __init__(self, config: SelfForcingConfig, train: TrainConfig):
         if train.grad_accum != 1:
             raise ValueError("the inter-shot stage keeps one batch of stories per process: use grad_accum=1")

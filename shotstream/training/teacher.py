@@ -87,8 +87,6 @@ def build_config(preset: str, overrides=(), teacher: str | None = None):
 class NextShotStage:
     """What every next-shot stage shares: the config, the frozen autoencoder and text encoder, data."""
 
-    pure_batches = True  # batch() reads only its arguments: the trainer may prefetch it
-
     def __init__(self, config, train: TrainConfig):
         self.cfg, self.train = config, train
         self.device = torch.device(train.device)

@@ -65,7 +65,6 @@ class ToyStage:
     """Regress y = tanh(x A) (A fixed by the seed) with an MLP."""
 
     Config = ToyConfig
-    pure_batches = True  # batch() reads only its arguments: the trainer may prefetch it
 
     def __init__(self, config: ToyConfig, train: TrainConfig):
         self.cfg, self.train = config, train

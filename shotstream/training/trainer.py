@@ -14,7 +14,6 @@ run config (device, seed, batch_size, ...). It provides (see `Stage` below):
     modules()                      -> {name: nn.Module}         everything a checkpoint saves
     optimizers()                   -> {name: OptimizerSpec}     one AdamW per entry, in order
     batch(step, shard, num_shards) -> batch                     pure function of its arguments
-    pure_batches = True/False      (optional, default False)    batch() may run a step ahead
     loss(name, batch, step)        -> (scalar Tensor, {str: float})   loss of optimizer `name`
     sample(step, out_dir)          -> None                      optional, rank 0, EMA weights
     export(out_dir)                -> Any                       optional, at the end, into final/
@@ -29,10 +28,7 @@ One training step (steps count from 1):
 
 Every micro-batch of every rank is one "shard" of the step's global batch, so the data of a step
 is the same whatever the split into processes and accumulation steps, and a resumed run reads
-exactly the batches the straight run would have read. A stage whose batches are pure (and
-thread-safe) says so with `pure_batches = True`; `prefetch` then builds step s+1's batches in a
-thread while step s trains (the teacher spends ~40% of a step encoding its batch). The inter-shot
-stage builds each batch from the model's own previous shot, so it cannot.
+exactly the batches the straight run would have read.
 
 A two-optimizer DMD stage declares
     {"critic": OptimizerSpec(("critic",), ema=False),
@@ -53,7 +49,6 @@ import os
 import re
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,7 +116,6 @@ class TrainConfig:
     sample_every: int = 0  # steps between stage.sample() calls; 0 = never
     progress: bool = True  # tqdm bar on rank 0
     threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
-    prefetch: bool = False  # build the next step's batches in a thread (stages with pure_batches only)
 
     def validate(self) -> "TrainConfig":
         positive = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_last")
@@ -255,9 +249,6 @@ class Trainer:
         cfg, world = self.cfg, self.world
         # Every rank builds the modules from the same seed; rank 0's copy is broadcast anyway.
         seed_everything(cfg.seed)
-        if cfg.prefetch and not getattr(self.stage_cls, "pure_batches", False):
-            raise ValueError(f"stage {self.name!r} does not declare pure_batches (its batches may depend on the "
-                             "steps before, as the inter-shot stage's do): set prefetch=false")
         self.stage = self.stage_cls(cfg.stage, dataclasses.replace(cfg, device=str(world.device)))
         self.modules: dict[str, nn.Module] = dict(self.stage.modules())
         self.specs: dict[str, OptimizerSpec] = dict(self.stage.optimizers())
@@ -330,7 +321,10 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=first, desc=self.name, unit="step", dynamic_ncols=True,
                    disable=not (world.is_main and cfg.progress))
         try:
-            for step, batches in self._batches(range(first + 1, cfg.steps + 1)):
+            for step in range(first + 1, cfg.steps + 1):
+                shards = world.world_size * cfg.grad_accum
+                first_shard = world.rank * cfg.grad_accum
+                batches = [self.stage.batch(step, first_shard + i, shards) for i in range(cfg.grad_accum)]
                 scalars: dict[str, float] = {}
                 for name, spec in self.specs.items():
                     if step % spec.every == 0:
@@ -351,24 +345,6 @@ class Trainer:
                 self.metrics.plot(self.out / "loss.png")
         if world.is_main:
             self._export()
-
-    def _step_batches(self, step: int) -> list:
-        """This rank's micro-batches of `step`: shards rank * grad_accum + i of the global batch."""
-        shards, first = self.world.world_size * self.cfg.grad_accum, self.world.rank * self.cfg.grad_accum
-        return [self.stage.batch(step, first + i, shards) for i in range(self.cfg.grad_accum)]
-
-    def _batches(self, steps: range):
-        """(step, micro-batches) for each step; with `prefetch`, the next step's are built meanwhile."""
-        if not self.cfg.prefetch:
-            yield from ((step, self._step_batches(step)) for step in steps)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-            ahead = pool.submit(self._step_batches, steps[0]) if steps else None
-            for i, step in enumerate(steps):
-                batches = ahead.result()
-                if i + 1 < len(steps):
-                    ahead = pool.submit(self._step_batches, steps[i + 1])
-                yield step, batches
 
     def _update(self, name: str, batches: list, step: int) -> dict[str, float]:
         """One AdamW step of optimizer `name` over the micro-batches of this step."""
