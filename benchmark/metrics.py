@@ -405,7 +405,8 @@ def _label_accuracy(metric: str):
             if key not in pred:
                 out.append(Value(k, math.nan, f"missing: probe gave no {key!r} prediction"))
                 continue
-            out.append(Value(k, float(pred[key] == labels[key])))
+            # The note keeps the probe's answer: the report draws confusion matrices from it.
+            out.append(Value(k, float(pred[key] == labels[key]), f"{labels[key]} -> {pred[key]}"))
         return out
 
     fn.__name__ = metric

@@ -3,7 +3,8 @@
     results/rows.csv          every row (merged from results/rows/<method>/<story>.csv)
     results/leaderboard.csv   one row per method: each metric's mean (and p95 where registered),
                               named/pronoun splits, failure count, protocol (suite, encoder, steps)
-    results/plots/*.png       one plot per metric (per method) + chunk time vs shot index
+    results/plots/*.png       one plot per metric (per method) + chunk time vs shot index + one
+                              confusion matrix per label (probe's answer against the truth, per method)
     results/REPORT.md         the above as a readable page, with each metric's formula, the
                               speed ratios against the teacher, and the machine's performance
                               pages (results/perf/*.md: profile, FLOP model) when present
@@ -30,8 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.metrics import METRICS, STORY_LEVEL  # noqa: E402
+from benchmark.metrics import IDENTITY_PARTS, LABEL_KEYS, METRICS, STORY_LEVEL  # noqa: E402
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore  # noqa: E402
+from shotstream.world.vocab import LABEL_SPACES  # noqa: E402
 
 ENV_COLUMNS = ["threads", "git_commit"]  # (device and dtype are protocol columns)
 SUBSETS = ("named", "pronoun")
@@ -153,6 +155,50 @@ def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
         ax.set_ylabel(f"{name}{unit}")
         ax.set_title(f"{name}{arrow} per method")
         file = f"{name}.png"
+        _save(fig, out_dir / file)
+        names.append(file)
+    return names + confusion_plots(rows, out_dir)
+
+
+def confusions(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
+    """Per method: shots counted by (true label, probe's answer), read from the notes
+    "<true> -> <predicted>" of a label metric's rows; rows in the order of the label space."""
+    space = list(LABEL_SPACES[(LABEL_KEYS | IDENTITY_PARTS)[metric]])
+    g = rows[(rows["metric"] == metric) & rows["note"].fillna("").str.contains(" -> ", regex=False)]
+    pairs = g["note"].str.split(" -> ", n=1, expand=True)
+    out = {}
+    for method, idx in g.groupby("method").groups.items():
+        counts = pd.crosstab(pairs.loc[idx, 0], pairs.loc[idx, 1])
+        out[method] = counts.reindex(index=space, columns=space, fill_value=0)
+    return out
+
+
+def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
+    """One figure per label (action, shape, ...), one confusion matrix per method side by side:
+    where a model's shots go wrong (a blob read as a circle, a jump read as a bounce)."""
+    names = []
+    for metric, key in (LABEL_KEYS | IDENTITY_PARTS).items():
+        if key not in LABEL_SPACES:  # identity: 108 classes, its parts are plotted instead
+            continue
+        per_method = confusions(rows, metric)
+        if not per_method:
+            continue
+        n, k = len(per_method), len(LABEL_SPACES[key])
+        fig, axes = plt.subplots(1, n, figsize=(0.45 * k * n + 1.5, 0.45 * k + 1.6), squeeze=False)
+        for ax, (method, counts) in zip(axes[0], per_method.items()):
+            share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)  # of each true label's shots
+            ax.imshow(share.fillna(0).to_numpy(), cmap="Blues", vmin=0, vmax=1)
+            for (i, j), c in np.ndenumerate(counts.to_numpy()):
+                if c:
+                    ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                            color="white" if share.iat[i, j] > 0.6 else "black")
+            ax.set_xticks(range(k), counts.columns, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(k), counts.index, fontsize=7)
+            ax.set_xlabel("probe's answer", fontsize=8)
+            ax.set_title(method, fontsize=9)
+        axes[0][0].set_ylabel("true label", fontsize=8)
+        fig.suptitle(f"{key}: shots per (true, read) pair; shade = share of the true label's shots", fontsize=9)
+        file = f"confusion_{key}.png"
         _save(fig, out_dir / file)
         names.append(file)
     return names

@@ -22,11 +22,12 @@ from benchmark.cli import main as bench_main
 from benchmark.clip import ClipEncoder, load_clip
 from benchmark.manifest import ManifestError, load_manifest
 from benchmark.metrics import METRICS, STORY_LEVEL, StoryOutput, Value, get_metrics, register_metric, score_story
-from benchmark.report import build_leaderboard, write_report
+from benchmark.report import build_leaderboard, confusions, write_report
 from benchmark.rows import RowStore, RunMeta
 from benchmark.runner import Generation, Scoring, run_benchmark, score_manifest
 from benchmark.timing import ChunkRecord, StreamRecorder, measure_peak_memory
 from benchmark.train_clip import train_clip
+from shotstream.world.vocab import LABEL_SPACES
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -262,6 +263,18 @@ def test_identity_parts_say_which_attribute_is_missed(tmp_path):
     RowStore(tmp_path).write_story("m", "s0", rows, META)
     board = build_leaderboard(RowStore(tmp_path).read())
     assert board.loc[0, "colour_acc"] == 0.5 and "colour_acc[named]" not in board  # a diagnostic: no split
+
+
+def test_label_rows_keep_the_probes_answer_for_confusion_matrices(tmp_path):
+    labels = [{"colour": c, "pronoun": False} for c in ("red", "red", "blue")]
+    rows = score_story(story([solid("red"), solid("green"), solid("green")], labels=labels),
+                       get_metrics(["colour_acc"]), probe=ColourProbe())
+    RowStore(tmp_path).write_story("m", "s0", rows, META)
+    counts = confusions(RowStore(tmp_path).read(), "colour_acc")["m"]
+    assert list(counts.index) == list(LABEL_SPACES["colour"]) == list(counts.columns)
+    assert counts.loc["red", "red"] == 1 and counts.loc["red", "green"] == 1 and counts.loc["blue", "green"] == 1
+    assert counts.to_numpy().sum() == 3
+    assert "plots/confusion_colour.png" in write_report(tmp_path)
 
 
 # --- CLIP ---------------------------------------------------------------------------------------
