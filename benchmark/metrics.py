@@ -405,7 +405,7 @@ def _label_accuracy(metric: str):
             if key not in pred:
                 out.append(Value(k, math.nan, f"missing: probe gave no {key!r} prediction"))
                 continue
-            # The note keeps the probe's answer: the report draws confusion matrices from it.
+            # The note keeps the probe's answer (v2): the report draws confusion matrices from it.
             out.append(Value(k, float(pred[key] == labels[key]), f"{labels[key]} -> {pred[key]}"))
         return out
 
@@ -414,10 +414,10 @@ def _label_accuracy(metric: str):
 
 
 for _metric, _key in LABEL_KEYS.items():
-    register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy", by_subset=True,
+    register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy", by_subset=True, version=2,
                     doc=f"per shot: 1 if probe.predict(frames)[{_key!r}] == labels[{_key!r}] else 0 "
                         f"(leaderboard: mean, also split into named / pronoun ('it') shots)")(_label_accuracy(_metric))
 for _metric, _key in IDENTITY_PARTS.items():
-    register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy",
+    register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy", version=2,
                     doc=f"per shot: the main character's {_key} as identity_acc reads it: "
                         f"1 if probe.predict(frames)[{_key!r}] == labels[{_key!r}] else 0")(_label_accuracy(_metric))
