@@ -164,13 +164,13 @@ def confusions(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
     """Per method: shots counted by (true label, probe's answer), read from the notes
     "<true> -> <predicted>" of a label metric's rows; rows in the order of the label space."""
     space = list(LABEL_SPACES[(LABEL_KEYS | IDENTITY_PARTS)[metric]])
+    rows = rows.reset_index(drop=True)
     g = rows[(rows["metric"] == metric) & rows["note"].fillna("").str.contains(" -> ", regex=False)]
-    pairs = g["note"].str.split(" -> ", n=1, expand=True)
-    out = {}
-    for method, idx in g.groupby("method").groups.items():
-        counts = pd.crosstab(pairs.loc[idx, 0], pairs.loc[idx, 1])
-        out[method] = counts.reindex(index=space, columns=space, fill_value=0)
-    return out
+    if g.empty:
+        return {}
+    pairs = g["note"].str.split(" -> ", n=1, expand=True).set_axis(["true", "read"], axis=1).assign(method=g["method"])
+    return {method: pd.crosstab(p["true"], p["read"]).reindex(index=space, columns=space, fill_value=0)
+            for method, p in pairs.groupby("method")}
 
 
 def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
@@ -183,9 +183,14 @@ def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
         per_method = confusions(rows, metric)
         if not per_method:
             continue
-        n, k = len(per_method), len(LABEL_SPACES[key])
-        fig, axes = plt.subplots(1, n, figsize=(0.45 * k * n + 1.5, 0.45 * k + 1.6), squeeze=False)
-        for ax, (method, counts) in zip(axes[0], per_method.items()):
+        k = len(LABEL_SPACES[key])
+        ncols = min(len(per_method), 4)
+        nrows = -(-len(per_method) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(0.45 * k * ncols + 1.5, (0.45 * k + 1.6) * nrows),
+                                 squeeze=False)
+        for ax in axes.flat[len(per_method):]:
+            ax.axis("off")
+        for ax, (method, counts) in zip(axes.flat, per_method.items()):
             share = counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)  # of each true label's shots
             ax.imshow(share.fillna(0).to_numpy(), cmap="Blues", vmin=0, vmax=1)
             for (i, j), c in np.ndenumerate(counts.to_numpy()):
@@ -195,8 +200,8 @@ def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
             ax.set_xticks(range(k), counts.columns, rotation=60, ha="right", fontsize=7)
             ax.set_yticks(range(k), counts.index, fontsize=7)
             ax.set_xlabel("probe's answer", fontsize=8)
+            ax.set_ylabel("true label", fontsize=8)
             ax.set_title(method, fontsize=9)
-        axes[0][0].set_ylabel("true label", fontsize=8)
         fig.suptitle(f"{key}: shots per (true, read) pair; shade = share of the true label's shots", fontsize=9)
         file = f"confusion_{key}.png"
         _save(fig, out_dir / file)
