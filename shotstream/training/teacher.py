@@ -1,6 +1,6 @@
 """Stage 1: the bidirectional next-shot teacher.
 
-    shotstream train teacher --config teacher              # ~3.6 h on 2 CPU cores
+    shotstream train teacher --config teacher              # ~4.6 h on 2 CPU cores (last 62 min: the cooldown)
     shotstream train teacher --config teacher_finetune     # experiment: low noise, more frames (~50 min)
     shotstream train teacher --config teacher_smoke        # a few steps (CI)
 
