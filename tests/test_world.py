@@ -336,3 +336,17 @@ def test_cli_preview_and_check(tmp_path, capsys):
     bad = _bad(tmp_path, {"shot1": "a", "shot3": "c"})
     assert cli_main(["world", "check", str(bad)]) == 2
     assert "shot2: missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_one_frame_shot_is_the_opening_frame_of_any_shot(action):
+    """Joint image training renders one-frame shots: each must look like frame 0 of a training
+    shot (a one-frame jump once showed the take-off squash, never seen at frame 0 of a 2 s jump)."""
+    from shotstream.config import get_preset
+    from shotstream.world.render import action_poses
+
+    video = get_preset("tiny").video
+    alone = action_poses(action, 1, fps=video.fps, size=20.0, max_jump=30.0)
+    shot = action_poses(action, video.frames_per_shot, fps=video.fps, size=20.0, max_jump=30.0)
+    for key, value in alone.items():
+        np.testing.assert_array_equal(value, shot[key][:1], err_msg=f"{action}: {key}")

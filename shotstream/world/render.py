@@ -362,9 +362,10 @@ def action_poses(action: str, num_frames: int, fps: float, size: float, max_jump
         pose["lift"] = 0.08 * size * np.abs(step)
         pose["angle"] = 0.12 * step
         pose["look"][:] = -1.0 if action == "walk_left" else 1.0
-    elif action == "jump":  # one jump of ~0.9 s centred in the shot, with squash on take-off and landing
+    elif action == "jump":  # one jump of ~0.9 s centred in the shot, squashed on take-off and landing
+        # A one-frame shot (joint image training) is a long shot's opening frame: at rest before take-off.
         jump = min(0.9, duration)
-        s = (t - (duration - jump) / 2) / jump
+        s = (t - (duration - jump) / 2) / jump if F > 1 else np.full(F, -1.0)
         pose["lift"] = np.where((s > 0) & (s < 1), 4 * s * (1 - s), 0.0) * max_jump
         squash = 0.2 * (np.clip(1 - np.abs(s) / 0.12, 0, 1) + np.clip(1 - np.abs(s - 1) / 0.12, 0, 1))
         pose["sy"], pose["sx"] = 1 - squash, 1 + 0.6 * squash
