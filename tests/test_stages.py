@@ -94,6 +94,46 @@ def test_image_examples_are_single_captioned_frames_without_context():
     assert any(e.shot > 0 for e in examples)
 
 
+def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp_path):
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.session import to_model_video
+    from shotstream.training.data import StoryPool, encode_example, next_shot_example
+    from shotstream.training.teacher import TeacherStage
+
+    root, ae, _ = smoke_models
+    cfg = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={ae}", "stage.story_pool=3",
+                                                      "stage.image_batches=0:4"], out=str(tmp_path / "t"))
+    stage = TeacherStage(cfg.stage, cfg)
+    pool = stage.pool
+    assert isinstance(pool, StoryPool) and pool.size == 3
+    examples = [pool.example(seed) for seed in range(40)]
+    assert len({e.story.seed for e in examples}) == 3  # only the pool's stories
+    assert len(pool) == len({(e.story.seed, e.shot) for e in examples})  # one encoding per (story, shot)
+    assert pool.example(5) is examples[5]  # drawn again: not encoded again
+    # a resumed run starts with an empty pool and draws in another order: the same latents
+    again = StoryPool(3, stage.autoencoder, stage.config, "cpu", cfg.stage.max_shots)
+    for seed in (39, 0):
+        assert all(torch.equal(a, b) for a, b in zip(again.example(seed).latents, examples[seed].latents))
+    # the kept latents are exactly what collate encodes from the rendered pixels
+    codec = TinyVideoAutoencoder.from_pretrained(ae)
+    fresh = next_shot_example(examples[0].story, examples[0].shot, stage.config)
+    for kept, encoded in zip(examples[0].latents, encode_example(fresh, codec, "cpu")):
+        assert torch.equal(kept, encoded)
+    assert examples[0].context_shots == fresh.context_shots and examples[0].target.size == 0  # pixels dropped
+    # an image example is the opening frame of a pooled shot that names its character, alone
+    image = pool.image_example(11)
+    assert not image.story.shots[image.shot].labels.pronoun and image.context_shots == []
+    target = next_shot_example(image.story, image.shot, stage.config).target
+    with torch.no_grad():
+        assert torch.equal(image.latents[0], codec.encode_image(to_model_video(target[:1], "cpu"))[:, 0])
+    fresh_stage = TeacherStage(cfg.stage, cfg)
+    batches = fresh_stage.batch(step=1, shard=0, num_shards=1)  # a training step draws from its pool
+    assert batches[1].target.shape[:2] == (4, 1) and batches[0].target.shape[0] == cfg.batch_size
+    assert 0 < len(fresh_stage.pool) <= cfg.batch_size + 4
+    with pytest.raises(ValueError, match="story_pool"):
+        resolve_config("teacher", "teacher_smoke", ["stage.story_pool=-1"], out=str(tmp_path / "neg"))
+
+
 def test_generate_command_streams_a_story_with_the_teacher(smoke_models, tmp_path):
     root, ae, teacher = smoke_models
     out = tmp_path / "story.mp4"

@@ -39,6 +39,9 @@ class NextShotExample:
     context_shots: list[int]  # source shot of each conditional frame
     shots: list[np.ndarray]  # every rendered shot 0..k (inter-shot training rolls them out)
     target_boxes: np.ndarray | None = None  # float32 [F, n_chars, 4] (x0 y0 x1 y1 px, NaN = unseen)
+    # (target [f, C, h, w], context [Cf, C, h, w]) latents when already encoded (StoryPool, which
+    # then drops the pixels); None = collate encodes the pixels
+    latents: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotExample:
@@ -93,6 +96,63 @@ def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -
     named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]  # shot 0 always names it
     k = named[int(rng.integers(len(named)))]
     return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
+
+
+def encode_example(e: NextShotExample, autoencoder, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target [f, C, h, w], context [Cf, C, h, w]) latents of one example, encoded on its own."""
+    if e.latents is not None:
+        return e.latents
+    target = autoencoder.encode(to_model_video(e.target, device)[None])[0]
+    if not len(e.context):
+        return target, target.new_zeros((0, *target.shape[1:]))
+    return target, autoencoder.encode_image(to_model_video(e.context, device))[:, 0]
+
+
+class StoryPool:
+    """A fixed pool of training stories whose examples are encoded once, on first use, and kept
+    (DiT's latent caching). Encoding is some 40% of a teacher step on a 2-core CPU, and a joint
+    image example is then free: the opening latent frame of a shot in the pool (the causal
+    autoencoder encodes frame 0 alone). The cost is variety: `size` stories, not a fresh one each.
+
+    Every example is encoded alone, so its latents do not depend on what was drawn before it and
+    resume stays exact."""
+
+    def __init__(self, size: int, autoencoder, cfg: ShotStreamConfig, device, max_shots: int = 6):
+        if size < 1:
+            raise ValueError(f"story pool size must be >= 1, got {size}")
+        self.size, self.autoencoder, self.cfg, self.device, self.max_shots = size, autoencoder, cfg, device, max_shots
+        self.encoded: dict[tuple[int, int], NextShotExample] = {}  # (story index, shot) -> example
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def story(self, seed: int) -> Story:
+        index = int(np.random.default_rng([seed, 0x9001]).integers(self.size))
+        return sample_story(training_seed(index), max_shots=self.max_shots, frames_per_shot=self.cfg.video.frames_per_shot)
+
+    @torch.no_grad()
+    def get(self, story: Story, k: int) -> NextShotExample:
+        key = (story.seed, k)
+        if key not in self.encoded:
+            e = next_shot_example(story, k, self.cfg)
+            none = np.zeros((0, *e.target.shape[1:]), np.uint8)
+            latents = encode_example(e, self.autoencoder, self.device)
+            self.encoded[key] = NextShotExample(story, k, none, none, e.context_shots, [], e.target_boxes, latents)
+        return self.encoded[key]
+
+    def example(self, seed: int) -> NextShotExample:
+        """As `sample_example`, from the pool: a random pooled story and target shot."""
+        story = self.story(seed)
+        return self.get(story, int(np.random.default_rng([seed, 0x7E57]).integers(story.num_shots)))
+
+    def image_example(self, seed: int) -> NextShotExample:
+        """As `sample_image_example`, from the pool: the opening frame of a pooled shot that names
+        its character, without context."""
+        story = self.story(seed)
+        named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]
+        e = self.get(story, named[int(np.random.default_rng([seed, 0x1A6E]).integers(len(named)))])
+        target, context = e.latents
+        return NextShotExample(story, e.shot, e.target, e.context, [], [], e.target_boxes[:1], (target[:1], context[:0]))
 
 
 @dataclass
@@ -158,16 +218,17 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
     character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
     C = cfg.model.context_frames if budget is None else budget
     h, w = cfg.video.latent_size
-    target = autoencoder.encode(torch.stack([to_model_video(e.target, device) for e in examples]))
+    latents = [encode_example(e, autoencoder, device) for e in examples]
+    target = torch.stack([t for t, _ in latents]).to(device)
     context = torch.zeros(len(examples), C, cfg.video.latent_channels, h, w, device=device)
     valid = torch.zeros(len(examples), C, dtype=torch.bool, device=device)
     shots = torch.zeros(len(examples), C, dtype=torch.long, device=device)
     captions = []
-    for b, e in enumerate(examples):
-        n = len(e.context)
+    for b, (e, (_, encoded)) in enumerate(zip(examples, latents)):
+        n = len(e.context_shots)
         drop = context_dropout > 0 and rng is not None and rng.random() < context_dropout
         if n:
-            context[b, :n] = autoencoder.encode_image(to_model_video(e.context, device))[:, 0]
+            context[b, :n] = encoded
             valid[b, :n] = not drop
             shots[b, :n] = torch.tensor(e.context_shots, device=device)
         own = story_caption(e.story, e.shot)
