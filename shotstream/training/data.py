@@ -121,7 +121,7 @@ class StoryPool:
         if size < 1:
             raise ValueError(f"story pool size must be >= 1, got {size}")
         self.size, self.autoencoder, self.cfg, self.device, self.max_shots = size, autoencoder, cfg, device, max_shots
-        self.encoded: dict[tuple[int, int], NextShotExample] = {}  # (story index, shot) -> example
+        self.encoded: dict[tuple[int, int], NextShotExample] = {}  # (story seed, shot) -> example
 
     def __len__(self) -> int:
         return len(self.encoded)

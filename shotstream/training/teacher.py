@@ -1,7 +1,7 @@
 """Stage 1: the bidirectional next-shot teacher.
 
     shotstream train teacher --config teacher              # ~4.6 h on 2 CPU cores (last 62 min: the cooldown)
-    shotstream train teacher --config teacher_finetune     # experiment: low noise, more frames (~50 min)
+    shotstream train teacher --config teacher_finetune     # then from it: a story pool, 32 frames a step
     shotstream train teacher --config teacher_smoke        # a few steps (CI)
 
 Target: one shot of a story. Condition: the clean latents of the frames `select_context_frames`
