@@ -27,7 +27,8 @@ from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.text_encoder import TextEncoder, text_dropout
-from shotstream.training.data import NextShotBatch, StoryPool, collate, sample_example, sample_image_example
+from shotstream.training.data import (NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
+                                     sample_image_example)
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 
@@ -101,17 +102,22 @@ class NextShotStage:
         self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
         null_states, null_mask = self.text_encoder.null_caption()
         self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
-        pool = getattr(config, "story_pool", 0)
-        self.pool = StoryPool(pool, self.autoencoder, self.config, self.device, config.max_shots) if pool else None
+        size = getattr(config, "story_pool", 0)  # only the teacher stage has one
+        self.pool = StoryPool(size, self.autoencoder, self.config, self.device, config.max_shots) if size else None
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         seeds = [derive_seed(self.train.seed, step, shard, i) for i in range(self.train.batch_size)]
-        draw = self.pool.example if self.pool is not None else lambda s: sample_example(s, self.config, self.cfg.max_shots)
-        examples = [draw(s) for s in seeds]
+        examples = [self.example(s) for s in seeds]
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
                        context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
                        character_loss_weight=self.character_loss_weight(step))
+
+    def example(self, seed: int) -> NextShotExample:
+        """A target shot with its context: from the story pool if there is one, else a fresh story."""
+        if self.pool is not None:
+            return self.pool.example(seed)
+        return sample_example(seed, self.config, self.cfg.max_shots)
 
     def character_loss_weight(self, step: int) -> float:
         if step <= getattr(self.cfg, "character_weight_from_step", 0):
@@ -152,11 +158,15 @@ class TeacherStage(NextShotStage):
         if size := self.cfg.image_batch_size(step):
             # The i-th frame's seed does not depend on the size: a grown batch keeps the earlier frames.
             seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(size)]
-            draw = self.pool.image_example if self.pool is not None else lambda s: sample_image_example(s, self.config, self.cfg.max_shots)
-            images = [draw(s) for s in seeds]
+            images = [self.image_example(s) for s in seeds]
             batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
                                    character_loss_weight=self.character_loss_weight(step), budget=0))
         return batches
+
+    def image_example(self, seed: int) -> NextShotExample:
+        if self.pool is not None:
+            return self.pool.image_example(seed)
+        return sample_image_example(seed, self.config, self.cfg.max_shots)
 
     def loss(self, name: str, batches: list[NextShotBatch], step: int):
         losses = [self.flow_matching_loss(b) for b in batches]
