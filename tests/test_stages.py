@@ -120,16 +120,21 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
     for kept, encoded in zip(examples[0].latents, encode_example(fresh, codec, "cpu")):
         assert torch.equal(kept, encoded)
     assert examples[0].context_shots == fresh.context_shots and examples[0].target.size == 0  # pixels dropped
-    # an image example is the opening frame of a pooled shot that names its character, alone
-    image = pool.image_example(11)
+    # an image example is the opening frame of a pooled shot that names its character, alone,
+    # the same latent whether only that frame is encoded or the whole example already was
+    fresh_pool = StoryPool(3, stage.autoencoder, stage.config, "cpu", cfg.stage.max_shots)
+    image = fresh_pool.image_example(11)
+    assert len(fresh_pool) == 0 and len(fresh_pool.opening) == 1
     assert not image.story.shots[image.shot].labels.pronoun and image.context_shots == []
     target = next_shot_example(image.story, image.shot, stage.config).target
     with torch.no_grad():
         assert torch.equal(image.latents[0], codec.encode_image(to_model_video(target[:1], "cpu"))[:, 0])
+    fresh_pool.get(image.story, image.shot)
+    assert torch.equal(fresh_pool.image_example(11).latents[0], image.latents[0])
     fresh_stage = TeacherStage(cfg.stage, cfg)
     batches = fresh_stage.batch(step=1, shard=0, num_shards=1)  # a training step draws from its pool
     assert batches[1].target.shape[:2] == (4, 1) and batches[0].target.shape[0] == cfg.batch_size
-    assert 0 < len(fresh_stage.pool) <= cfg.batch_size + 4
+    assert 0 < len(fresh_stage.pool) <= cfg.batch_size and 0 < len(fresh_stage.pool.opening) <= 4
     with pytest.raises(ValueError, match="story_pool"):
         resolve_config("teacher", "teacher_smoke", ["stage.story_pool=-1"], out=str(tmp_path / "neg"))
 
