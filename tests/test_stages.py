@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -137,6 +138,38 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
     assert 0 < len(fresh_stage.pool) <= cfg.batch_size and 0 < len(fresh_stage.pool.opening) <= 4
     with pytest.raises(ValueError, match="story_pool"):
         resolve_config("teacher", "teacher_smoke", ["stage.story_pool=-1"], out=str(tmp_path / "neg"))
+
+
+def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_path, capsys):
+    from benchmark import context_use
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.text_encoder import TextEncoder
+    from shotstream.training.data import collate, next_shot_example
+    from shotstream.world.dataset import load_eval_suite
+
+    root, ae, teacher = smoke_models
+    out = tmp_path / "rows.csv"
+    assert context_use.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "2",
+                             "--sigmas", "0.5,0.9", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "hidden/true" in table and "other/true" in table
+    rows = pd.read_csv(out)
+    stories = load_eval_suite()[:2]
+    assert len(rows) == 2 * sum(s.num_shots - 1 for s in stories)  # every shot with a history, each sigma
+    assert set(rows["subset"]) <= {"named", "pronoun"} and (rows[list(context_use.CONDITIONS)] > 0).all().all()
+    assert not rows["true"].equals(rows["hidden"])  # masking the context changes what the model sees
+    # the same noise in every condition: a shot given its own context as "other" scores exactly as "true"
+    model, config, _ = from_pretrained(teacher)
+    batch = collate([next_shot_example(stories[0], 1, config)], TinyVideoAutoencoder.from_pretrained(ae),
+                    TextEncoder(max_len=config.model.text_len), config, "cpu")
+    noise, cells = torch.randn_like(batch.target), torch.ones(batch.target[:, :, 0].shape)
+    same = context_use.with_context_of(batch, batch)
+    assert torch.equal(context_use.character_error(model, same, noise, 0.5, cells),
+                       context_use.character_error(model, batch, noise, 0.5, cells))
+    for argv, message in (["--sigmas", "1.5"], "--sigmas must lie in"), (["--model", str(tmp_path / "none")], "context_use:"):
+        with pytest.raises(SystemExit) as exit_:
+            context_use.main(["--autoencoder", str(ae), *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_generate_command_streams_a_story_with_the_teacher(smoke_models, tmp_path):
