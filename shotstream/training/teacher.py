@@ -50,8 +50,8 @@ class TeacherConfig:
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
     max_shots: int = 6  # training stories have 2..max_shots shots
-    # Train on a fixed pool of this many stories, each example encoded once (data.StoryPool):
-    # about 1.5x the steps an hour on a 2-core CPU. 0 = a fresh story for every example.
+    # Train on a fixed pool of this many stories, each example encoded once (data.StoryPool): once
+    # the pool is warm a step's batch takes ~0.2 s instead of ~3.4 s (1 thread). 0 = a fresh story each.
     story_pool: int = 0
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
