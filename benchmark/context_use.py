@@ -8,17 +8,20 @@ noise levels and with the same noise in each of three conditions:
 
     true    its own earlier shots as context (select_context_frames, as in training)
     hidden  no context (every conditional frame masked out)
-    other   the context of a shot of another story (another character: the wrong one to copy)
+    other   the context of the same shot k of a story with another main character (the wrong
+            one to copy; same k, so the frames sit at the same shot indices as the true ones)
 
 and the flow-matching error is measured on the latent cells of the main character
-(`character_weight`). A model that carries its character from shot to shot has hidden / true
-and other / true above 1, most of all on "it" shots, whose caption does not name the character.
+(`character_weight`; shots where it is never in view are left out). A model that carries its
+character from shot to shot has hidden / true and other / true above 1, most of all on "it"
+shots, whose caption does not name the character.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,50 +32,69 @@ from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.model.loading import from_pretrained
 from shotstream.text_encoder import TextEncoder
-from shotstream.training.data import NextShotBatch, character_weight, collate, next_shot_example
+from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
+from shotstream.training.data import NextShotBatch, NextShotExample, character_weight, collate, next_shot_example
+from shotstream.training.state import derive_seed
 from shotstream.world.dataset import load_eval_suite
 
 CONDITIONS = ("true", "hidden", "other")
 
 
+def other_story_partners(examples: list[NextShotExample]) -> list[int]:
+    """For each example, the index of the next one (cyclically) with the same target shot k from a
+    story whose main character differs: its context shows the wrong character at the right shot
+    indices. Raises ValueError when some example has none."""
+    partners = []
+    for i, e in enumerate(examples):
+        order = [(i + d) % len(examples) for d in range(1, len(examples))]
+        match = next((j for j in order if examples[j].shot == e.shot and examples[j].story.seed != e.story.seed
+                      and examples[j].story.shots[0].labels.main != e.story.shots[0].labels.main), None)
+        if match is None:
+            raise ValueError(f"no story with another main character has a shot {e.shot}: use more stories (--limit)")
+        partners.append(match)
+    return partners
+
+
 def with_context_of(batch: NextShotBatch, other: NextShotBatch) -> NextShotBatch:
-    """`batch` with the conditional frames (latents, shots, captions) of `other`."""
+    """`batch` with the conditional frames of `other` (latents and their captions; the same shot
+    indices, as partners share the target shot)."""
+    if not torch.equal(batch.context_shots, other.context_shots):
+        raise ValueError("with_context_of: the other context comes from different shot indices")
     C = batch.budget
     text, mask = batch.text.clone(), batch.text_mask.clone()
     text[:, :C], mask[:, :C] = other.text[:, :C], other.text_mask[:, :C]
-    return dataclasses.replace(batch, context=other.context, context_valid=other.context_valid,
-                               context_shots=other.context_shots, text=text, text_mask=mask)
+    return dataclasses.replace(batch, context=other.context, context_valid=other.context_valid, text=text, text_mask=mask)
 
 
 @torch.no_grad()
 def character_error(model, batch: NextShotBatch, noise: torch.Tensor, sigma: float, cells: torch.Tensor) -> torch.Tensor:
-    """Per example [B]: mean squared velocity error over its character's latent cells [B, F, h, w]."""
+    """Per example [B]: mean squared velocity error over its character's latent cells [B, F, h, w]
+    (NaN where there are none: the character is never in view)."""
     s = torch.full((batch.target.shape[0],), sigma, device=batch.target.device)
     v = batch.velocity(model, fm.add_noise(batch.target, noise, s), s)
     err = ((v - fm.velocity_target(batch.target, noise)) ** 2).mean(2)  # [B, F, h, w]
-    return (err * cells).sum((1, 2, 3)) / cells.sum((1, 2, 3)).clamp(min=1)
+    return (err * cells).sum((1, 2, 3)) / cells.sum((1, 2, 3))
 
 
 def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9), batch_size=4, seed=0,
             progress=True) -> pd.DataFrame:
     """One row per (shot, sigma): the character-cell error in each condition."""
     examples = [next_shot_example(story, k, config) for story in stories for k in range(1, story.num_shots)]
-    if len(examples) < 2:
-        raise ValueError("context_use needs at least two shots with a history (stories of 2+ shots)")
-    partner = [examples[(i + len(examples) // 2) % len(examples)] for i in range(len(examples))]
+    partners = other_story_partners(examples)
     device = model.device
     rows = []
     for start in tqdm(range(0, len(examples), batch_size), desc="context use", disable=not progress):
         group = examples[start:start + batch_size]
         batch = collate(group, autoencoder, text_encoder, config, device)
+        others = [examples[j] for j in partners[start:start + batch_size]]
         variants = {"true": batch,
                     "hidden": dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)),
-                    "other": with_context_of(batch, collate(partner[start:start + batch_size], autoencoder,
-                                                            text_encoder, config, device))}
+                    "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device))}
         cells = torch.from_numpy(np.stack([character_weight(e.target_boxes, config, 2.0) > 1.5 for e in group]))
         cells = cells.to(device, batch.target.dtype)
-        generator = torch.Generator().manual_seed(seed + start)
-        noise = torch.randn(batch.target.shape, generator=generator).to(device, batch.target.dtype)
+        # Each shot's noise depends on the shot alone (not on how shots are grouped into batches).
+        noise = torch.stack([torch.randn(batch.target.shape[1:], generator=torch.Generator().manual_seed(
+            derive_seed(seed, e.story.seed, e.shot))) for e in group]).to(device, batch.target.dtype)
         for sigma in sigmas:
             errors = {c: character_error(model, b, noise, sigma, cells).cpu() for c, b in variants.items()}
             for i, e in enumerate(group):
@@ -83,7 +105,9 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean error per (subset, sigma) and condition, and the ratios that say whether context is read."""
+    """Mean error per (subset, sigma) and condition, and the ratios that say whether context is read.
+    Shots where the character is never in view (NaN) are left out."""
+    rows = rows.dropna(subset=list(CONDITIONS))
     table = rows.groupby(["subset", "sigma"])[list(CONDITIONS)].mean()
     table.insert(0, "shots", rows.groupby(["subset", "sigma"]).size())
     table["hidden/true"] = table["hidden"] / table["true"]
@@ -95,10 +119,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="checkpoints/tiny/teacher", help="a bidirectional model folder")
     ap.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
-    ap.add_argument("--limit", type=int, default=20, help="stories of the evaluation suite (0 = all 50)")
+    ap.add_argument("--limit", type=as_arg(positive_int), default=20,
+                    help="the first N stories of the evaluation suite (default: 20)")
     ap.add_argument("--sigmas", default="0.6,0.9", help="noise levels, comma-separated, in (0, 1)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    ap.add_argument("--out", default="", help="also write the per-shot rows to this CSV")
+    ap.add_argument("--out", type=Path, default=None, help="also write the per-shot rows to this CSV")
+    add_runtime_args(ap, dtype=None)
     args = ap.parse_args(argv)
     try:
         sigmas = tuple(float(s) for s in args.sigmas.split(","))
@@ -106,17 +131,25 @@ def main(argv=None) -> int:
         ap.error(f"--sigmas: {args.sigmas!r} is not a comma-separated list of numbers")
     if not all(0 < s < 1 for s in sigmas):
         ap.error(f"--sigmas must lie in (0, 1), got {args.sigmas}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.out and not args.out.parent.is_dir():
+        ap.error(f"--out: folder {args.out.parent} does not exist")
+    set_threads(args.threads)
     try:
-        model, config, kind = from_pretrained(args.model)
-        autoencoder = TinyVideoAutoencoder.from_pretrained(args.autoencoder).eval()
+        model, config, kind = from_pretrained(args.model, device=args.device)
+        autoencoder = TinyVideoAutoencoder.from_pretrained(args.autoencoder, device=args.device).eval()
     except (OSError, ValueError) as e:
         ap.exit(2, f"context_use: {e}\n")
     if kind != "bidirectional":
         ap.exit(2, f"context_use: {args.model} is a {kind} model; this check reads a bidirectional one\n")
-    rows = measure(model.eval(), config, autoencoder, TextEncoder(max_len=config.model.text_len),
-                   load_eval_suite()[: args.limit or None], sigmas)
+    geometry = ("height", "width", "spatial_stride", "temporal_stride", "latent_channels")
+    if any(getattr(autoencoder.cfg, g) != getattr(config.video, g) for g in geometry):
+        ap.exit(2, f"context_use: {args.autoencoder} does not encode the video geometry of {args.model}\n")
+    try:
+        rows = measure(model.eval(), config, autoencoder, TextEncoder(max_len=config.model.text_len, device=args.device),
+                       load_eval_suite()[: args.limit], sigmas)
+    except ValueError as e:
+        ap.exit(2, f"context_use: {e}\n")
+    rows.insert(0, "model", args.model)
     if args.out:
         rows.to_csv(args.out, index=False)
     print(f"{args.model}: flow-matching error on the main character's latent cells")

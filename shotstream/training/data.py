@@ -98,14 +98,19 @@ def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -
     return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
 
 
+def encode_context(e: NextShotExample, autoencoder, device) -> torch.Tensor:
+    """Latents [Cf, C, h, w] of an example's conditional frames, each encoded alone."""
+    if not len(e.context):
+        h, w = autoencoder.cfg.latent_size
+        return torch.zeros(0, autoencoder.latent_channels, h, w, device=device)
+    return autoencoder.encode_image(to_model_video(e.context, device))[:, 0]
+
+
 def encode_example(e: NextShotExample, autoencoder, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(target [f, C, h, w], context [Cf, C, h, w]) latents of one example, encoded on its own."""
     if e.latents is not None:
         return e.latents
-    target = autoencoder.encode(to_model_video(e.target, device)[None])[0]
-    if not len(e.context):
-        return target, target.new_zeros((0, *target.shape[1:]))
-    return target, autoencoder.encode_image(to_model_video(e.context, device))[:, 0]
+    return autoencoder.encode(to_model_video(e.target, device)[None])[0], encode_context(e, autoencoder, device)
 
 
 class StoryPool:
@@ -137,7 +142,8 @@ class StoryPool:
         if key not in self.encoded:
             e = next_shot_example(story, k, self.cfg)
             none = np.zeros((0, *e.target.shape[1:]), np.uint8)
-            latents = encode_example(e, self.autoencoder, self.device)
+            # kept in host memory (~250 KB an example at the tiny preset); collate moves them to the device
+            latents = tuple(t.cpu() for t in encode_example(e, self.autoencoder, self.device))
             self.encoded[key] = NextShotExample(story, k, none, none, e.context_shots, [], e.target_boxes, latents)
         return self.encoded[key]
 
@@ -161,7 +167,8 @@ class StoryPool:
         else:
             if key not in self.opening:
                 frames, boxes = render_shot(story, k, self.cfg.video)
-                self.opening[key] = self.autoencoder.encode_image(to_model_video(frames[:1], self.device))[:, 0], boxes[:1]
+                latent = self.autoencoder.encode_image(to_model_video(frames[:1], self.device))[:, 0]
+                self.opening[key] = latent.cpu(), boxes[:1]
             latent, boxes = self.opening[key]
         none = np.zeros((0, self.cfg.video.height, self.cfg.video.width, 3), np.uint8)
         return NextShotExample(story, k, none, none, [], [], boxes, (latent, latent[:0]))
@@ -230,17 +237,20 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
     character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
     C = cfg.model.context_frames if budget is None else budget
     h, w = cfg.video.latent_size
-    latents = [encode_example(e, autoencoder, device) for e in examples]
-    target = torch.stack([t for t, _ in latents]).to(device)
+    # Examples not encoded yet (all but a StoryPool's): their targets in one batched call.
+    fresh = [e for e in examples if e.latents is None]
+    encoded = iter(autoencoder.encode(torch.stack([to_model_video(e.target, device) for e in fresh])) if fresh else [])
+    latents = [e.latents or (next(encoded), encode_context(e, autoencoder, device)) for e in examples]
+    target = torch.stack([t.to(device) for t, _ in latents])
     context = torch.zeros(len(examples), C, cfg.video.latent_channels, h, w, device=device)
     valid = torch.zeros(len(examples), C, dtype=torch.bool, device=device)
     shots = torch.zeros(len(examples), C, dtype=torch.long, device=device)
     captions = []
-    for b, (e, (_, encoded)) in enumerate(zip(examples, latents)):
+    for b, (e, (_, frames)) in enumerate(zip(examples, latents)):
         n = len(e.context_shots)
         drop = context_dropout > 0 and rng is not None and rng.random() < context_dropout
         if n:
-            context[b, :n] = encoded
+            context[b, :n] = frames.to(device)
             valid[b, :n] = not drop
             shots[b, :n] = torch.tensor(e.context_shots, device=device)
         own = story_caption(e.story, e.shot)
