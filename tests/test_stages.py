@@ -125,7 +125,7 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
     # the same latent whether only that frame is encoded or the whole example already was
     fresh_pool = StoryPool(3, stage.autoencoder, stage.config, "cpu", cfg.stage.max_shots)
     image = fresh_pool.image_example(11)
-    assert len(fresh_pool) == 0 and len(fresh_pool.opening) == 1
+    assert len(fresh_pool) == 0 and len(fresh_pool.first_frames) == 1
     assert not image.story.shots[image.shot].labels.pronoun and image.context_shots == []
     target = next_shot_example(image.story, image.shot, stage.config).target
     with torch.no_grad():
@@ -135,7 +135,7 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
     fresh_stage = TeacherStage(cfg.stage, cfg)
     batches = fresh_stage.batch(step=1, shard=0, num_shards=1)  # a training step draws from its pool
     assert batches[1].target.shape[:2] == (4, 1) and batches[0].target.shape[0] == cfg.batch_size
-    assert 0 < len(fresh_stage.pool) <= cfg.batch_size and 0 < len(fresh_stage.pool.opening) <= 4
+    assert 0 < len(fresh_stage.pool) <= cfg.batch_size and 0 < len(fresh_stage.pool.first_frames) <= 4
     # resume: a stage whose pool a step already warmed builds the next batch exactly as a new one
     warm, cold = fresh_stage.batch(step=2, shard=0, num_shards=1), TeacherStage(cfg.stage, cfg).batch(2, 0, 1)
     for a, b in zip(warm, cold):

@@ -79,11 +79,22 @@ def example_from_history(story: Story, k: int, history: list[np.ndarray], target
     return NextShotExample(story, k, target, context, [s for s, _ in picks], [*history, target], target_boxes)
 
 
+def target_shot(seed: int, story: Story) -> int:
+    """The target shot an example seed picks in a story: uniform over its shots."""
+    return int(np.random.default_rng([seed, 0x7E57]).integers(story.num_shots))
+
+
+def named_shot(seed: int, story: Story) -> int:
+    """The shot an image example seed picks: uniform over the shots whose caption names the
+    character (shot 0 always does)."""
+    named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]
+    return named[int(np.random.default_rng([seed, 0x1A6E]).integers(len(named)))]
+
+
 def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
     """A random story (seed in the training stream) and a uniformly chosen target shot."""
-    rng = np.random.default_rng([seed, 0x7E57])
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
-    return next_shot_example(story, int(rng.integers(story.num_shots)), cfg)
+    return next_shot_example(story, target_shot(seed, story), cfg)
 
 
 def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
@@ -91,10 +102,8 @@ def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -
     its caption and no context. Some 15x cheaper than a video example, so a step can show the
     model many more captions: the text -> character mapping is learnt from these. Only shots that
     name their character: without context, an "it" caption could only teach an average character."""
-    rng = np.random.default_rng([seed, 0x1A6E])
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=1)
-    named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]  # shot 0 always names it
-    k = named[int(rng.integers(len(named)))]
+    k = named_shot(seed, story)
     return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
 
 
@@ -127,7 +136,7 @@ class StoryPool:
             raise ValueError(f"story pool size must be >= 1, got {size}")
         self.size, self.autoencoder, self.cfg, self.device, self.max_shots = size, autoencoder, cfg, device, max_shots
         self.encoded: dict[tuple[int, int], NextShotExample] = {}  # (story seed, shot) -> example
-        self.opening: dict[tuple[int, int], tuple] = {}  # (story seed, shot) -> frame 0's latent [1, C, h, w], boxes
+        self.first_frames: dict[tuple[int, int], tuple] = {}  # (story seed, shot) -> frame 0's latent [1, C, h, w], boxes
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -150,7 +159,7 @@ class StoryPool:
     def example(self, seed: int) -> NextShotExample:
         """As `sample_example`, from the pool: a random pooled story and target shot."""
         story = self.story(seed)
-        return self.get(story, int(np.random.default_rng([seed, 0x7E57]).integers(story.num_shots)))
+        return self.get(story, target_shot(seed, story))
 
     @torch.no_grad()
     def image_example(self, seed: int) -> NextShotExample:
@@ -158,18 +167,17 @@ class StoryPool:
         its character, without context. Only that frame is encoded, unless the whole example is
         already (frame 0 is encoded alone either way, so both give the same latent)."""
         story = self.story(seed)
-        named = [i for i, shot in enumerate(story.shots) if not shot.labels.pronoun]
-        k = named[int(np.random.default_rng([seed, 0x1A6E]).integers(len(named)))]
+        k = named_shot(seed, story)
         key = (story.seed, k)
         if key in self.encoded:
             e = self.encoded[key]
             latent, boxes = e.latents[0][:1], e.target_boxes[:1]
         else:
-            if key not in self.opening:
+            if key not in self.first_frames:
                 frames, boxes = render_shot(story, k, self.cfg.video)
                 latent = self.autoencoder.encode_image(to_model_video(frames[:1], self.device))[:, 0]
-                self.opening[key] = latent.cpu(), boxes[:1]
-            latent, boxes = self.opening[key]
+                self.first_frames[key] = latent.cpu(), boxes[:1]
+            latent, boxes = self.first_frames[key]
         none = np.zeros((0, self.cfg.video.height, self.cfg.video.width, 3), np.uint8)
         return NextShotExample(story, k, none, none, [], [], boxes, (latent, latent[:0]))
 
