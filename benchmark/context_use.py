@@ -12,7 +12,7 @@ noise levels and with the same noise in each of three conditions:
             one to copy; same k, so the frames sit at the same shot indices as the true ones)
 
 and the flow-matching error is measured on the latent cells of the main character
-(`character_weight`; shots where it is never in view are left out). A model that carries its
+(`character_cells`; shots where it is never in view are left out). A model that carries its
 character from shot to shot has hidden / true and other / true above 1, most of all on "it"
 shots, whose caption does not name the character.
 """
@@ -33,7 +33,7 @@ from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.model.loading import from_pretrained
 from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
-from shotstream.training.data import NextShotBatch, NextShotExample, character_weight, collate, next_shot_example
+from shotstream.training.data import NextShotBatch, NextShotExample, character_cells, collate, next_shot_example
 from shotstream.training.state import derive_seed
 from shotstream.world.dataset import load_eval_suite
 
@@ -90,7 +90,7 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         variants = {"true": batch,
                     "hidden": dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)),
                     "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device))}
-        cells = torch.from_numpy(np.stack([character_weight(e.target_boxes, config, 2.0) > 1.5 for e in group]))
+        cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
         # Each shot's noise depends on the shot alone (not on how shots are grouped into batches).
         noise = torch.stack([torch.randn(batch.target.shape[1:], generator=torch.Generator().manual_seed(

@@ -50,22 +50,28 @@ def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotEx
     return example_from_history(story, k, [f for f, _ in rendered[:k]], *rendered[k], cfg=cfg)
 
 
-def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
-    """Per latent cell loss weight [f, h, w]: `weight` where the main character's box (boxes
-    [F, n_chars, 4] in pixels) touches the cell in any pixel frame of that latent frame, else 1.
-
-    The characters are a few latent cells in a 16x16 grid of background: with a uniform loss a
-    small model learns the scenes long before them."""
+def character_cells(boxes: np.ndarray, cfg: ShotStreamConfig) -> np.ndarray:
+    """Latent cells [f, h, w] (bool) that the main character's box (boxes [F, n_chars, 4] in
+    pixels) touches in any pixel frame of that latent frame."""
     s, t = cfg.video.spatial_stride, cfg.video.temporal_stride
     h, w = cfg.video.latent_size
-    out = np.ones((1 + (len(boxes) - 1) // t, h, w), np.float32)
+    out = np.zeros((1 + (len(boxes) - 1) // t, h, w), bool)
     for j in range(len(out)):
         frames = boxes[:1] if j == 0 else boxes[1 + (j - 1) * t: 1 + j * t]
         for x0, y0, x1, y1 in frames[:, 0]:
             if np.isnan(x0):
                 continue
-            out[j, int(y0) // s: -(-int(np.ceil(y1)) // s), int(x0) // s: -(-int(np.ceil(x1)) // s)] = weight
+            out[j, int(y0) // s: -(-int(np.ceil(y1)) // s), int(x0) // s: -(-int(np.ceil(x1)) // s)] = True
     return out
+
+
+def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
+    """Per latent cell loss weight [f, h, w]: `weight` on the main character's cells
+    (`character_cells`), else 1.
+
+    The characters are a few latent cells in a 16x16 grid of background: with a uniform loss a
+    small model learns the scenes long before them."""
+    return np.where(character_cells(boxes, cfg), np.float32(weight), np.float32(1.0))
 
 
 def example_from_history(story: Story, k: int, history: list[np.ndarray], target: np.ndarray | None,
@@ -105,6 +111,13 @@ def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=1)
     k = named_shot(seed, story)
     return example_from_history(story, k, [], *render_shot(story, k, cfg.video), cfg=cfg)
+
+
+def encoded_example(story: Story, k: int, context_shots: list[int], boxes: np.ndarray | None,
+                    latents: tuple[torch.Tensor, torch.Tensor], cfg: ShotStreamConfig) -> NextShotExample:
+    """An example that carries its latents and no pixels (StoryPool keeps only these)."""
+    none = np.zeros((0, cfg.video.height, cfg.video.width, 3), np.uint8)
+    return NextShotExample(story, k, none, none, context_shots, [], boxes, latents)
 
 
 def encode_context(e: NextShotExample, autoencoder, device) -> torch.Tensor:
@@ -150,10 +163,9 @@ class StoryPool:
         key = (story.seed, k)
         if key not in self.encoded:
             e = next_shot_example(story, k, self.cfg)
-            none = np.zeros((0, *e.target.shape[1:]), np.uint8)
             # kept in host memory (~250 KB an example at the tiny preset); collate moves them to the device
             latents = tuple(t.cpu() for t in encode_example(e, self.autoencoder, self.device))
-            self.encoded[key] = NextShotExample(story, k, none, none, e.context_shots, [], e.target_boxes, latents)
+            self.encoded[key] = encoded_example(story, k, e.context_shots, e.target_boxes, latents, self.cfg)
         return self.encoded[key]
 
     def example(self, seed: int) -> NextShotExample:
@@ -178,8 +190,7 @@ class StoryPool:
                 latent = self.autoencoder.encode_image(to_model_video(frames[:1], self.device))[:, 0]
                 self.first_frames[key] = latent.cpu(), boxes[:1]
             latent, boxes = self.first_frames[key]
-        none = np.zeros((0, self.cfg.video.height, self.cfg.video.width, 3), np.uint8)
-        return NextShotExample(story, k, none, none, [], [], boxes, (latent, latent[:0]))
+        return encoded_example(story, k, [], boxes, (latent, latent[:0]), self.cfg)
 
 
 @dataclass
