@@ -138,10 +138,11 @@ class TextEncoder:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
             self.cache_misses += len(missing)
             self.cache_hits += len(texts) - len(missing)
-            if missing:
-                states, mask = self._run(missing)
-                for t, s, m in zip(missing, states, mask):
-                    self._cache[t] = (s, m)
+            # Each caption alone: batched, the CPU kernels' last bits depend on the batch, so a
+            # resumed run (cold cache) would not rebuild an uninterrupted run's states exactly.
+            for t in missing:
+                states, mask = self._run([t])
+                self._cache[t] = (states[0], mask[0])
             for t in texts:
                 self._cache.move_to_end(t)
             out = [self._cache[t] for t in texts]

@@ -51,6 +51,15 @@ def test_cache_hit_is_identical_and_free(enc):
     assert torch.equal(a, c)
 
 
+def test_states_do_not_depend_on_the_batch_a_caption_came_in():
+    """Exact resume: a cold cache must rebuild the states a warm run encoded in another batch."""
+    caption = "a tall orange triangle walks right in a snowy forest"
+    others = [f"a {c} circle number {i} spins in the desert" for i, c in enumerate(["red", "blue"] * 9)]
+    batched, _ = TextEncoder(max_len=64).encode(others + [caption])
+    alone, _ = TextEncoder(max_len=64).encode([caption])
+    assert torch.equal(batched[-1], alone[0])
+
+
 def test_cache_is_bounded():
     small = TextEncoder(max_len=16, cache_size=2)
     for cap in ("one", "two", "three"):
