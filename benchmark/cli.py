@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(run, dtype="float32")
     run.add_argument("--teacher-steps", type=int, default=None,
                      help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
+    run.add_argument("--autoencoder", default=None,
+                     help="codec folder that decodes every model method (default: the 'autoencoder' folder "
+                     "beside each model; a training run's final/ folder has none)")
     _scoring_args(run, default_metrics="all")
     run.set_defaults(func=cmd_run)
 
@@ -175,6 +178,8 @@ def _run_shard(args, world) -> int:
 
     # Resolve every method before anything is generated: a typo fails at once, writing nothing.
     folders = dict(parse_method(m) for m in args.method)
+    if args.autoencoder and not (Path(args.autoencoder) / "config.json").is_file():
+        raise FileNotFoundError(f"--autoencoder {args.autoencoder}: not an autoencoder folder (no config.json)")
     if args.stories:
         stories, suite = _load_stories(args.stories)
     else:
@@ -196,7 +201,7 @@ def _run_shard(args, world) -> int:
                               # the flag ("cuda"): setup() made each rank's own GPU the current one
                               device=args.device, dtype=args.dtype, threads=cpu_threads(), seed=args.seed)
         check_protocol(store, name, metas[name])
-    generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps)
+    generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps, autoencoder=args.autoencoder)
     done = skipped = 0
     for name in folders:  # each method records its own protocol (steps, preset)
         counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate,

@@ -107,9 +107,10 @@ class StreamingGenerator:
     """
 
     def __init__(self, folders: dict[str, Path | None] | None = None, *, teacher_steps: int | None = None,
-                 warmup: bool = True):
+                 warmup: bool = True, autoencoder: Path | None = None):
         self.folders = dict(folders or {})
-        self.teacher_steps, self.warmup = teacher_steps, warmup
+        # one codec for every model, else each model's own (the `autoencoder` folder beside it)
+        self.teacher_steps, self.warmup, self.autoencoder = teacher_steps, warmup, autoencoder
         self._pipes: dict[tuple, object] = {}
 
     def folder(self, method: str) -> Path | None:
@@ -130,7 +131,8 @@ class StreamingGenerator:
 
         key = (method, device, dtype_name(dtype))
         if key not in self._pipes:
-            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), device=device, dtype=torch_dtype(dtype))
+            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), autoencoder=self.autoencoder, device=device,
+                                                      dtype=torch_dtype(dtype))
             if self.teacher_steps is not None:
                 pipe.config.sampler.teacher_steps = self.teacher_steps
             if self.warmup:

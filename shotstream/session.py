@@ -167,6 +167,9 @@ class ShotStreamPipeline:
 
         model, config, kind = from_pretrained(path, device=device, dtype=dtype)
         ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
+        if not autoencoder and not ae_path.is_dir():  # e.g. a training run's final/ folder
+            raise FileNotFoundError(f"{path}: no autoencoder folder beside it ({ae_path}); "
+                                    "pass the codec it was trained with (--autoencoder)")
         ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
         # A model is tied to the codec whose latents it was trained on (shot length, fps, frame
         # size may differ: the codec is convolutional and frame-group-wise).

@@ -209,6 +209,22 @@ def test_ground_truth_needs_a_storyworld_suite_and_typos_write_nothing(tmp_path,
     assert not (tmp_path / "r" / "rows").exists()
 
 
+def test_a_model_without_a_codec_beside_it_takes_one_by_flag(models, tmp_path, capsys):
+    import shutil
+
+    run_final = tmp_path / "run" / "final"  # a training run's export: no autoencoder folder beside it
+    shutil.copytree(models / "m", run_final / "m")
+    argv = ["run", "--method", f"mine={run_final / 'm'}", "--limit", "1", "--metrics", "fps", "--threads", "1",
+            "--results", str(tmp_path / "r"), "--quiet", "--no-report"]
+    for extra in ([], ["--autoencoder", str(tmp_path / "nowhere")]):
+        assert bench_main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--autoencoder" in err, err
+    assert not (tmp_path / "r" / "rows").exists()
+    assert bench_main([*argv, "--autoencoder", str(models / "autoencoder")]) == 0, capsys.readouterr().err
+    assert set(RowStore(tmp_path / "r").read()["method"]) == {"mine"}
+
+
 def test_python_m_benchmark_help():
     out = subprocess.run([sys.executable, "-m", "benchmark", "--help"], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
