@@ -25,6 +25,7 @@ stage() {  # stage <stage> <config> <run dir> [--override k=v ...]
 # Stage 0-1: the codec and the bidirectional next-shot teacher.
 stage autoencoder autoencoder runs/autoencoder
 stage teacher teacher runs/teacher
+stage teacher teacher_finetune runs/teacher_finetune  # phase 2: a story pool, 32 single frames a step
 # Stage 2: teacher trajectories (cache/, outside git), then the ODE regression of the causal student.
 "$PY" -m shotstream ode-pairs --count 256 --threads "$THREADS"
 stage ode ode runs/ode
