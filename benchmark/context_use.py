@@ -1,20 +1,24 @@
-"""Does a bidirectional next-shot model read its earlier shots? A check in a minute, no sampling.
+"""Does a bidirectional next-shot model read its earlier shots, and its caption's action? A check
+in a minute, no sampling.
 
     python -m benchmark.context_use                                       # shipped teacher, 20 stories
     python -m benchmark.context_use --model runs/teacher_finetune/final/teacher --limit 50
 
 For every shot k >= 1 of the evaluation suite the model denoises the ground-truth shot, at fixed
-noise levels and with the same noise in each of three conditions:
+noise levels and with the same noise in each of four conditions:
 
     true    its own earlier shots as context (select_context_frames, as in training)
     hidden  no context (every conditional frame masked out)
     other   the context of the same shot k of a story with another main character (the wrong
             one to copy; same k, so the frames sit at the same shot indices as the true ones)
+    action  its own context, but its caption tells the next action (`with_other_action`:
+            "jumps" -> "spins", the other words unchanged)
 
 and the flow-matching error is measured on the latent cells of the main character
 (`character_cells`; shots where it is never in view are left out). A model that carries its
 character from shot to shot has hidden / true and other / true above 1, most of all on "it"
-shots, whose caption does not name the character.
+shots, whose caption does not name the character; one that follows the caption's action has
+action / true above 1.
 """
 
 from __future__ import annotations
@@ -33,11 +37,25 @@ from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.model.loading import from_pretrained
 from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
-from shotstream.training.data import NextShotBatch, NextShotExample, character_cells, collate, next_shot_example
+from shotstream.training.data import (NextShotBatch, NextShotExample, character_cells, collate, next_shot_example,
+                                      story_caption)
 from shotstream.training.state import derive_seed
+from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
 
-CONDITIONS = ("true", "hidden", "other")
+CONDITIONS = ("true", "hidden", "other", "action")
+
+
+def with_other_action(caption: str, action: str) -> str:
+    """`caption` (of a shot whose action is `action`) telling the next action of vocab.ACTIONS
+    instead: its action phrase becomes the other action's phrase of the same kind and synonym slot."""
+    other = vocab.ACTIONS[(vocab.ACTIONS.index(action) + 1) % len(vocab.ACTIONS)]
+    for table in (vocab.ACTION_VERBS, vocab.ACTION_GERUNDS):
+        # longest first: "jumps up high" before "jumps"
+        for i, phrase in sorted(enumerate(table[action]), key=lambda p: -len(p[1])):
+            if phrase in caption:
+                return caption.replace(phrase, table[other][min(i, len(table[other]) - 1)], 1)
+    raise ValueError(f"no {action!r} phrase in caption {caption!r}")
 
 
 def other_story_partners(examples: list[NextShotExample]) -> list[int]:
@@ -66,6 +84,15 @@ def with_context_of(batch: NextShotBatch, other: NextShotBatch) -> NextShotBatch
     return dataclasses.replace(batch, context=other.context, context_valid=other.context_valid, text=text, text_mask=mask)
 
 
+def with_target_captions(batch: NextShotBatch, captions: list[str], text_encoder) -> NextShotBatch:
+    """`batch` with the target's caption slot encoded from `captions` (one per example)."""
+    C = batch.budget
+    states, states_mask = text_encoder.encode(captions)
+    text, mask = batch.text.clone(), batch.text_mask.clone()
+    text[:, C], mask[:, C] = states.to(text), states_mask.to(mask.device)
+    return dataclasses.replace(batch, text=text, text_mask=mask)
+
+
 @torch.no_grad()
 def character_error(model, batch: NextShotBatch, noise: torch.Tensor, sigma: float, cells: torch.Tensor) -> torch.Tensor:
     """Per example [B]: mean squared velocity error over its character's latent cells [B, F, h, w]
@@ -89,7 +116,8 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         others = [examples[j] for j in partners[start:start + batch_size]]
         variants = {"true": batch,
                     "hidden": dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)),
-                    "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device))}
+                    "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device)),
+                    "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder)}
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
         # Each shot's noise depends on the shot alone (not on how shots are grouped into batches).
@@ -104,6 +132,12 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
     return pd.DataFrame(rows)
 
 
+def other_action_caption(e: NextShotExample) -> str:
+    """The caption the model reads for the example's shot, telling the next action instead."""
+    shot, full = e.story.shots[e.shot], story_caption(e.story, e.shot)  # full = [global caption] + caption
+    return full[: len(full) - len(shot.caption)] + with_other_action(shot.caption, shot.labels.action)
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean error per (subset, sigma) and condition, and the ratios that say whether context is read.
     Shots where the character is never in view (NaN) are left out."""
@@ -112,6 +146,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table.insert(0, "shots", rows.groupby(["subset", "sigma"]).size())
     table["hidden/true"] = table["hidden"] / table["true"]
     table["other/true"] = table["other"] / table["true"]
+    table["action/true"] = table["action"] / table["true"]
     return table.reset_index()
 
 

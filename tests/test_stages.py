@@ -156,7 +156,7 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert context_use.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "4",
                              "--sigmas", "0.5,0.9", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "hidden/true" in table and "other/true" in table
+    assert "hidden/true" in table and "other/true" in table and "action/true" in table
     rows = pd.read_csv(out)
     stories = load_eval_suite()[:4]
     assert len(rows) == 2 * sum(s.num_shots - 1 for s in stories)  # every shot with a history, each sigma
@@ -168,6 +168,28 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
         with pytest.raises(SystemExit) as exit_:
             context_use.main(["--autoencoder", str(ae), *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_other_action_caption_changes_the_action_phrase_only():
+    from benchmark.context_use import other_action_caption, with_other_action
+    from shotstream.config import get_preset
+    from shotstream.training.data import next_shot_example, story_caption
+    from shotstream.world.dataset import load_eval_suite
+
+    assert with_other_action("a red dotted star jumps up high in the desert, wide shot", "jump") == \
+        "a red dotted star twirls in the desert, wide shot"  # the longest phrase; the same synonym slot
+    assert with_other_action("close-up of it waiting quietly on the beach", "stay") == \
+        "close-up of it trembling on the beach"  # gerunds too; stay -> shake
+    with pytest.raises(ValueError, match="no 'spin' phrase"):
+        with_other_action("a red circle jumps", "spin")
+    config = get_preset("tiny")
+    config.video.frames_per_shot = 5
+    for story in load_eval_suite()[:10]:  # every suite caption has its action's phrase
+        for k in range(1, story.num_shots):
+            e, shot = next_shot_example(story, k, config), story.shots[k]
+            changed = other_action_caption(e)
+            assert changed != story_caption(story, k) and changed.endswith(with_other_action(shot.caption, shot.labels.action))
+            assert changed.startswith(story.global_caption or "")
 
 
 def test_context_use_partners_share_the_shot_but_not_the_character():
