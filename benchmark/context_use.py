@@ -139,7 +139,8 @@ def other_action_caption(e: NextShotExample) -> str:
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean error per (subset, sigma) and condition, and the ratios that say whether context is read.
+    """Mean error per (subset, sigma) and condition, and the ratios that say whether context (and
+    the caption's action) is read.
     Shots where the character is never in view (NaN) are left out."""
     rows = rows.dropna(subset=list(CONDITIONS))
     table = rows.groupby(["subset", "sigma"])[list(CONDITIONS)].mean()
