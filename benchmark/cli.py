@@ -170,16 +170,16 @@ def cmd_run(args) -> int:
 
 def _run_shard(args, world) -> int:
     from benchmark.rows import RowStore, RunMeta
-    from benchmark.runner import (StreamingGenerator, check_prompts, check_protocol, method_protocol, parse_method,
-                                  run_benchmark, story_view)
+    from benchmark.runner import (StreamingGenerator, check_prompts, check_protocol, is_autoencoder, method_protocol,
+                                  parse_method, run_benchmark, story_view)
     from benchmark.suite import load_suite
     from benchmark.timing import cpu_threads
     from shotstream.training.distributed import barrier
 
     # Resolve every method before anything is generated: a typo fails at once, writing nothing.
     folders = dict(parse_method(m) for m in args.method)
-    if args.autoencoder and not (Path(args.autoencoder) / "config.json").is_file():
-        raise FileNotFoundError(f"--autoencoder {args.autoencoder}: not an autoencoder folder (no config.json)")
+    if args.autoencoder and not is_autoencoder(Path(args.autoencoder)):
+        raise FileNotFoundError(f"--autoencoder {args.autoencoder}: not an autoencoder folder")
     if args.stories:
         stories, suite = _load_stories(args.stories)
     else:
