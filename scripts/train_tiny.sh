@@ -2,6 +2,7 @@
 # Retrain every shipped tiny model from scratch, in the paper's order, then the ablations.
 #
 #   make train          (= bash scripts/train_tiny.sh)
+#   FROM=distil make train   (only stages 2-4 and the ablations, from the shipped teacher)
 #
 # Resumable: a finished stage (runs/<name>/final) is skipped, a started one continues exactly
 # (--resume), ODE pairs already on disk are kept. Each stage writes its model in fp32 to
@@ -12,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
+FROM=${FROM:-all}  # all | distil
+case $FROM in all|distil) ;; *) echo "FROM must be all or distil, got '$FROM'" >&2; exit 2;; esac
 
 stage() {  # stage <stage> <config> <run dir> [--override k=v ...]
   local name=$1 config=$2 out=$3; shift 3
@@ -23,9 +26,11 @@ stage() {  # stage <stage> <config> <run dir> [--override k=v ...]
 }
 
 # Stage 0-1: the codec and the bidirectional next-shot teacher.
-stage autoencoder autoencoder runs/autoencoder
-stage teacher teacher runs/teacher
-stage teacher teacher_finetune runs/teacher_finetune  # phase 2: a story pool, 32 single frames a step
+if [ "$FROM" = all ]; then
+  stage autoencoder autoencoder runs/autoencoder
+  stage teacher teacher runs/teacher
+  stage teacher teacher_finetune runs/teacher_finetune  # phase 2: a story pool, 32 single frames a step
+fi
 # Stage 2: teacher trajectories (cache/, outside git), then the ODE regression of the causal student.
 "$PY" -m shotstream ode-pairs --count 256 --threads "$THREADS"
 stage ode ode runs/ode
