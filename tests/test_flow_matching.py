@@ -17,21 +17,6 @@ def test_shift_matches_official_student_sigmas():
         fm.shift_sigma(0.5, 0.0)
 
 
-def test_tiny_student_shift_is_wans_carried_to_its_resolution():
-    """SD3's rule: a shift scales with sqrt(tokens a frame); the Wan preset keeps the official 8."""
-    from shotstream.config import get_preset
-
-    def patches(cfg):
-        ph, pw = cfg.model.patch_size[1:]
-        return (cfg.video.height // cfg.video.spatial_stride // ph) * (cfg.video.width // cfg.video.spatial_stride // pw)
-
-    wan, tiny = get_preset("wan2.1-1.3b"), get_preset("tiny")
-    assert wan.sampler.shift == SamplerConfig().shift == 8.0 and (patches(wan), patches(tiny)) == (1560, 64)
-    assert tiny.sampler.shift == round(wan.sampler.shift / (patches(wan) / patches(tiny)) ** 0.5, 1) == 1.6
-    s = fm.student_sigmas(tiny.sampler.student_timesteps, tiny.sampler.shift)
-    assert [round(v, 2) for v in s.tolist()] == [1.0, 0.82, 0.62, 0.36]
-
-
 def test_teacher_sigmas_descend_to_zero():
     s = fm.teacher_sigmas(50, 3.0)
     assert s.shape == (51,) and s[0] == 1.0 and s[-1] == 0.0
