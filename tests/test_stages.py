@@ -371,7 +371,10 @@ def test_indicator_ablations_branch_off_a_shared_student(smoke_models, tmp_path,
     assert stage.generator.cfg.shot_indicator == indicator
     assert ("shot_embedding" in gen) == (indicator == "learned")
     if indicator == "learned":
-        assert not gen["shot_embedding"].any()  # starts as no indicator at all
+        assert not gen["shot_embedding"].any()  # starts as no indicator at all...
+    # ...so it learns faster than the fine-tuned rest, or it stays near zero (a no-indicator twin).
+    scale = stage.optimizers()["generator"].lr_scale
+    assert scale == ({"shot_embedding": cfg.stage.learned_indicator_lr_scale} if indicator == "learned" else {})
     saved = from_pretrained(tmp_path / "student_ode")[0].state_dict()
     assert all(torch.equal(saved[k].float(), v) for k, v in gen.items() if k != "shot_embedding")
     with pytest.raises(ValueError, match="differs from preset"):

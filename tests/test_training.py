@@ -18,6 +18,8 @@ from helpers import free_port, subprocess_env
 from shotstream.checkpoint import load_checkpoint, load_tensors
 from shotstream.training import DivergenceError, latest_checkpoint, load_module_weights, train
 from shotstream.training.cli import load_stage, main, resolve_config
+from shotstream.training.toy import ToyStage
+from shotstream.training.trainer import OptimizerSpec
 
 FAST = ["progress=false", "batch_size=8", "lr=0.01"]
 
@@ -313,3 +315,26 @@ def test_lr_schedule_warms_up_holds_then_cools_down(tmp_path):
     assert lrs == pytest.approx([0.005, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.0075, 0.005, 0.0025])
     with pytest.raises(ValueError, match="cooldown_steps=11 exceeds steps=10"):
         run(tmp_path / "bad", overrides=["steps=10", "cooldown_steps=11"])
+
+
+
+def test_lr_scale_gives_one_parameter_its_own_learning_rate(tmp_path):
+    """AdamW's first step moves a weight by lr * (sign of its gradient + decay): linear in the lr,
+    so a parameter scaled x10 moves 10x as far, and at x0 it stays at its initial value."""
+    bias, rest = {}, {}
+    for scale in (0, 1, 10):
+        run(tmp_path / f"x{scale}", overrides=["steps=1", f"stage.head_bias_lr_scale={scale}"])
+        _, w = load_checkpoint(tmp_path / f"x{scale}/final/model")
+        bias[scale], rest[scale] = w.pop("3.bias"), w
+    torch.testing.assert_close(bias[10] - bias[0], 10 * (bias[1] - bias[0]))
+    assert (bias[1] != bias[0]).all()
+    assert_same_tensors(rest[0], rest[1])
+    assert_same_tensors(rest[0], rest[10])
+
+    class Misnamed(ToyStage):
+        def optimizers(self):
+            return {"model": OptimizerSpec(("model",), lr_scale={"head.bias": 2.0})}
+
+    cfg = resolve_config("toy", overrides=FAST, out=str(tmp_path / "bad"))
+    with pytest.raises(KeyError, match=r"lr_scale names no trainable parameter of modules \('model',\): \['head.bias'\]"):
+        train(Misnamed, cfg, name="toy")

@@ -51,6 +51,9 @@ class SelfForcingConfig(DMDConfig):
     init: str = "runs/ode/final/student_ode"  # generator weights: the previous stage's fp32 run copy
     generator_every: int = 4  # critic updates per generator update
     generator_lr: float = 2e-5
+    # The learned-indicator ablation's embedding starts at zero: at generator_lr its 300 updates
+    # (intra + inter) left it at norm 0.008, and that ablation scored as the one without indicator.
+    learned_indicator_lr_scale: float = 100.0
     critic_lr: float = 4e-5
     same_exit_across_chunks: bool = True  # Self-Forcing default: one random exit step per rollout
     kind: str = "causal"  # "rolling": the no-global-cache ablation (inter stage only; needs model.local_window)
@@ -98,7 +101,9 @@ class IntraShotStage(NextShotStage):
     def optimizers(self):
         betas = (0.0, 0.999)  # DMD2 / Self-Forcing
         return {"critic": OptimizerSpec(("critic",), lr=self.cfg.critic_lr, betas=betas, ema=False),
-                "generator": OptimizerSpec(("generator",), every=self.cfg.generator_every, lr=self.cfg.generator_lr, betas=betas)}
+                "generator": OptimizerSpec(("generator",), every=self.cfg.generator_every, lr=self.cfg.generator_lr, betas=betas,
+                                           lr_scale={"shot_embedding": self.cfg.learned_indicator_lr_scale}
+                                           if self.config.model.shot_indicator == "learned" else {})}
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         # Every item of a step targets the same shot index k, so all have the same context size.

@@ -31,6 +31,7 @@ class ToyConfig:
     # Test hook: from this step on the loss is NaN ("nan_loss") or its gradient inf ("inf_grad"); 0 = never.
     diverge_at: int = 0
     diverge: str = "nan_loss"
+    head_bias_lr_scale: float = 1.0  # OptimizerSpec.lr_scale of the output layer's bias
 
     def validate(self) -> None:
         if self.diverge not in ("nan_loss", "inf_grad"):
@@ -77,7 +78,7 @@ class ToyStage:
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"model": OptimizerSpec(("model",))}
+        return {"model": OptimizerSpec(("model",), lr_scale={"3.bias": self.cfg.head_bias_lr_scale})}
 
     def batch(self, step: int, shard: int, num_shards: int):
         # Examples are i.i.d. per (step, shard), so num_shards is not needed to split them.

@@ -158,6 +158,9 @@ class OptimizerSpec:
     betas: tuple[float, float] | None = None
     weight_decay: float | None = None
     ema: bool = True  # keep EMA weights of these modules when TrainConfig.ema_decay > 0
+    # {parameter name in its module: lr factor}: a new parameter among fine-tuned ones (a learned
+    # indicator that starts at zero) would barely move at the fine-tuning lr.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 class Stage(Protocol):
@@ -274,12 +277,22 @@ class Trainer:
         for n, spec in self.specs.items():
             if not self.params[n]:
                 raise ValueError(f"optimizer {n!r} has no trainable parameters in modules {spec.modules}")
-            self.optimizers[n] = torch.optim.AdamW(self.params[n], lr=self._base_lr(n))
+            self.optimizers[n] = torch.optim.AdamW(self._param_groups(spec), lr=self._base_lr(n))
             self._apply_hparams(n)
         ema_modules = {m: self.modules[m] for s in self.specs.values() if s.ema for m in s.modules}
         self.ema = EMA(ema_modules, cfg.ema_decay) if cfg.ema_decay > 0 and ema_modules else None
         self.window = MetricWindow()
         self.metrics = MetricsCSV(self.out / "metrics.csv")
+
+    def _param_groups(self, spec: OptimizerSpec) -> list[dict]:
+        """One group at the optimizer's lr, and one per parameter of spec.lr_scale (key "lr_scale")."""
+        named = [(k, p) for m in spec.modules for k, p in self.modules[m].named_parameters() if p.requires_grad]
+        missing = set(spec.lr_scale) - {k for k, _ in named}
+        if missing:
+            raise KeyError(f"lr_scale names no trainable parameter of modules {spec.modules}: {sorted(missing)}")
+        groups = [{"params": [p for k, p in named if k not in spec.lr_scale], "lr_scale": 1.0}]
+        groups += [{"params": [p for k, p in named if k == name], "lr_scale": f} for name, f in spec.lr_scale.items()]
+        return [g for g in groups if g["params"]]
 
     def _base_lr(self, name: str) -> float:
         spec = self.specs[name]
@@ -352,7 +365,7 @@ class Trainer:
         cfg, params, opt = self.cfg, self.params[name], self.optimizers[name]
         lr = self._base_lr(name) * lr_factor(cfg, step)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # (absent in checkpoints made before it)
         for module in self.modules.values():
             module.zero_grad(set_to_none=True)
 
