@@ -317,7 +317,6 @@ def test_lr_schedule_warms_up_holds_then_cools_down(tmp_path):
         run(tmp_path / "bad", overrides=["steps=10", "cooldown_steps=11"])
 
 
-
 def test_lr_scale_gives_one_parameter_its_own_learning_rate(tmp_path):
     """AdamW's first step moves a weight by lr * (sign of its gradient + decay): linear in the lr,
     so a parameter scaled x10 moves 10x as far, and at x0 it stays at its initial value."""

@@ -100,10 +100,11 @@ class IntraShotStage(NextShotStage):
 
     def optimizers(self):
         betas = (0.0, 0.999)  # DMD2 / Self-Forcing
+        learned = self.config.model.shot_indicator == "learned"
+        scale = {"shot_embedding": self.cfg.learned_indicator_lr_scale} if learned else {}
         return {"critic": OptimizerSpec(("critic",), lr=self.cfg.critic_lr, betas=betas, ema=False),
-                "generator": OptimizerSpec(("generator",), every=self.cfg.generator_every, lr=self.cfg.generator_lr, betas=betas,
-                                           lr_scale={"shot_embedding": self.cfg.learned_indicator_lr_scale}
-                                           if self.config.model.shot_indicator == "learned" else {})}
+                "generator": OptimizerSpec(("generator",), every=self.cfg.generator_every, lr=self.cfg.generator_lr,
+                                           betas=betas, lr_scale=scale)}
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         # Every item of a step targets the same shot index k, so all have the same context size.
