@@ -242,6 +242,7 @@ class Trainer:
             self._build()
             self._resume_or_start()
             self._train()
+            distributed.barrier(self.world)  # no rank tears the group down while another still uses it
         finally:
             distributed.teardown(self.world)
         return self.out
