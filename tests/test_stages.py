@@ -95,6 +95,30 @@ def test_image_examples_are_single_captioned_frames_without_context():
     assert any(e.shot > 0 for e in examples)
 
 
+def test_pronoun_share_targets_it_shots_that_often():
+    from shotstream.training.data import target_shot
+    from shotstream.training.teacher import TeacherConfig
+    from shotstream.world.dataset import training_seed
+    from shotstream.world.story import sample_story
+
+    stories = [sample_story(training_seed(seed), max_shots=6) for seed in range(400)]
+    def it_share(share):
+        picks = [target_shot(seed, s, share) for seed, s in enumerate(stories)]
+        assert picks == [target_shot(seed, s, share) for seed, s in enumerate(stories)]  # a function of the seed
+        assert all(0 <= k < s.num_shots for k, s in zip(picks, stories))
+        return np.mean([s.shots[k].labels.pronoun for k, s in zip(picks, stories)]), picks
+
+    having = np.mean([any(shot.labels.pronoun for shot in s.shots) for s in stories])
+    uniform, picks = it_share(0.0)
+    half, _ = it_share(0.5)
+    always, _ = it_share(1.0)
+    assert 0.1 < uniform < 0.3 and uniform < half < always
+    assert always == having  # every story that has an "it" shot gives one
+    assert sorted(set(picks)) == list(range(6))  # uniform over the shots otherwise
+    with pytest.raises(ValueError, match="pronoun_share"):
+        TeacherConfig(pronoun_share=1.5).validate()
+
+
 def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp_path):
     from shotstream.autoencoder import TinyVideoAutoencoder
     from shotstream.session import to_model_video

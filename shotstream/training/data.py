@@ -85,8 +85,15 @@ def example_from_history(story: Story, k: int, history: list[np.ndarray], target
     return NextShotExample(story, k, target, context, [s for s, _ in picks], [*history, target], target_boxes)
 
 
-def target_shot(seed: int, story: Story) -> int:
-    """The target shot an example seed picks in a story: uniform over its shots."""
+def target_shot(seed: int, story: Story, pronoun_share: float = 0.0) -> int:
+    """The target shot an example seed picks in a story: uniform over its shots, or, with
+    probability `pronoun_share` and if the story has any, uniform over its "it" shots: the only
+    targets whose character must be read from the context (about 1 in 5 uniformly)."""
+    pronoun = [i for i, shot in enumerate(story.shots) if shot.labels.pronoun]
+    if pronoun and pronoun_share > 0:
+        rng = np.random.default_rng([seed, 0x17])
+        if rng.random() < pronoun_share:
+            return pronoun[int(rng.integers(len(pronoun)))]
     return int(np.random.default_rng([seed, 0x7E57]).integers(story.num_shots))
 
 
@@ -97,10 +104,10 @@ def named_shot(seed: int, story: Story) -> int:
     return named[int(np.random.default_rng([seed, 0x1A6E]).integers(len(named)))]
 
 
-def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
-    """A random story (seed in the training stream) and a uniformly chosen target shot."""
+def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6, pronoun_share: float = 0.0) -> NextShotExample:
+    """A random story (seed in the training stream) and a target shot (`target_shot`)."""
     story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
-    return next_shot_example(story, target_shot(seed, story), cfg)
+    return next_shot_example(story, target_shot(seed, story, pronoun_share), cfg)
 
 
 def sample_image_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> NextShotExample:
@@ -168,10 +175,10 @@ class StoryPool:
             self.encoded[key] = encoded_example(story, k, e.context_shots, e.target_boxes, latents, self.cfg)
         return self.encoded[key]
 
-    def example(self, seed: int) -> NextShotExample:
+    def example(self, seed: int, pronoun_share: float = 0.0) -> NextShotExample:
         """As `sample_example`, from the pool: a random pooled story and target shot."""
         story = self.story(seed)
-        return self.get(story, target_shot(seed, story))
+        return self.get(story, target_shot(seed, story, pronoun_share))
 
     @torch.no_grad()
     def image_example(self, seed: int) -> NextShotExample:

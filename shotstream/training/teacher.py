@@ -46,6 +46,7 @@ class TeacherConfig:
     text_dropout: float = 0.1
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
+    pronoun_share: float = 0.0  # share of examples targeting an "it" shot (data.target_shot); 0 = uniform
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
@@ -82,6 +83,8 @@ class TeacherConfig:
             raise ValueError(f"stage.story_pool must be >= 0 (0 = no pool), got {self.story_pool}")
         if self.shift < 0:
             raise ValueError(f"stage.shift must be >= 0 (0 = the sampler's teacher_shift), got {self.shift}")
+        if not 0 <= self.pronoun_share <= 1:
+            raise ValueError(f"stage.pronoun_share must be in [0, 1], got {self.pronoun_share}")
         return self
 
 
@@ -116,9 +119,10 @@ class NextShotStage:
 
     def example(self, seed: int) -> NextShotExample:
         """A target shot with its context: from the story pool if there is one, else a fresh story."""
+        share = getattr(self.cfg, "pronoun_share", 0.0)  # a teacher option (ode-pairs inherits it, at 0)
         if self.pool is not None:
-            return self.pool.example(seed)
-        return sample_example(seed, self.config, self.cfg.max_shots)
+            return self.pool.example(seed, share)
+        return sample_example(seed, self.config, self.cfg.max_shots, share)
 
     def character_loss_weight(self, step: int) -> float:
         if step <= getattr(self.cfg, "character_weight_from_step", 0):
