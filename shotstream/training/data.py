@@ -88,7 +88,7 @@ def example_from_history(story: Story, k: int, history: list[np.ndarray], target
 def target_shot(seed: int, story: Story, pronoun_share: float = 0.0) -> int:
     """The target shot an example seed picks in a story: uniform over its shots, or, with
     probability `pronoun_share` and if the story has any, uniform over its "it" shots: the only
-    targets whose character must be read from the context (about 1 in 5 uniformly)."""
+    targets whose character must be read from the context (1 target in 5 when uniform)."""
     pronoun = [i for i, shot in enumerate(story.shots) if shot.labels.pronoun]
     if pronoun and pronoun_share > 0:
         rng = np.random.default_rng([seed, 0x17])
