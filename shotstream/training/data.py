@@ -90,10 +90,9 @@ def target_shot(seed: int, story: Story, pronoun_share: float = 0.0) -> int:
     probability `pronoun_share` and if the story has any, uniform over its "it" shots: the only
     targets whose character must be read from the context (1 target in 5 when uniform)."""
     pronoun = [i for i, shot in enumerate(story.shots) if shot.labels.pronoun]
-    if pronoun and pronoun_share > 0:
-        rng = np.random.default_rng([seed, 0x17])
-        if rng.random() < pronoun_share:
-            return pronoun[int(rng.integers(len(pronoun)))]
+    rng = np.random.default_rng([seed, 0x17])
+    if pronoun and rng.random() < pronoun_share:
+        return pronoun[int(rng.integers(len(pronoun)))]
     return int(np.random.default_rng([seed, 0x7E57]).integers(story.num_shots))
 
 

@@ -212,6 +212,16 @@ def train(stage_cls: type, cfg: TrainConfig, *, name: str, resume: bool = False)
     return trainer
 
 
+def _param_groups(spec: OptimizerSpec, named: list[tuple[str, nn.Parameter]]) -> list[dict]:
+    """AdamW groups: one at the optimizer's lr, one per parameter of spec.lr_scale (key "lr_scale")."""
+    missing = set(spec.lr_scale) - {k for k, _ in named}
+    if missing:
+        raise KeyError(f"lr_scale names no trainable parameter of modules {spec.modules}: {sorted(missing)}")
+    groups = [{"params": [p for k, p in named if k not in spec.lr_scale], "lr_scale": 1.0}]
+    groups += [{"params": [p for k, p in named if k == name], "lr_scale": f} for name, f in spec.lr_scale.items()]
+    return [g for g in groups if g["params"]]
+
+
 class Trainer:
     """Run folder layout (`cfg.out_dir`):
 
@@ -270,30 +280,21 @@ class Trainer:
         for module in self.modules.values():
             module.train()
             distributed.broadcast_module(module, world)
-        self.params = {
-            n: [p for m in s.modules for p in self.modules[m].parameters() if p.requires_grad]
+        named = {
+            n: [(k, p) for m in s.modules for k, p in self.modules[m].named_parameters() if p.requires_grad]
             for n, s in self.specs.items()
         }
+        self.params = {n: [p for _, p in ps] for n, ps in named.items()}
         self.optimizers = {}
         for n, spec in self.specs.items():
             if not self.params[n]:
                 raise ValueError(f"optimizer {n!r} has no trainable parameters in modules {spec.modules}")
-            self.optimizers[n] = torch.optim.AdamW(self._param_groups(spec), lr=self._base_lr(n))
+            self.optimizers[n] = torch.optim.AdamW(_param_groups(spec, named[n]), lr=self._base_lr(n))
             self._apply_hparams(n)
         ema_modules = {m: self.modules[m] for s in self.specs.values() if s.ema for m in s.modules}
         self.ema = EMA(ema_modules, cfg.ema_decay) if cfg.ema_decay > 0 and ema_modules else None
         self.window = MetricWindow()
         self.metrics = MetricsCSV(self.out / "metrics.csv")
-
-    def _param_groups(self, spec: OptimizerSpec) -> list[dict]:
-        """One group at the optimizer's lr, and one per parameter of spec.lr_scale (key "lr_scale")."""
-        named = [(k, p) for m in spec.modules for k, p in self.modules[m].named_parameters() if p.requires_grad]
-        missing = set(spec.lr_scale) - {k for k, _ in named}
-        if missing:
-            raise KeyError(f"lr_scale names no trainable parameter of modules {spec.modules}: {sorted(missing)}")
-        groups = [{"params": [p for k, p in named if k not in spec.lr_scale], "lr_scale": 1.0}]
-        groups += [{"params": [p for k, p in named if k == name], "lr_scale": f} for name, f in spec.lr_scale.items()]
-        return [g for g in groups if g["params"]]
 
     def _base_lr(self, name: str) -> float:
         spec = self.specs[name]
