@@ -5,6 +5,7 @@
                               named/pronoun splits, failure count, protocol (suite, encoder, steps)
     results/plots/*.png       one plot per metric (per method) + chunk time vs shot index + one
                               confusion matrix per label (probe's answer against the truth, per method)
+                              + identity by the shot's framing and the character's pattern
     results/REPORT.md         the above as a readable page, with each metric's formula, the
                               speed ratios against the teacher, and the machine's performance
                               pages (results/perf/*.md: profile, FLOP model) when present
@@ -157,7 +158,7 @@ def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
         file = f"{name}.png"
         _save(fig, out_dir / file)
         names.append(file)
-    return names + confusion_plots(rows, out_dir)
+    return names + confusion_plots(rows, out_dir) + breakdown_plot(rows, out_dir)
 
 
 def confusions(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
@@ -209,6 +210,44 @@ def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
     return names
 
 
+# Where a method loses identity: per true framing of the shot, per true pattern of the character.
+BREAKDOWNS = (("identity_acc", "framing_acc"), ("identity_acc", "pattern_acc"))
+
+
+def breakdown(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
+    """Mean of `metric` per method (rows) and true label of `by` (columns, in the label space's
+    order), the label read from the notes "<true> -> <read>" of `by`'s row for the same shot."""
+    space = list(LABEL_SPACES[(LABEL_KEYS | IDENTITY_PARTS)[by]])
+    keys = ["method", "story", "shot"]
+    truth = rows.loc[(rows["metric"] == by) & rows["note"].fillna("").str.contains(" -> ", regex=False), keys + ["note"]]
+    truth = truth.assign(label=truth["note"].str.split(" -> ", n=1).str[0]).drop(columns="note")
+    scored = rows.loc[rows["metric"] == metric, keys + ["value"]].merge(truth, on=keys)
+    if scored.empty:
+        return pd.DataFrame()
+    table = scored.pivot_table(index="method", columns="label", values="value", aggfunc=strict_mean, dropna=False)
+    return table.reindex(columns=[c for c in space if c in table.columns])
+
+
+def breakdown_plot(rows: pd.DataFrame, out_dir: Path) -> list[str]:
+    """One panel per breakdown: a bar per (label, method)."""
+    tables = {(m, by): t for m, by in BREAKDOWNS if not (t := breakdown(rows, m, by)).empty}
+    if not tables:
+        return []
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables) + 2, 3.5), squeeze=False)
+    for ax, ((metric, by), table) in zip(axes.flat, tables.items()):
+        x = np.arange(len(table.columns))
+        width = 0.8 / len(table)
+        for i, (method, values) in enumerate(table.iterrows()):
+            ax.bar(x + (i - (len(table) - 1) / 2) * width, values.fillna(0).to_numpy(), width, label=method)
+        ax.set_xticks(x, table.columns, fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} by the true {(LABEL_KEYS | IDENTITY_PARTS)[by]}", fontsize=9)
+    axes.flat[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    file = "identity_breakdown.png"
+    _save(fig, out_dir / file)
+    return [file]
+
+
 def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -> str:
     lines = [
         "# ShotStream benchmark report",
@@ -235,6 +274,11 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
         lines += [f"## Speed against the {REFERENCE}", "", "From the rows above: compare methods measured on the "
                   "same device, dtype and threads (see Protocol).", "",
                   _md_table(ratios), ""]
+    for metric, by in BREAKDOWNS:
+        table = breakdown(rows, metric, by)
+        if not table.empty:
+            lines += [f"## {metric} by the true {(LABEL_KEYS | IDENTITY_PARTS)[by]}", "",
+                      _md_table(table.reset_index()), ""]
     lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
     for name in metric_order(rows):

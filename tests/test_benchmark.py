@@ -22,7 +22,7 @@ from benchmark.cli import main as bench_main
 from benchmark.clip import ClipEncoder, load_clip
 from benchmark.manifest import ManifestError, load_manifest
 from benchmark.metrics import METRICS, STORY_LEVEL, StoryOutput, Value, get_metrics, register_metric, score_story
-from benchmark.report import build_leaderboard, confusions, write_report
+from benchmark.report import breakdown, build_leaderboard, confusions, write_report
 from benchmark.rows import RowStore, RunMeta
 from benchmark.runner import Generation, Scoring, run_benchmark, score_manifest
 from benchmark.timing import ChunkRecord, StreamRecorder, measure_peak_memory
@@ -276,6 +276,20 @@ def test_label_rows_keep_the_probes_answer_for_confusion_matrices(tmp_path):
     assert counts.to_numpy().sum() == 3
     assert "plots/confusion_colour.png" in write_report(tmp_path)
 
+
+
+def test_breakdown_splits_identity_by_the_shots_true_framing(tmp_path):
+    labels = [{"identity": i, "framing": f, "pronoun": False}
+              for i, f in (("red", "wide"), ("red", "close_up"), ("blue", "wide"))]
+    rows = score_story(story([solid("red"), solid("red"), solid("green")], labels=labels),
+                       get_metrics(["identity_acc", "framing_acc"]), probe=ColourProbe())  # reads every shot as wide
+    RowStore(tmp_path).write_story("m", "s0", rows, META)
+    table = breakdown(RowStore(tmp_path).read(), "identity_acc", "framing_acc")
+    assert list(table.columns) == ["wide", "close_up"]  # in the label space's order, present labels only
+    assert table.loc["m", "close_up"] == 1.0 and table.loc["m", "wide"] == 0.5
+    assert breakdown(RowStore(tmp_path).read(), "identity_acc", "pattern_acc").empty  # no pattern rows
+    assert "plots/identity_breakdown.png" in write_report(tmp_path)
+    assert "## identity_acc by the true framing" in (tmp_path / "REPORT.md").read_text()
 
 # --- CLIP ---------------------------------------------------------------------------------------
 
