@@ -94,6 +94,20 @@ def test_dmd_generator_gradient_is_the_normalised_score_difference():
     assert torch.count_nonzero(x1.grad) == 0
 
 
+
+def test_dmd_timesteps_follow_the_teacher_shift_unless_told_otherwise():
+    null = torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
+    models = small_model(0), small_model(1), small_model(2)
+    draw = {}
+    for name, cfg in (("teacher", DMDConfig()), ("uniform", DMDConfig(timestep_shift=1.0))):
+        torch.manual_seed(0)
+        draw[name] = DMD(*models, cfg, null, shift=3.0).sample_sigma(4096, "cpu")
+    torch.manual_seed(0)
+    u = 0.02 + 0.96 * torch.rand(4096)
+    torch.testing.assert_close(draw["uniform"], u)
+    torch.testing.assert_close(draw["teacher"], fm.shift_sigma(u, 3.0))
+    assert (draw["uniform"] < 0.3).float().mean() > 2 * (draw["teacher"] < 0.3).float().mean()
+
 def test_critic_loss_trains_the_fake_score_only():
     real, fake, gen = small_model(0), small_model(1), small_model(2)
     fake.train()

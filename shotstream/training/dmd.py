@@ -27,6 +27,9 @@ class DMDConfig:
     guidance_scale: float = 3.0  # CFG of the real score
     min_sigma: float = 0.02  # timesteps clamped away from the ends (Self-Forcing: 20..980 of 1000)
     max_sigma: float = 0.98
+    # Shift of the DMD and critic timesteps; 0 = the teacher's training shift. A lower shift puts
+    # more of them at low noise, where the character's pattern is decided.
+    timestep_shift: float = 0.0
 
 
 class DMD:
@@ -34,10 +37,10 @@ class DMD:
 
     def __init__(self, generator: WanDiT, real_score: WanDiT, fake_score: WanDiT, cfg: DMDConfig,
                  null_text: tuple[torch.Tensor, torch.Tensor], shift: float):
-        # `shift`: the teacher's training shift, so the DMD and critic timesteps are those the
-        # real score learned on (drawn uniformly between min_sigma and max_sigma, then shifted).
+        # `shift`: the teacher's training shift, so by default the DMD and critic timesteps are
+        # those the real score learned on (drawn uniformly between min_sigma and max_sigma, then shifted).
         self.generator, self.real_score, self.fake_score, self.cfg = generator, real_score, fake_score, cfg
-        self.shift = shift
+        self.shift = cfg.timestep_shift or shift
         self.null_states, self.null_mask = null_text
         real_score.requires_grad_(False).eval()
 
