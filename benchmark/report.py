@@ -38,6 +38,7 @@ from shotstream.world.vocab import LABEL_SPACES  # noqa: E402
 
 ENV_COLUMNS = ["threads", "git_commit"]  # (device and dtype are protocol columns)
 SUBSETS = ("named", "pronoun")
+LABEL_METRICS = LABEL_KEYS | IDENTITY_PARTS  # label accuracy metric -> the label it reads
 
 
 def strict_mean(values: pd.Series) -> float:
@@ -164,7 +165,7 @@ def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
 def confusions(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
     """Per method: shots counted by (true label, probe's answer), read from the notes
     "<true> -> <predicted>" of a label metric's rows; rows in the order of the label space."""
-    space = list(LABEL_SPACES[(LABEL_KEYS | IDENTITY_PARTS)[metric]])
+    space = list(LABEL_SPACES[LABEL_METRICS[metric]])
     rows = rows.reset_index(drop=True)
     g = rows[(rows["metric"] == metric) & rows["note"].fillna("").str.contains(" -> ", regex=False)]
     if g.empty:
@@ -178,7 +179,7 @@ def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
     """One figure per label (action, shape, ...), one confusion matrix per method side by side:
     where a model's shots go wrong (a blob read as a circle, a jump read as a bounce)."""
     names = []
-    for metric, key in (LABEL_KEYS | IDENTITY_PARTS).items():
+    for metric, key in LABEL_METRICS.items():
         if key not in LABEL_SPACES:  # identity: 108 classes, its parts are plotted instead
             continue
         per_method = confusions(rows, metric)
@@ -217,7 +218,7 @@ BREAKDOWNS = (("identity_acc", "framing_acc"), ("identity_acc", "pattern_acc"))
 def breakdown(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
     """Mean of `metric` per method (rows) and true label of `by` (columns, in the label space's
     order), the label read from the notes "<true> -> <read>" of `by`'s row for the same shot."""
-    space = list(LABEL_SPACES[(LABEL_KEYS | IDENTITY_PARTS)[by]])
+    space = list(LABEL_SPACES[LABEL_METRICS[by]])
     keys = ["method", "story", "shot"]
     truth = rows.loc[(rows["metric"] == by) & rows["note"].fillna("").str.contains(" -> ", regex=False), keys + ["note"]]
     truth = truth.assign(label=truth["note"].str.split(" -> ", n=1).str[0]).drop(columns="note")
@@ -241,7 +242,7 @@ def breakdown_plot(rows: pd.DataFrame, out_dir: Path) -> list[str]:
             ax.bar(x + (i - (len(table) - 1) / 2) * width, values.fillna(0).to_numpy(), width, label=method)
         ax.set_xticks(x, table.columns, fontsize=8)
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} by the true {(LABEL_KEYS | IDENTITY_PARTS)[by]}", fontsize=9)
+        ax.set_title(f"{metric} by the true {LABEL_METRICS[by]}", fontsize=9)
     axes.flat[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     file = "identity_breakdown.png"
     _save(fig, out_dir / file)
@@ -277,7 +278,7 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
     for metric, by in BREAKDOWNS:
         table = breakdown(rows, metric, by)
         if not table.empty:
-            lines += [f"## {metric} by the true {(LABEL_KEYS | IDENTITY_PARTS)[by]}", "",
+            lines += [f"## {metric} by the true {LABEL_METRICS[by]}", "",
                       _md_table(table.reset_index()), ""]
     lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]

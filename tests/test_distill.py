@@ -1,5 +1,6 @@
 """Distillation pieces: teacher forcing is the exact twin of cached streaming; DMD's gradient."""
 
+import pytest
 import torch
 
 from shotstream import flow_matching as fm
@@ -107,6 +108,9 @@ def test_dmd_timesteps_follow_the_teacher_shift_unless_told_otherwise():
     torch.testing.assert_close(draw["uniform"], u)
     torch.testing.assert_close(draw["teacher"], fm.shift_sigma(u, 3.0))
     assert (draw["uniform"] < 0.3).float().mean() > 2 * (draw["teacher"] < 0.3).float().mean()
+    for bad in (DMDConfig(timestep_shift=-1.0), DMDConfig(min_sigma=0.5, max_sigma=0.4)):
+        with pytest.raises(ValueError, match="stage"):
+            bad.validate()
 
 def test_critic_loss_trains_the_fake_score_only():
     real, fake, gen = small_model(0), small_model(1), small_model(2)

@@ -31,6 +31,13 @@ class DMDConfig:
     # more of them at low noise, where the character's pattern is decided.
     timestep_shift: float = 0.0
 
+    def validate(self) -> "DMDConfig":
+        if not 0 <= self.min_sigma < self.max_sigma <= 1:
+            raise ValueError(f"stage.min_sigma, max_sigma must satisfy 0 <= min < max <= 1, got {self.min_sigma}, {self.max_sigma}")
+        if self.timestep_shift < 0:
+            raise ValueError(f"stage.timestep_shift must be >= 0 (0 = the teacher's shift), got {self.timestep_shift}")
+        return self
+
 
 class DMD:
     """Holds the three networks; the trainer only optimises what these losses return."""
