@@ -99,8 +99,9 @@ def write_report(results_dir: str | Path) -> dict[str, Path]:
         rows.to_csv(tmp / "rows.csv", index=False)
         board.to_csv(tmp / "leaderboard.csv", index=False)
         (tmp / "plots").mkdir()
-        plots = make_plots(rows, tmp / "plots")
-        report = render_markdown(rows, board, plots) + "\n".join(perf_sections(results_dir))
+        tables = breakdowns(rows)
+        plots = make_plots(rows, tmp / "plots", tables)
+        report = render_markdown(rows, board, plots, tables) + "\n".join(perf_sections(results_dir))
         (tmp / "REPORT.md").write_text(report, encoding="utf-8")
         written = {}
         for f in sorted(tmp.rglob("*")):
@@ -120,9 +121,9 @@ def write_report(results_dir: str | Path) -> dict[str, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
-    """One bar chart per metric (mean per method, p95 markers where registered) and the chunk
-    time vs shot index curve. Returns the file names."""
+def make_plots(rows: pd.DataFrame, out_dir: Path, tables: dict[tuple[str, str], pd.DataFrame]) -> list[str]:
+    """One bar chart per metric (mean per method, p95 markers where registered), the chunk
+    time vs shot index curve, the confusion matrices and the `breakdowns` tables. Returns the file names."""
     names = []
     methods = sorted(rows["method"].unique())
     for name in metric_order(rows):
@@ -159,20 +160,23 @@ def make_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
         file = f"{name}.png"
         _save(fig, out_dir / file)
         names.append(file)
-    return names + confusion_plots(rows, out_dir) + breakdown_plot(rows, out_dir)
+    return names + confusion_plots(rows, out_dir) + breakdown_plot(tables, out_dir)
 
 
 def confusions(rows: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
     """Per method: shots counted by (true label, probe's answer), read from the notes
     "<true> -> <predicted>" of a label metric's rows; rows in the order of the label space."""
     space = list(LABEL_SPACES[LABEL_METRICS[metric]])
-    rows = rows.reset_index(drop=True)
-    g = rows[(rows["metric"] == metric) & rows["note"].fillna("").str.contains(" -> ", regex=False)]
-    if g.empty:
-        return {}
-    pairs = g["note"].str.split(" -> ", n=1, expand=True).set_axis(["true", "read"], axis=1).assign(method=g["method"])
     return {method: pd.crosstab(p["true"], p["read"]).reindex(index=space, columns=space, fill_value=0)
-            for method, p in pairs.groupby("method")}
+            for method, p in label_answers(rows, metric).groupby("method")}
+
+
+def label_answers(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A label metric's rows whose note is "<true> -> <read>", with the two as columns."""
+    rows = rows.reset_index(drop=True)  # (rows read from several files repeat index values)
+    g = rows[(rows["metric"] == metric) & rows["note"].fillna("").str.contains(" -> ", regex=False)]
+    answers = g["note"].str.split(" -> ", n=1, expand=True).reindex(columns=[0, 1]).set_axis(["true", "read"], axis=1)
+    return g.join(answers)
 
 
 def confusion_plots(rows: pd.DataFrame, out_dir: Path) -> list[str]:
@@ -220,18 +224,21 @@ def breakdown(rows: pd.DataFrame, metric: str, by: str) -> pd.DataFrame:
     order), the label read from the notes "<true> -> <read>" of `by`'s row for the same shot."""
     space = list(LABEL_SPACES[LABEL_METRICS[by]])
     keys = ["method", "story", "shot"]
-    truth = rows.loc[(rows["metric"] == by) & rows["note"].fillna("").str.contains(" -> ", regex=False), keys + ["note"]]
-    truth = truth.assign(label=truth["note"].str.split(" -> ", n=1).str[0]).drop(columns="note")
+    truth = label_answers(rows, by)[keys + ["true"]]
     scored = rows.loc[rows["metric"] == metric, keys + ["value"]].merge(truth, on=keys)
     if scored.empty:
         return pd.DataFrame()
-    table = scored.pivot_table(index="method", columns="label", values="value", aggfunc=strict_mean, dropna=False)
+    table = scored.pivot_table(index="method", columns="true", values="value", aggfunc=strict_mean, dropna=False)
     return table.reindex(columns=[c for c in space if c in table.columns])
 
 
-def breakdown_plot(rows: pd.DataFrame, out_dir: Path) -> list[str]:
-    """One panel per breakdown: a bar per (label, method)."""
-    tables = {(m, by): t for m, by in BREAKDOWNS if not (t := breakdown(rows, m, by)).empty}
+def breakdowns(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """The BREAKDOWNS the rows can fill, keyed by (metric, by)."""
+    return {(m, by): t for m, by in BREAKDOWNS if not (t := breakdown(rows, m, by)).empty}
+
+
+def breakdown_plot(tables: dict[tuple[str, str], pd.DataFrame], out_dir: Path) -> list[str]:
+    """One panel per breakdown table: a bar per (label, method)."""
     if not tables:
         return []
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables) + 2, 3.5), squeeze=False)
@@ -249,7 +256,8 @@ def breakdown_plot(rows: pd.DataFrame, out_dir: Path) -> list[str]:
     return [file]
 
 
-def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -> str:
+def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
+                    tables: dict[tuple[str, str], pd.DataFrame]) -> str:
     lines = [
         "# ShotStream benchmark report",
         "",
@@ -275,11 +283,8 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str]) -
         lines += [f"## Speed against the {REFERENCE}", "", "From the rows above: compare methods measured on the "
                   "same device, dtype and threads (see Protocol).", "",
                   _md_table(ratios), ""]
-    for metric, by in BREAKDOWNS:
-        table = breakdown(rows, metric, by)
-        if not table.empty:
-            lines += [f"## {metric} by the true {LABEL_METRICS[by]}", "",
-                      _md_table(table.reset_index()), ""]
+    for (metric, by), table in tables.items():
+        lines += [f"## {metric} by the true {LABEL_METRICS[by]}", "", _md_table(table.reset_index()), ""]
     lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
     for name in metric_order(rows):
