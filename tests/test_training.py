@@ -18,6 +18,7 @@ from helpers import free_port, subprocess_env
 from shotstream.checkpoint import load_checkpoint, load_tensors
 from shotstream.training import DivergenceError, latest_checkpoint, load_module_weights, train
 from shotstream.training.cli import load_stage, main, resolve_config
+from shotstream.training.metrics import trend
 from shotstream.training.toy import ToyStage
 from shotstream.training.trainer import OptimizerSpec
 
@@ -86,6 +87,16 @@ def test_resume_depends_on_restored_rng(tmp_path):
     run(tmp_path / "b", "toy", ["steps=2", "stage.noise=0.1", "seed=1"])
     a, b = checkpoint_tensors(tmp_path / "a"), checkpoint_tensors(tmp_path / "b")
     assert not torch.equal(a["model.0.weight"], b["model.0.weight"])
+
+
+def test_loss_trend_smooths_a_long_log_and_leaves_a_short_one_raw():
+    falling_noisy = [1.0 - i / 200 + (0.2 if i % 2 else -0.2) for i in range(100)]
+    smooth = trend(falling_noisy)
+    assert len(smooth) == 100 and smooth[0] == falling_noisy[0]
+    wiggle = lambda ys: max(abs(a - b) for a, b in zip(ys[50:], ys[51:]))  # noqa: E731
+    assert wiggle(smooth) < wiggle(falling_noisy) / 5
+    assert smooth[-1] < smooth[20]  # the fall survives the smoothing
+    assert trend(falling_noisy[:10]) is None
 
 
 def test_run_writes_config_csv_plot_samples_and_export(tmp_path):

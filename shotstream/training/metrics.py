@@ -43,6 +43,19 @@ class MetricWindow:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
 
 
+def trend(values, min_points: int = 20) -> list[float] | None:
+    """An exponential moving average over a tenth of the log, or None for a log too short to need one.
+
+    A minibatch loss logged every few steps is noisy enough to hide whether it still falls; the
+    average is debiased (pandas' `adjust=True`) so the curve starts at the first value, not at 0.
+    """
+    if len(values) < min_points:
+        return None
+    import pandas as pd
+
+    return pd.Series(values, dtype=float).ewm(span=len(values) / 10, adjust=True).mean().tolist()
+
+
 class MetricsCSV:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -92,7 +105,12 @@ class MetricsCSV:
             values = []
             for group, points in series[quantity].items():
                 steps, ys = zip(*points)
-                ax.plot(steps, ys, label=group, linewidth=1.2)
+                smooth = None if quantity == "lr" else trend(ys)  # a schedule, not a noisy measurement
+                if smooth is None:
+                    ax.plot(steps, ys, label=group, linewidth=1.2)
+                else:  # the raw log faint behind its trend
+                    (raw,) = ax.plot(steps, ys, linewidth=0.8, alpha=0.3)
+                    ax.plot(steps, smooth, color=raw.get_color(), label=group, linewidth=1.5)
                 values += [y for y in ys if math.isfinite(y)]
             if values and min(values) > 0 and max(values) > 10 * min(values):
                 ax.set_yscale("log")
