@@ -30,6 +30,7 @@ if [ "$FROM" = all ]; then
   stage autoencoder autoencoder runs/autoencoder
   stage teacher teacher runs/teacher
   stage teacher teacher_finetune runs/teacher_finetune  # phase 2: a story pool, 32 single frames a step
+  stage teacher teacher_phase3 runs/teacher_phase3      # phase 3: half the targets "it" shots, 8 frames a step
 fi
 # Stage 2: teacher trajectories (cache/, outside git), then the ODE regression of the causal student.
 "$PY" -m shotstream ode-pairs --count 256 --threads "$THREADS"

@@ -17,7 +17,7 @@ from helpers import free_port, subprocess_env
 
 from shotstream.checkpoint import load_checkpoint, load_tensors
 from shotstream.training import DivergenceError, latest_checkpoint, load_module_weights, train
-from shotstream.training.cli import load_stage, main, resolve_config
+from shotstream.training.cli import CONFIG_DIR, STAGES, load_stage, main, resolve_config
 from shotstream.training.metrics import trend
 from shotstream.training.toy import ToyStage
 from shotstream.training.trainer import OptimizerSpec
@@ -239,9 +239,13 @@ def test_bad_key_in_config_file_names_the_file(tmp_path, capsys):
 
 
 def test_shipped_configs_load():
-    for stage, name in [("toy", "toy_smoke"), ("toy_distill", "toy_distill_smoke")]:
-        cfg = resolve_config(stage, config=name)
-        assert cfg.steps > 0 and cfg.out_dir == f"runs/{stage}"
+    """Every file of configs/ parses into its stage's config (`teacher_phase3` -> teacher) and validates."""
+    configs = sorted(CONFIG_DIR.glob("*.json"))
+    assert len(configs) >= 13
+    for path in configs:
+        stage = max((s for s in STAGES if path.stem == s or path.stem.startswith(s + "_")), key=len)
+        cfg = resolve_config(stage, config=path.stem)
+        assert cfg.steps > 0 and cfg.out_dir.startswith("runs/"), path.name
 
 
 TORCHRUN_SCRIPT = """

@@ -2,6 +2,7 @@
 
     shotstream train teacher --config teacher              # ~4.6 h on 2 CPU cores (last 62 min: the cooldown)
     shotstream train teacher --config teacher_finetune     # then from it: a story pool, 32 frames a step
+    shotstream train teacher --config teacher_phase3       # then: half the targets "it" shots, 8 frames a step
     shotstream train teacher --config teacher_smoke        # a few steps (CI)
 
 Target: one shot of a story. Condition: the clean latents of the frames `select_context_frames`
