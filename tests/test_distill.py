@@ -112,6 +112,7 @@ def test_dmd_timesteps_follow_the_teacher_shift_unless_told_otherwise():
         with pytest.raises(ValueError, match="stage"):
             bad.validate()
 
+
 def test_critic_loss_trains_the_fake_score_only():
     real, fake, gen = small_model(0), small_model(1), small_model(2)
     fake.train()
