@@ -69,7 +69,7 @@ def denoise_flops(cfg, kind: str) -> float:
     if kind == "bidirectional":
         tpf = tokens_per_frame(cfg)
         n = (cfg.model.context_frames + cfg.video.latent_frames_per_shot) * tpf
-        passes = cfg.sampler.teacher_steps * (2 if cfg.sampler.guidance_scale != 1.0 else 1)
+        passes = cfg.sampler.teacher_steps * cfg.sampler.teacher_forwards_per_step
         return passes * forward_flops(cfg, n, n)
     steps = len(cfg.sampler.student_timesteps)
     chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)

@@ -76,6 +76,7 @@ def method_protocol(folder: Path | None, teacher_steps: int | None = None) -> di
     s = cfg.sampler
     if kind == "bidirectional":
         steps = f"{teacher_steps or s.teacher_steps}+cfg{s.guidance_scale:g}"
+        steps += f"+context{s.context_scale:g}" if s.context_scale != 1 else ""
     else:
         steps = str(len(s.student_timesteps))
     return {"steps": steps, "preset": cfg.preset}

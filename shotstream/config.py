@@ -111,7 +111,23 @@ class SamplerConfig:
     student_timesteps: tuple[float, ...] = (1000.0, 740.0, 500.0, 260.0)
     teacher_steps: int = 50
     teacher_shift: float = 3.0
-    guidance_scale: float = 3.0  # classifier-free guidance of the teacher (1 = off)
+    guidance_scale: float = 3.0  # classifier-free guidance of the teacher on the caption (1 = off)
+    # ... and on the earlier shots (fm.unconditional_fn; 1 = none): an "it" caption names no
+    # character, the context does.
+    context_scale: float = 1.0
+
+    @property
+    def teacher_forwards_per_step(self) -> int:
+        """Conditional branch + unconditional ones: both only when the context's guidance lies
+        strictly between none and the caption's (fm.unconditional_fn)."""
+        if self.guidance_scale == 1.0:
+            return 1
+        return 2 if self.context_scale in (1.0, self.guidance_scale) else 3
+
+    def validate(self) -> None:
+        if self.guidance_scale == 1.0 and self.context_scale != 1.0:
+            raise ValueError(f"sampler.context_scale={self.context_scale} needs guidance on the caption "
+                             "(sampler.guidance_scale != 1)")
 
 
 @dataclass
@@ -124,6 +140,7 @@ class ShotStreamConfig:
     def validate(self) -> "ShotStreamConfig":
         self.video.validate()
         self.model.validate()
+        self.sampler.validate()
         return self
 
     def to_dict(self) -> dict:

@@ -202,6 +202,29 @@ def cfg(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Ten
     return v_uncond + scale * (v_cond - v_uncond)
 
 
+def unconditional_fn(no_caption: DenoiseFn, no_context: DenoiseFn, scale: float, context_scale: float = 1.0) -> DenoiseFn | None:
+    """The unconditional branch of guidance on the caption at `scale` and on the earlier shots at
+    `context_scale` (InstructPix2Pix's two scales): with u_c the velocity without the caption and
+    u_0 without caption nor context,
+
+        v = u_0 + context_scale * (u_c - u_0) + scale * (v_cond - u_c) = cfg(v_cond, u, scale)
+
+    for u = u_c + w * (u_0 - u_c), w = (context_scale - 1) / (scale - 1). context_scale 1 is plain
+    CFG (u = u_c: the context is in both branches), context_scale = scale hides both at once
+    (u = u_0); only values in between pay for both branches. None when scale is 1 (no guidance).
+    """
+    if scale == 1.0:
+        if context_scale != 1.0:
+            raise ValueError(f"guidance on the context (scale {context_scale}) needs guidance on the caption (scale != 1)")
+        return None
+    w = (context_scale - 1.0) / (scale - 1.0)
+    if w == 0.0 or no_context is no_caption:  # (the same function: there is no context to hide)
+        return no_caption
+    if w == 1.0:
+        return no_context
+    return lambda x, sigma: torch.lerp(no_caption(x, sigma), no_context(x, sigma), w)
+
+
 def _sigma_batch(sigma: float, x: torch.Tensor) -> torch.Tensor:
     """sigma as a [B] tensor for the network; float32 at least (bf16 would round 0.958 to 0.957)."""
     return torch.full((x.shape[0],), sigma, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)

@@ -145,32 +145,41 @@ def generate_shot_bidirectional(
     guidance_scale: float = 1.0,
     null_text: tuple[torch.Tensor, torch.Tensor] | None = None,
     callback=None,
+    context_scale: float = 1.0,
 ) -> torch.Tensor:
     """Teacher / baseline: Euler ODE over the whole shot, clean context concatenated before it.
 
     Context frames sit at t = 0 and are not updated; only the target's velocity is used. With
     guidance, the unconditional branch replaces the target's caption by `null_text` (embedded
-    [B, 1, L, D] + mask), as text dropout did in training. Returns x0 [B, F, C, h, w].
+    [B, 1, L, D] + mask), as text dropout did in training; `context_scale` != 1 also guides on
+    the earlier shots, whose frames are hidden as context dropout did (fm.unconditional_fn).
+    Returns x0 [B, F, C, h, w].
     """
     B, F = noise.shape[:2]
     Cf = cond.num_context
     frames = _concat_frames(cond.context_frames(), cond.target_frames(0, F))
 
-    def velocity(text, text_mask):
+    def velocity(text, text_mask, key_mask=None):
         def fn(x, sigma):
             seq = torch.cat([cond.context.to(x.dtype), x], dim=1)  # [B, Cf + F, C, h, w]
             s = torch.cat([torch.zeros(B, Cf, device=x.device), sigma[:, None].expand(B, F)], dim=1)
             c = dataclasses.replace(cond, text=text, text_mask=text_mask)
-            return _velocity(model, seq, s, c, frames)[:, Cf:]
+            return _velocity(model, seq, s, c, frames, key_mask=key_mask)[:, Cf:]
         return fn
 
     uncond = None
-    if guidance_scale != 1.0:
+    if guidance_scale != 1.0 or context_scale != 1.0:
         if null_text is None:
             raise ValueError("classifier-free guidance needs the null caption embedding")
         text, mask = cond.text.clone(), cond.text_mask.clone()
         text[:, cond.target_slot], mask[:, cond.target_slot] = null_text[0][:, 0], null_text[1][:, 0]
-        uncond = velocity(text, mask)
+        no_caption = velocity(text, mask)
+        no_context = no_caption
+        if Cf:
+            hidden = torch.ones(B, Cf + F, dtype=torch.bool, device=noise.device)
+            hidden[:, :Cf] = False
+            no_context = velocity(text, mask, hidden)
+        uncond = fm.unconditional_fn(no_caption, no_context, guidance_scale, context_scale)
     with torch.no_grad(), record_function("denoise"):
         return fm.euler_sample(velocity(cond.text, cond.text_mask), noise, sigmas, guidance_scale, uncond, callback)
 

@@ -384,8 +384,9 @@ class ShotStreamSession:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
         if pipe.kind == "bidirectional":
             sigmas = fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)
-            null = pipe.null_caption() if cfg.sampler.guidance_scale != 1.0 else None
-            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, cfg.sampler.guidance_scale, null)
+            guided = cfg.sampler.guidance_scale != 1.0 or cfg.sampler.context_scale != 1.0
+            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, cfg.sampler.guidance_scale,
+                                             pipe.null_caption() if guided else None, context_scale=cfg.sampler.context_scale)
             yield from x0.split(cfg.model.chunk_frames, dim=1)
             return
         sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def models(tmp_path_factory) -> Path:
 # --- methods, protocol, suite -------------------------------------------------------------------
 
 
-def test_method_names_resolve_to_folders_and_record_the_sampler(models):
+def test_method_names_resolve_to_folders_and_record_the_sampler(models, tmp_path):
     assert parse_method(f"mine={models / 'm'}") == ("mine", models / "m")
     assert parse_method(str(models / "m")) == (str(models / "m"), models / "m")
     assert parse_method(GROUND_TRUTH) == (GROUND_TRUTH, None)
@@ -71,6 +72,11 @@ def test_method_names_resolve_to_folders_and_record_the_sampler(models):
     assert method_protocol(models / "m") == {"steps": "4", "preset": "tiny"}
     assert method_protocol(models / "t") == {"steps": "2+cfg2", "preset": "tiny"}
     assert method_protocol(models / "t", teacher_steps=7)["steps"] == "7+cfg2"
+    guided = shutil.copytree(models / "t", tmp_path / "t")
+    config = json.loads((guided / "config.json").read_text())
+    config["sampler"]["context_scale"] = 1.5
+    (guided / "config.json").write_text(json.dumps(config))
+    assert method_protocol(guided)["steps"] == "2+cfg2+context1.5"
     assert method_protocol(None) == {"steps": "", "preset": ""}
     assert method_protocol(models / "autoencoder") == {"steps": "", "preset": ""}
 

@@ -1,5 +1,7 @@
 """Distillation pieces: teacher forcing is the exact twin of cached streaming; DMD's gradient."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,6 +96,18 @@ def test_dmd_generator_gradient_is_the_normalised_score_difference():
     same.generator_loss(x1, batch)[0].backward()
     assert torch.count_nonzero(x1.grad) == 0
 
+
+@pytest.mark.parametrize("context_scale", [1.0, 0.0])
+def test_real_score_guidance_on_the_context_hides_it_from_the_unconditional_branch(context_scale):
+    # At guidance scale 0 the real score is its unconditional branch alone: with as much guidance
+    # on the context it must not depend on the conditional frames, with none (1) it must.
+    real, batch = small_model(0), small_batch()
+    other = dataclasses.replace(batch, context=torch.randn_like(batch.context))
+    null = torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
+    dmd = DMD(real, real, real, DMDConfig(guidance_scale=0.0, context_scale=context_scale), null, shift=3.0)
+    x_t, sigma = torch.randn_like(batch.target), torch.full((2,), 0.7)
+    with torch.no_grad():
+        assert torch.equal(dmd.real_x0(batch, x_t, sigma), dmd.real_x0(other, x_t, sigma)) == (context_scale == 0.0)
 
 
 def test_dmd_timesteps_follow_the_teacher_shift_unless_told_otherwise():

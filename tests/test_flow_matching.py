@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shotstream import flow_matching as fm
-from shotstream.config import SamplerConfig
+from shotstream.config import SamplerConfig, ShotStreamConfig
 
 
 def test_shift_matches_official_student_sigmas():
@@ -81,6 +81,30 @@ def test_euler_on_straight_velocity_field_reaches_x0_exactly():
     for sigmas in (fm.teacher_sigmas(7, 3.0), fm.teacher_sigmas(1, 1.0)):
         out = fm.euler_sample(velocity, noise, sigmas)
         torch.testing.assert_close(out, x0, rtol=0, atol=1e-12)
+
+
+def test_guidance_on_caption_and_context_is_instruct_pix2pix_through_one_unconditional_branch():
+    x, sigma = torch.zeros(2, 3), torch.ones(2)
+    cond, no_caption, no_context = torch.randn(3, 2, 3).unbind(0)
+    calls = []
+
+    def fn(v, name):
+        return lambda x, s: calls.append(name) or v
+
+    for scale, context_scale in ((3.0, 1.0), (3.0, 3.0), (3.0, 2.0), (5.0, 1.5)):
+        calls.clear()
+        forwards = SamplerConfig(guidance_scale=scale, context_scale=context_scale).teacher_forwards_per_step
+        u = fm.unconditional_fn(fn(no_caption, "caption"), fn(no_context, "context"), scale, context_scale)
+        expected = no_context + context_scale * (no_caption - no_context) + scale * (cond - no_caption)
+        torch.testing.assert_close(fm.cfg(cond, u(x, sigma), scale), expected)
+        # a branch is only run when its weight is not zero
+        assert calls == {1.0: ["caption"], scale: ["context"]}.get(context_scale, ["caption", "context"])
+        assert forwards == 1 + len(calls)
+    assert fm.unconditional_fn(fn(no_caption, "c"), fn(no_context, "n"), 1.0) is None
+    with pytest.raises(ValueError, match="needs guidance on the caption"):
+        fm.unconditional_fn(fn(no_caption, "c"), fn(no_context, "n"), 1.0, context_scale=2.0)
+    with pytest.raises(ValueError, match="sampler.context_scale=2.0 needs guidance"):  # refused when loaded
+        ShotStreamConfig(sampler=SamplerConfig(guidance_scale=1.0, context_scale=2.0)).validate()
 
 
 def test_cfg_applies_to_all_channels():

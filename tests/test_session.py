@@ -1,14 +1,17 @@
 """ShotStreamSession: streaming chunks, next-shot prompts mid-stream, bounded memory, bad input."""
 
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
 import torch
 
+from shotstream import flow_matching as fm
 from shotstream.autoencoder import PixelSpaceStandIn
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
 from shotstream.model.dit import WanDiT
+from shotstream.rollout import generate_shot_bidirectional
 from shotstream.session import ShotStreamPipeline, clean_prompt
 
 VIDEO = VideoConfig(height=32, width=32, frames_per_shot=17, latent_channels=12)  # 5 latent frames
@@ -350,3 +353,19 @@ def test_a_bf16_session_streams_the_same_story_as_fp32(kind):
         assert [c.shot for c in chunks] == [0] * 3 + [1] * 3
         stories.append(session.story_frames().astype(np.float32))
     assert np.abs(stories[0] - stories[1]).mean() < 2  # of 255 (measured 0.1-0.3; another seed: ~100)
+
+
+@pytest.mark.parametrize("context_scale", [1.0, 0.0])
+def test_guidance_on_the_context_hides_the_earlier_shots_from_the_unconditional_branch(context_scale):
+    # At guidance scale 0 a sample is the unconditional branch's alone. With as much guidance on
+    # the context, that branch must not see the context frames; with none (1), both branches do.
+    pipe = make_pipe(kind="bidirectional")
+    session = pipe.session(seed=0)
+    session.submit("a red circle walks left")
+    list(session.stream())
+    cond = session.conditioning("it jumps")
+    other = dataclasses.replace(cond, context=torch.randn_like(cond.context))
+    noise, sigmas = torch.randn(1, 5, 12, 4, 4), fm.teacher_sigmas(3, 3.0)
+    a, b = (generate_shot_bidirectional(pipe.model, c, noise, sigmas, 0.0, pipe.null_caption(), context_scale=context_scale)
+            for c in (cond, other))
+    assert torch.equal(a, b) == (context_scale == 0.0)

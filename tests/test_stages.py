@@ -277,6 +277,8 @@ def test_distillation_chain_ode_intra_inter(smoke_models, tmp_path):
     # resuming with another recipe (a retrained teacher, other sampler settings) is refused, not mixed in
     with pytest.raises(ValueError, match="another guidance_scale"):
         make_pairs(dataclasses.replace(recipe, guidance_scale=1.0), count=6, progress=False)
+    with pytest.raises(ValueError, match="another context_scale"):
+        make_pairs(dataclasses.replace(recipe, context_scale=2.0), count=6, progress=False)
     assert len(list(pairs.glob("pairs_*.safetensors"))) == 2
     ode = run_stage("ode", "ode_smoke", tmp_path / "ode", f"stage.teacher={teacher}", f"stage.pairs={pairs}")
     # the ODE stage only regresses onto pairs of its own teacher and student sigmas

@@ -8,11 +8,12 @@ training step's batch is reproducible from (seed, step, rank) and resume is exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from shotstream import flow_matching as fm
 from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import FrameInfo
 from shotstream.model.memory import select_context_frames
@@ -251,6 +252,24 @@ class NextShotBatch:
         text_mask = self.text_mask if text_mask is None else text_mask
         v = model(seq, t, text, text_mask, self.frames(model.cfg.chunk_frames), key_mask=self.key_mask())
         return v[:, C:]
+
+    def unconditional_fn(self, model, null_states: torch.Tensor, null_mask: torch.Tensor, scale: float,
+                         context_scale: float = 1.0) -> fm.DenoiseFn | None:
+        """Classifier-free guidance's unconditional branch as a velocity function, None without
+        guidance (fm.unconditional_fn): the target's caption null, as text dropout trained it, and
+        for guidance on the context no conditional frames either, as context dropout trained it.
+        null_states [1 or B, L, Dt], null_mask [1 or B, L]."""
+        C = self.budget
+        text, mask = self.text.clone(), self.text_mask.clone()
+        text[:, C], mask[:, C] = null_states, null_mask
+        no_caption = replace(self, text=text, text_mask=mask)
+        no_context = replace(no_caption, context_valid=torch.zeros_like(self.context_valid))
+
+        def velocity(batch):
+            return lambda x, sigma: batch.velocity(model, x, sigma)
+        no_caption_fn = velocity(no_caption)
+        no_context_fn = velocity(no_context) if self.context_valid.any() else no_caption_fn
+        return fm.unconditional_fn(no_caption_fn, no_context_fn, scale, context_scale)
 
 
 @torch.no_grad()

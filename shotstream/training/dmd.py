@@ -25,6 +25,7 @@ from shotstream.training.data import NextShotBatch
 @dataclass
 class DMDConfig:
     guidance_scale: float = 3.0  # CFG of the real score
+    context_scale: float = 1.0  # ... and on the context (SamplerConfig.context_scale)
     min_sigma: float = 0.02  # timesteps clamped away from the ends (Self-Forcing: 20..980 of 1000)
     max_sigma: float = 0.98
     # Shift of the DMD and critic timesteps; 0 = the teacher's training shift. A lower shift puts
@@ -34,6 +35,8 @@ class DMDConfig:
     def validate(self) -> "DMDConfig":
         if not 0 <= self.min_sigma < self.max_sigma <= 1:
             raise ValueError(f"stage.min_sigma, max_sigma must satisfy 0 <= min < max <= 1, got {self.min_sigma}, {self.max_sigma}")
+        if self.guidance_scale == 1.0 and self.context_scale != 1.0:
+            raise ValueError(f"stage.context_scale={self.context_scale} needs guidance on the caption (stage.guidance_scale != 1)")
         if self.timestep_shift < 0:
             raise ValueError(f"stage.timestep_shift must be >= 0 (0 = the teacher's shift), got {self.timestep_shift}")
         return self
@@ -56,15 +59,12 @@ class DMD:
         return fm.shift_sigma(u, self.shift)
 
     def real_x0(self, batch: NextShotBatch, x_t, sigma) -> torch.Tensor:
-        """Teacher x0 prediction with classifier-free guidance on the target caption."""
-        C = batch.budget
-        v_cond = batch.velocity(self.real_score, x_t, sigma)
-        if self.cfg.guidance_scale != 1.0:
-            text, mask = batch.text.clone(), batch.text_mask.clone()
-            text[:, C], mask[:, C] = self.null_states, self.null_mask
-            v = fm.cfg(v_cond, batch.velocity(self.real_score, x_t, sigma, text, mask), self.cfg.guidance_scale)
-        else:
-            v = v_cond
+        """Teacher x0 prediction with classifier-free guidance on the target caption (and the context)."""
+        v = batch.velocity(self.real_score, x_t, sigma)
+        uncond = batch.unconditional_fn(self.real_score, self.null_states, self.null_mask, self.cfg.guidance_scale,
+                                        self.cfg.context_scale)
+        if uncond is not None:
+            v = fm.cfg(v, uncond(x_t, sigma), self.cfg.guidance_scale)
         return fm.predict_x0(x_t, v.float(), sigma)
 
     def generator_loss(self, x0_gen: torch.Tensor, batch: NextShotBatch) -> tuple[torch.Tensor, dict]:

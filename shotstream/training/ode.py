@@ -46,6 +46,7 @@ class PairsConfig(TeacherConfig):
     shard_size: int = 8  # examples per shard file (one teacher batch)
     steps: int = 12  # teacher Euler steps (the student's sigmas are added to the grid)
     guidance_scale: float = 3.0
+    context_scale: float = 1.0  # guidance on the context too (SamplerConfig.context_scale)
     context_dropout: float = 0.0
 
 
@@ -66,6 +67,7 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)
     recipe = {"teacher": cfg.teacher, "teacher_weights": weights_digest(cfg.teacher),
               "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "sigmas": sigmas.tolist(),
+              **({"context_scale": cfg.context_scale} if cfg.context_scale != 1 else {}),  # (older pairs.json stay valid)
               "shard_size": cfg.shard_size, "seed": seed}
     check_pairs_recipe(out, recipe)
     null = stage.null_states, stage.null_mask
@@ -76,13 +78,11 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
             continue
         batch = stage.batch(i, 0, 1)
         torch.manual_seed(derive_seed(seed, i, 0x0DE))
-        uncond_text, uncond_mask = batch.text.clone(), batch.text_mask.clone()
-        uncond_text[:, batch.budget], uncond_mask[:, batch.budget] = null[0], null[1]
         with torch.no_grad():
             states, x0 = fm.trajectory(
                 lambda x, s: batch.velocity(teacher, x, s),
                 torch.randn_like(batch.target), sigmas, cfg.steps, tcfg.sampler.teacher_shift,
-                cfg.guidance_scale, lambda x, s: batch.velocity(teacher, x, s, uncond_text, uncond_mask),
+                cfg.guidance_scale, batch.unconditional_fn(teacher, *null, cfg.guidance_scale, cfg.context_scale),
             )
         tensors = {"context": batch.context, "context_valid": batch.context_valid, "context_shots": batch.context_shots,
                    "states": states, "x0": x0, "shot": batch.shot, "text": batch.text, "text_mask": batch.text_mask}
@@ -109,7 +109,8 @@ def check_pairs_recipe(out: Path, recipe: dict) -> None:
         write_atomic(meta, json.dumps({**recipe, "count": 0}, indent=2))
         return
     stored = read_json(meta)
-    changed = [k for k in recipe if k != "teacher" and stored.get(k) != recipe[k]]  # (its weights, not its path)
+    keys = [k for k in dict.fromkeys([*recipe, *stored]) if k not in ("teacher", "count")]  # (its weights, not its path)
+    changed = [k for k in keys if stored.get(k) != recipe.get(k)]
     if changed:
         raise ValueError(f"{out} holds ODE pairs made with another {', '.join(changed)} "
                          f"({', '.join(f'{k}: {stored.get(k)!r}' for k in changed if k != 'sigmas')}); "
