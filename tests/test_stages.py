@@ -194,6 +194,28 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_true_history_samples_every_shot_in_every_setting(smoke_models, tmp_path, capsys):
+    from benchmark import true_history
+    from shotstream.world.dataset import load_eval_suite
+
+    root, ae, teacher = smoke_models
+    out = tmp_path / "rows.csv"
+    assert true_history.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "2", "--subset", "all",
+                              "--steps", "2", "--settings", "1", "3", "3:2", "3:none", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["1", "3", "3:2", "3:none"]  # in the order given
+    rows = pd.read_csv(out)
+    assert len(rows) == 4 * sum(s.num_shots - 1 for s in load_eval_suite()[:2])  # every shot with a history, each setting
+    assert set(rows["setting"]) == {"1", "3", "3:2", "3:none"}
+    accuracies = rows[[f"{k}_acc" for k in true_history.LABELS]]
+    assert accuracies.isin([0.0, 1.0]).all().all()
+    for argv, message in ((["--settings", "1:2"], "needs guidance on the caption"), (["--settings", "x"], "is not S"),
+                          (["--model", str(tmp_path / "none")], "true_history:")):
+        with pytest.raises(SystemExit) as exit_:
+            true_history.main(["--autoencoder", str(ae), *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_other_action_caption_changes_the_action_phrase_only():
     from benchmark.context_use import other_action_caption, with_other_action
     from shotstream.config import get_preset
