@@ -151,6 +151,23 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def load_bidirectional(ap: argparse.ArgumentParser, args: argparse.Namespace, tool: str):
+    """A check's --model, --autoencoder and text encoder on --device, or exit with one line (code 2)
+    when they do not load, the model is not bidirectional or the codec does not fit it.
+    Returns (model in eval mode, config, autoencoder, text encoder)."""
+    try:
+        model, config, kind = from_pretrained(args.model, device=args.device)
+        autoencoder = TinyVideoAutoencoder.from_pretrained(args.autoencoder, device=args.device).eval()
+    except (OSError, ValueError) as e:
+        ap.exit(2, f"{tool}: {e}\n")
+    if kind != "bidirectional":
+        ap.exit(2, f"{tool}: {args.model} is a {kind} model; this check reads a bidirectional one\n")
+    geometry = ("height", "width", "spatial_stride", "temporal_stride", "latent_channels")
+    if any(getattr(autoencoder.cfg, g) != getattr(config.video, g) for g in geometry):
+        ap.exit(2, f"{tool}: {args.autoencoder} does not encode the video geometry of {args.model}\n")
+    return model.eval(), config, autoencoder, TextEncoder(max_len=config.model.text_len, device=args.device)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="checkpoints/tiny/teacher", help="a bidirectional model folder")
@@ -170,19 +187,9 @@ def main(argv=None) -> int:
     if args.out and not args.out.parent.is_dir():
         ap.error(f"--out: folder {args.out.parent} does not exist")
     set_threads(args.threads)
+    model, config, autoencoder, text_encoder = load_bidirectional(ap, args, "context_use")
     try:
-        model, config, kind = from_pretrained(args.model, device=args.device)
-        autoencoder = TinyVideoAutoencoder.from_pretrained(args.autoencoder, device=args.device).eval()
-    except (OSError, ValueError) as e:
-        ap.exit(2, f"context_use: {e}\n")
-    if kind != "bidirectional":
-        ap.exit(2, f"context_use: {args.model} is a {kind} model; this check reads a bidirectional one\n")
-    geometry = ("height", "width", "spatial_stride", "temporal_stride", "latent_channels")
-    if any(getattr(autoencoder.cfg, g) != getattr(config.video, g) for g in geometry):
-        ap.exit(2, f"context_use: {args.autoencoder} does not encode the video geometry of {args.model}\n")
-    try:
-        rows = measure(model.eval(), config, autoencoder, TextEncoder(max_len=config.model.text_len, device=args.device),
-                       load_eval_suite()[: args.limit], sigmas)
+        rows = measure(model, config, autoencoder, text_encoder, load_eval_suite()[: args.limit], sigmas)
     except ValueError as e:
         ap.exit(2, f"context_use: {e}\n")
     rows.insert(0, "model", args.model)

@@ -25,13 +25,11 @@ import torch
 from tqdm import tqdm
 
 from benchmark.cli import DEFAULT_PROBE
+from benchmark.context_use import load_bidirectional
 from benchmark.probe import load_probe, shot_labels
 from shotstream import flow_matching as fm
-from shotstream.autoencoder import TinyVideoAutoencoder
-from shotstream.model.loading import from_pretrained
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.session import to_uint8
-from shotstream.text_encoder import TextEncoder
 from shotstream.training.data import collate, next_shot_example
 from shotstream.training.state import derive_seed
 from shotstream.world.dataset import load_eval_suite
@@ -126,17 +124,14 @@ def main(argv=None) -> int:
     if args.out and not args.out.parent.is_dir():
         ap.error(f"--out: folder {args.out.parent} does not exist")
     set_threads(args.threads)
+    model, config, autoencoder, text_encoder = load_bidirectional(ap, args, "true_history")
     try:
-        model, config, kind = from_pretrained(args.model, device=args.device)
-        autoencoder = TinyVideoAutoencoder.from_pretrained(args.autoencoder, device=args.device).eval()
         probe = load_probe(args.probe, device=args.device)
     except (OSError, ValueError) as e:
         ap.exit(2, f"true_history: {e}\n")
-    if kind != "bidirectional":
-        ap.exit(2, f"true_history: {args.model} is a {kind} model; this check samples a bidirectional one\n")
     try:
-        rows = measure(model.eval(), config, autoencoder, TextEncoder(max_len=config.model.text_len, device=args.device),
-                       probe, load_eval_suite()[: args.limit], settings, args.subset, args.steps)
+        rows = measure(model, config, autoencoder, text_encoder, probe, load_eval_suite()[: args.limit], settings,
+                       args.subset, args.steps)
     except ValueError as e:
         ap.exit(2, f"true_history: {e}\n")
     rows.insert(0, "model", args.model)
