@@ -93,6 +93,13 @@ def with_target_captions(batch: NextShotBatch, captions: list[str], text_encoder
     return dataclasses.replace(batch, text=text, text_mask=mask)
 
 
+def shot_noise(examples: list[NextShotExample], target: torch.Tensor, seed: int) -> torch.Tensor:
+    """Noise like `target` [B, ...] whose item i depends on example i's story and shot alone, not
+    on how shots are grouped into batches (so every check and setting sees the same noise)."""
+    return torch.stack([torch.randn(target.shape[1:], generator=torch.Generator().manual_seed(
+        derive_seed(seed, e.story.seed, e.shot))) for e in examples]).to(target.device, target.dtype)
+
+
 @torch.no_grad()
 def character_error(model, batch: NextShotBatch, noise: torch.Tensor, sigma: float, cells: torch.Tensor) -> torch.Tensor:
     """Per example [B]: mean squared velocity error over its character's latent cells [B, F, h, w]
@@ -120,9 +127,7 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
                     "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder)}
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
-        # Each shot's noise depends on the shot alone (not on how shots are grouped into batches).
-        noise = torch.stack([torch.randn(batch.target.shape[1:], generator=torch.Generator().manual_seed(
-            derive_seed(seed, e.story.seed, e.shot))) for e in group]).to(device, batch.target.dtype)
+        noise = shot_noise(group, batch.target, seed)
         for sigma in sigmas:
             errors = {c: character_error(model, b, noise, sigma, cells).cpu() for c, b in variants.items()}
             for i, e in enumerate(group):

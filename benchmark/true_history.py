@@ -25,13 +25,12 @@ import torch
 from tqdm import tqdm
 
 from benchmark.cli import DEFAULT_PROBE
-from benchmark.context_use import load_bidirectional
+from benchmark.context_use import load_bidirectional, shot_noise
 from benchmark.probe import load_probe, shot_labels
 from shotstream import flow_matching as fm
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.session import to_uint8
 from shotstream.training.data import collate, next_shot_example
-from shotstream.training.state import derive_seed
 from shotstream.world.dataset import load_eval_suite
 
 LABELS = ("identity", "colour", "shape", "pattern", "framing", "action")
@@ -75,9 +74,7 @@ def measure(model, config, autoencoder, text_encoder, probe, stories, settings, 
     for start in tqdm(range(0, len(examples), batch_size), desc="true history", disable=not progress):
         group = examples[start:start + batch_size]
         batch = collate(group, autoencoder, text_encoder, config, model.device)
-        # Each shot's noise depends on the shot alone (not on how shots are grouped into batches).
-        noise = torch.stack([torch.randn(batch.target.shape[1:], generator=torch.Generator().manual_seed(
-            derive_seed(seed, e.story.seed, e.shot))) for e in group]).to(model.device, batch.target.dtype)
+        noise = shot_noise(group, batch.target, seed)
         for s in settings:
             b = dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)) if s.hide_context else batch
             uncond = b.unconditional_fn(model, null_states, null_mask, s.scale, s.context_scale)
@@ -94,12 +91,11 @@ def measure(model, config, autoencoder, text_encoder, probe, stories, settings, 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per setting (in the order given) over all shots, then shape by the shot's framing."""
-    order = list(dict.fromkeys(rows["setting"]))
     table = rows.groupby("setting", sort=False)[[f"{k}_acc" for k in LABELS]].mean()
     by_framing = rows.pivot_table(index="setting", columns="framing_label", values="shape_acc", aggfunc="mean")
-    table = table.join(by_framing.add_prefix("shape@"))
+    table = table.join(by_framing.add_prefix("shape@"))  # (a left join keeps the settings' order)
     table.insert(0, "shots", rows.groupby("setting", sort=False).size())
-    return table.loc[order].reset_index()
+    return table.reset_index()
 
 
 def main(argv=None) -> int:
