@@ -5,20 +5,23 @@ in a minute, no sampling.
     python -m benchmark.context_use --model runs/teacher_finetune/final/teacher --limit 50
 
 For every shot k >= 1 of the evaluation suite the model denoises the ground-truth shot, at fixed
-noise levels and with the same noise in each of four conditions:
+noise levels and with the same noise in each of five conditions:
 
     true    its own earlier shots as context (select_context_frames, as in training)
     hidden  no context (every conditional frame masked out)
     other   the context of the same shot k of a story with another main character (the wrong
             one to copy; same k, so the frames sit at the same shot indices as the true ones)
+    shape   its own earlier shots re-rendered with the main character in the next shape of
+            vocab.SHAPES (colour, pattern, places and captions unchanged): is the shape read
+            from the frames?
     action  its own context, but its caption tells the next action (`with_other_action`:
             "jumps" -> "spins", the other words unchanged)
 
 and the flow-matching error is measured on the latent cells of the main character
 (`character_cells`; shots where it is never in view are left out). A model that carries its
 character from shot to shot has hidden / true and other / true above 1, most of all on "it"
-shots, whose caption does not name the character; one that follows the caption's action has
-action / true above 1.
+shots, whose caption does not name the character; one that copies its shape has shape / true
+above 1; one that follows the caption's action has action / true above 1.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from shotstream.training.data import (NextShotBatch, NextShotExample, character_
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
+from shotstream.world.story import Story
 
-CONDITIONS = ("true", "hidden", "other", "action")
+CONDITIONS = ("true", "hidden", "other", "shape", "action")
 
 
 def with_other_action(caption: str, action: str) -> str:
@@ -56,6 +60,16 @@ def with_other_action(caption: str, action: str) -> str:
             if phrase in caption:
                 return caption.replace(phrase, table[other][min(i, len(table[other]) - 1)], 1)
     raise ValueError(f"no {action!r} phrase in caption {caption!r}")
+
+
+def with_main_shape(story: Story, shape: str) -> Story:
+    """`story` whose main character has `shape` in every shot's labels (so in every render);
+    captions, seed and everything else unchanged."""
+    main = story.main_character
+    recast = dataclasses.replace(main, shape=shape)
+    shots = [dataclasses.replace(s, labels=dataclasses.replace(
+        s.labels, characters=tuple(recast if c == main else c for c in s.labels.characters))) for s in story.shots]
+    return dataclasses.replace(story, shots=shots)
 
 
 def other_story_partners(examples: list[NextShotExample]) -> list[int]:
@@ -124,6 +138,8 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         variants = {"true": batch,
                     "hidden": dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)),
                     "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device)),
+                    "shape": with_context_of(batch, collate([reshaped(e, config) for e in group], autoencoder,
+                                                            text_encoder, config, device)),
                     "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder)}
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
@@ -135,6 +151,13 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
                              "subset": "pronoun" if e.story.shots[e.shot].labels.pronoun else "named",
                              **{c: float(errors[c][i]) for c in CONDITIONS}})
     return pd.DataFrame(rows)
+
+
+def reshaped(e: NextShotExample, config) -> NextShotExample:
+    """The example after its story's main character took the next shape of vocab.SHAPES."""
+    shape = e.story.main_character.shape
+    shape = vocab.SHAPES[(vocab.SHAPES.index(shape) + 1) % len(vocab.SHAPES)]
+    return next_shot_example(with_main_shape(e.story, shape), e.shot, config)
 
 
 def other_action_caption(e: NextShotExample) -> str:
@@ -152,6 +175,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table.insert(0, "shots", rows.groupby(["subset", "sigma"]).size())
     table["hidden/true"] = table["hidden"] / table["true"]
     table["other/true"] = table["other"] / table["true"]
+    table["shape/true"] = table["shape"] / table["true"]
     table["action/true"] = table["action"] / table["true"]
     return table.reset_index()
 

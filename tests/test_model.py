@@ -9,7 +9,8 @@ import torch
 from shotstream.checkpoint import CheckpointError
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
 from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
-from shotstream.model.loading import export_model, from_pretrained, load_official, load_wan_folder, save_pretrained
+from shotstream.model.loading import (expand_blocks, export_model, from_pretrained, load_official, load_wan_folder,
+                                      save_pretrained)
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
 from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
 
@@ -253,6 +254,26 @@ def test_export_keeps_fp32_for_the_next_stage_and_ships_bf16(tmp_path):
     loaded = from_pretrained(run)[0].state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     assert export_model(model, config, tmp_path / "only", "", kind="causal") == [tmp_path / "only"]
+
+
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_expanded_blocks_compute_the_same_function_until_trained(layers):
+    model = make_model()
+    x, t, text, mask, frames, bounds, blocks = story_inputs()
+    deeper = expand_blocks(model, layers)
+    assert len(deeper.blocks) == deeper.cfg.num_layers == layers and deeper.cfg.dim == model.cfg.dim
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x, t, text, mask, frames), model(x, t, text, mask, frames), rtol=1e-5, atol=1e-5)
+    # 2 -> 3: block 0, block 1, then block 1's copy with its outputs zeroed, which a step moves
+    copy = deeper.blocks[-1]
+    if layers == 3:
+        assert torch.equal(copy.self_attn.q.weight, model.blocks[1].self_attn.q.weight)
+        assert not copy.ffn[2].weight.any() and not copy.self_attn.o.weight.any()
+        deeper.train()
+        deeper(x, t, text, mask, frames).square().mean().backward()
+        assert copy.ffn[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="between the model's 2 and twice"):
+        expand_blocks(model, 5)
 
 
 def test_truncated_or_mismatched_checkpoint_is_named(tmp_path):

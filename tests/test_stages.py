@@ -55,6 +55,14 @@ def test_teacher_finetune_starts_from_the_teacher_it_continues(smoke_models, tmp
                          out=str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="not a teacher of this config"):
         TeacherStage(bad.stage, bad)
+    # A deeper phase (model.num_layers=3 from the 2-layer smoke teacher) starts from its expanded blocks
+    smoke = resolve_config("teacher", "teacher_smoke", [], out=str(tmp_path / "smoke")).stage.model_overrides
+    deeper = [o.replace("num_layers=2", "num_layers=3") for o in smoke]
+    cfg = resolve_config("teacher", "teacher_smoke", overrides + [f"stage.model_overrides={','.join(deeper)}"],
+                         out=str(tmp_path / "deeper"))
+    model = TeacherStage(cfg.stage, cfg).model.state_dict()
+    assert len({k.split(".")[1] for k in model if k.startswith("blocks.")}) == 3
+    assert all(torch.equal(model[k], v) for k, v in start.items())  # blocks 0, 1 and the rest; block 2 is new
     with pytest.raises(ValueError, match="stage.shift"):
         resolve_config("teacher", "teacher_smoke", ["stage.shift=-1"], out=str(tmp_path / "neg"))
 
@@ -180,7 +188,7 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert context_use.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "4",
                              "--sigmas", "0.5,0.9", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "hidden/true" in table and "other/true" in table and "action/true" in table
+    assert all(f"{c}/true" in table for c in ("hidden", "other", "shape", "action"))
     rows = pd.read_csv(out)
     stories = load_eval_suite()[:4]
     assert len(rows) == 2 * sum(s.num_shots - 1 for s in stories)  # every shot with a history, each sigma
@@ -236,6 +244,24 @@ def test_other_action_caption_changes_the_action_phrase_only():
             changed = other_action_caption(e)
             assert changed != story_caption(story, k) and changed.endswith(with_other_action(shot.caption, shot.labels.action))
             assert changed.startswith(story.global_caption or "")
+
+
+def test_context_use_reshaped_context_changes_the_main_shape_alone():
+    from benchmark.context_use import reshaped
+    from shotstream.config import get_preset
+    from shotstream.training.data import next_shot_example
+    from shotstream.world.dataset import load_eval_suite
+
+    config = get_preset("tiny")
+    config.video.frames_per_shot = 5
+    story = load_eval_suite()[0]
+    e = next_shot_example(story, 2, config)
+    r = reshaped(e, config)
+    main, recast = story.main_character, r.story.main_character
+    assert recast.shape != main.shape and (recast.colour, recast.pattern) == (main.colour, main.pattern)
+    assert r.story.captions == story.captions and r.context_shots == e.context_shots
+    assert (r.context != e.context).any()  # the frames show the new shape...
+    assert all(a.labels.scene == b.labels.scene for a, b in zip(r.story.shots, story.shots))  # ...in the same places
 
 
 def test_context_use_partners_share_the_shot_but_not_the_character():

@@ -7,6 +7,7 @@ is strict: any missing, unexpected or misshaped key is named in the error.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -65,6 +66,35 @@ def from_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.f
     check_keys(model.state_dict(), tensors, str(Path(path) / "model.safetensors"))
     model.load_state_dict(tensors)
     return model.to(device=device, dtype=dtype).eval(), config, kind
+
+
+def expand_blocks(model: WanDiT, num_layers: int) -> WanDiT:
+    """A deeper copy of `model` that computes the same function: LLaMA Pro's block expansion.
+
+    The blocks are split into `num_layers - L` even groups and each group is followed by a copy of
+    its last block whose output projections (self-attention, cross-attention, FFN) are zero, so the
+    copy adds nothing until training moves them. Starting from a trained model this adds capacity
+    without retraining from scratch."""
+    old = model.cfg.num_layers
+    if not old <= num_layers <= 2 * old:
+        raise ValueError(f"expand_blocks: {num_layers} layers must lie between the model's {old} and twice that")
+    groups = torch.tensor_split(torch.arange(old), num_layers - old) if num_layers > old else [torch.arange(old)]
+    sources = []  # for each block of the deeper model: (block of `model`, zero its outputs?)
+    for group in groups:
+        sources += [(i, False) for i in group.tolist()]
+        if num_layers > old:
+            sources.append((group[-1].item(), True))
+    deeper = WanDiT(dataclasses.replace(model.cfg, num_layers=num_layers), model.latent_channels)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for new, (i, identity) in enumerate(sources):
+        block = {k: v.clone() for k, v in model.blocks[i].state_dict().items()}
+        if identity:
+            for out in ("self_attn.o", "cross_attn.o", "ffn.2"):
+                block[f"{out}.weight"].zero_(), block[f"{out}.bias"].zero_()
+        state |= {f"blocks.{new}.{k}": v for k, v in block.items()}
+    deeper.load_state_dict(state)
+    deeper = deeper.to(device=model.device, dtype=model.dtype)
+    return deeper.train(model.training)
 
 
 def model_config_from_wan(wan_config: dict) -> ModelConfig:

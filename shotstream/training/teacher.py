@@ -16,6 +16,7 @@ way to teach what a caption's character looks like.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
-from shotstream.model.loading import export_model, from_pretrained, read_config
+from shotstream.model.loading import expand_blocks, export_model, from_pretrained, read_config
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import (NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
@@ -39,7 +40,9 @@ class TeacherConfig:
     preset: str = "tiny"
     model_overrides: tuple[str, ...] = ()  # e.g. model.shot_indicator=none (same syntax as the CLI)
     autoencoder: str = "checkpoints/tiny/autoencoder"
-    init: str = ""  # model folder to start from (a fine-tuning phase, teacher_finetune.json); "" = from scratch
+    # Model folder to start from (a fine-tuning phase, teacher_finetune.json); "" = from scratch. With
+    # model.num_layers above the init's, its blocks are expanded (loading.expand_blocks).
+    init: str = ""
     # Shift of the training noise levels; 0 = the sampler's teacher_shift. A lower shift trains more
     # at low noise, where a 16x16 latent decides the character's shape and pattern.
     shift: float = 0.0
@@ -145,10 +148,13 @@ class TeacherStage(NextShotStage):
         super().__init__(config, train)
         self.model = WanDiT(self.config.model, self.config.video.latent_channels).to(self.device)
         if config.init:
-            start, start_config, kind = from_pretrained(config.init)
-            if kind != "bidirectional" or start_config.model != self.config.model:
+            start, _, kind = from_pretrained(config.init)
+            layers = self.config.model.num_layers
+            if dataclasses.replace(start.cfg, num_layers=layers) == self.config.model and start.cfg.num_layers < layers:
+                start = expand_blocks(start, layers)  # model.num_layers=N in model_overrides: a deeper phase
+            if kind != "bidirectional" or start.cfg != self.config.model:
                 raise ValueError(f"{config.init}: not a teacher of this config ({kind}); the fine-tuning phase "
-                                 "starts from the bidirectional teacher it continues")
+                                 "starts from the bidirectional teacher it continues (or a shallower one)")
             self.model.load_state_dict(start.state_dict())
         print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
 
