@@ -9,8 +9,8 @@ import torch
 from shotstream.checkpoint import CheckpointError
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
 from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
-from shotstream.model.loading import (expand_blocks, export_model, from_pretrained, load_official, load_wan_folder,
-                                      save_pretrained)
+from shotstream.model.loading import (expand_blocks, expansion_plan, export_model, from_pretrained, load_official,
+                                      load_wan_folder, save_pretrained)
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
 from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
 
@@ -274,6 +274,13 @@ def test_expanded_blocks_compute_the_same_function_until_trained(layers):
         assert copy.ffn[2].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="between the model's 2 and twice"):
         expand_blocks(model, 5)
+
+
+def test_expansion_plan_spreads_the_new_blocks():
+    assert expansion_plan(6, 8) == [(0, False), (1, False), (2, False), (2, True),
+                                    (3, False), (4, False), (5, False), (5, True)]
+    assert expansion_plan(2, 4) == [(0, False), (0, True), (1, False), (1, True)]
+    assert expansion_plan(3, 3) == [(0, False), (1, False), (2, False)]
 
 
 def test_truncated_or_mismatched_checkpoint_is_named(tmp_path):

@@ -58,11 +58,14 @@ def test_teacher_finetune_starts_from_the_teacher_it_continues(smoke_models, tmp
     # A deeper phase (model.num_layers=3 from the 2-layer smoke teacher) starts from its expanded blocks
     smoke = resolve_config("teacher", "teacher_smoke", [], out=str(tmp_path / "smoke")).stage.model_overrides
     deeper = [o.replace("num_layers=2", "num_layers=3") for o in smoke]
-    cfg = resolve_config("teacher", "teacher_smoke", overrides + [f"stage.model_overrides={','.join(deeper)}"],
-                         out=str(tmp_path / "deeper"))
-    model = TeacherStage(cfg.stage, cfg).model.state_dict()
+    cfg = resolve_config("teacher", "teacher_smoke", overrides + [f"stage.model_overrides={','.join(deeper)}",
+                                                                  "stage.new_block_lr_scale=20"], out=str(tmp_path / "deeper"))
+    stage = TeacherStage(cfg.stage, cfg)
+    model = stage.model.state_dict()
     assert len({k.split(".")[1] for k in model if k.startswith("blocks.")}) == 3
     assert all(torch.equal(model[k], v) for k, v in start.items())  # blocks 0, 1 and the rest; block 2 is new
+    scaled = stage.optimizers()["model"].lr_scale
+    assert set(scaled) == {k for k in model if k.startswith("blocks.2.")} and set(scaled.values()) == {20.0}
     with pytest.raises(ValueError, match="stage.shift"):
         resolve_config("teacher", "teacher_smoke", ["stage.shift=-1"], out=str(tmp_path / "neg"))
 

@@ -68,6 +68,19 @@ def from_pretrained(path: str | Path, device="cpu", dtype: torch.dtype = torch.f
     return model.to(device=device, dtype=dtype).eval(), config, kind
 
 
+def expansion_plan(old: int, num_layers: int) -> list[tuple[int, bool]]:
+    """For each block of an `old`-layer model expanded to `num_layers`: (the block it copies, is it
+    a new identity block?)."""
+    if not old <= num_layers <= 2 * old:
+        raise ValueError(f"expand_blocks: {num_layers} layers must lie between the model's {old} and twice that")
+    if num_layers == old:
+        return [(i, False) for i in range(old)]
+    plan = []
+    for group in torch.tensor_split(torch.arange(old), num_layers - old):
+        plan += [(i, False) for i in group.tolist()] + [(group[-1].item(), True)]
+    return plan
+
+
 def expand_blocks(model: WanDiT, num_layers: int) -> WanDiT:
     """A deeper copy of `model` that computes the same function: LLaMA Pro's block expansion.
 
@@ -76,14 +89,7 @@ def expand_blocks(model: WanDiT, num_layers: int) -> WanDiT:
     copy adds nothing until training moves them. Starting from a trained model this adds capacity
     without retraining from scratch."""
     old = model.cfg.num_layers
-    if not old <= num_layers <= 2 * old:
-        raise ValueError(f"expand_blocks: {num_layers} layers must lie between the model's {old} and twice that")
-    groups = torch.tensor_split(torch.arange(old), num_layers - old) if num_layers > old else [torch.arange(old)]
-    sources = []  # for each block of the deeper model: (block of `model`, zero its outputs?)
-    for group in groups:
-        sources += [(i, False) for i in group.tolist()]
-        if num_layers > old:
-            sources.append((group[-1].item(), True))
+    sources = expansion_plan(old, num_layers)
     deeper = WanDiT(dataclasses.replace(model.cfg, num_layers=num_layers), model.latent_channels)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     for new, (i, identity) in enumerate(sources):

@@ -27,7 +27,7 @@ from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
-from shotstream.model.loading import expand_blocks, export_model, from_pretrained, read_config
+from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import (NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
@@ -43,6 +43,9 @@ class TeacherConfig:
     # Model folder to start from (a fine-tuning phase, teacher_finetune.json); "" = from scratch. With
     # model.num_layers above the init's, its blocks are expanded (loading.expand_blocks).
     init: str = ""
+    # lr multiplier of the blocks that expansion adds: their outputs start at zero, and at a phase's
+    # lr (1e-4, Adam) they grow to ~1% of the old blocks' in 700 steps, adding almost nothing.
+    new_block_lr_scale: float = 1.0
     # Shift of the training noise levels; 0 = the sampler's teacher_shift. A lower shift trains more
     # at low noise, where a 16x16 latent decides the character's shape and pattern.
     shift: float = 0.0
@@ -89,6 +92,8 @@ class TeacherConfig:
             raise ValueError(f"stage.shift must be >= 0 (0 = the sampler's teacher_shift), got {self.shift}")
         if not 0 <= self.pronoun_share <= 1:
             raise ValueError(f"stage.pronoun_share must be in [0, 1], got {self.pronoun_share}")
+        if self.new_block_lr_scale <= 0:
+            raise ValueError(f"stage.new_block_lr_scale must be > 0, got {self.new_block_lr_scale}")
         return self
 
 
@@ -147,11 +152,14 @@ class TeacherStage(NextShotStage):
     def __init__(self, config: TeacherConfig, train: TrainConfig):
         super().__init__(config, train)
         self.model = WanDiT(self.config.model, self.config.video.latent_channels).to(self.device)
+        self.new_blocks: list[int] = []  # blocks added to the init by expansion
         if config.init:
             start, _, kind = from_pretrained(config.init)
             layers = self.config.model.num_layers
             if dataclasses.replace(start.cfg, num_layers=layers) == self.config.model and start.cfg.num_layers < layers:
-                start = expand_blocks(start, layers)  # model.num_layers=N in model_overrides: a deeper phase
+                # model.num_layers=N in model_overrides: a deeper phase
+                self.new_blocks = [i for i, (_, new) in enumerate(expansion_plan(start.cfg.num_layers, layers)) if new]
+                start = expand_blocks(start, layers)
             if kind != "bidirectional" or start.cfg != self.config.model:
                 raise ValueError(f"{config.init}: not a teacher of this config ({kind}); the fine-tuning phase "
                                  "starts from the bidirectional teacher it continues (or a shallower one)")
@@ -162,7 +170,9 @@ class TeacherStage(NextShotStage):
         return {"model": self.model}
 
     def optimizers(self):
-        return {"model": OptimizerSpec(("model",))}
+        new = tuple(f"blocks.{i}." for i in self.new_blocks)
+        scale = {k: self.cfg.new_block_lr_scale for k, _ in self.model.named_parameters() if k.startswith(new)}
+        return {"model": OptimizerSpec(("model",), lr_scale=scale if self.cfg.new_block_lr_scale != 1 else {})}
 
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
         """The video batch, then (if the `image_batches` schedule says so) a batch of single frames."""
