@@ -170,9 +170,10 @@ class TeacherStage(NextShotStage):
         return {"model": self.model}
 
     def optimizers(self):
-        new = tuple(f"blocks.{i}." for i in self.new_blocks)
-        scale = {k: self.cfg.new_block_lr_scale for k, _ in self.model.named_parameters() if k.startswith(new)}
-        return {"model": OptimizerSpec(("model",), lr_scale=scale if self.cfg.new_block_lr_scale != 1 else {})}
+        scale = self.cfg.new_block_lr_scale
+        new = tuple(f"blocks.{i}." for i in self.new_blocks) if scale != 1 else ()  # startswith(()) is False
+        return {"model": OptimizerSpec(("model",), lr_scale={k: scale for k, _ in self.model.named_parameters()
+                                                              if k.startswith(new)})}
 
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
         """The video batch, then (if the `image_batches` schedule says so) a batch of single frames."""
