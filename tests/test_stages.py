@@ -27,7 +27,7 @@ def smoke_models(tmp_path_factory):
     ae = run_stage("autoencoder", "autoencoder_smoke", root / "ae") / "autoencoder"
     teacher = run_stage("teacher", "teacher_smoke", root / "teacher", f"stage.autoencoder={ae}",
                         "stage.character_loss_weight=4", "stage.character_weight_from_step=1",
-                        "stage.image_batches=1:2") / "teacher"
+                        "stage.image_batches=1:2", "stage.identity_loss_weight=0.5") / "teacher"
     return root, ae, teacher
 
 
@@ -40,7 +40,8 @@ def test_stages_write_loadable_models_curves_and_samples(smoke_models):
         assert (root / run / "loss.png").is_file()
         assert (root / run / "config.json").is_file()
     assert (root / "teacher" / "samples" / "step_00000002" / "story.png").is_file()
-    assert "image_loss" in (root / "teacher" / "metrics.csv").read_text()  # joint image training ran
+    logged = (root / "teacher" / "metrics.csv").read_text()
+    assert "image_loss" in logged and "identity_loss" in logged  # joint image training and the readout ran
 
 
 def test_teacher_finetune_starts_from_the_teacher_it_continues(smoke_models, tmp_path):
@@ -480,6 +481,43 @@ def test_character_weight_marks_the_latent_cells_the_main_character_touches():
     example = next_shot_example(sample_story(3, num_shots=1, frames_per_shot=cfg.video.frames_per_shot), 0, cfg)
     w = character_weight(example.target_boxes, cfg, 5.0)
     assert w.shape == (cfg.video.latent_frames_per_shot, 16, 16) and 0 < (w == 5).mean() < 0.5
+
+
+def test_identity_readout_reads_the_characters_tokens_and_trains_the_teacher(smoke_models, tmp_path):
+    from shotstream.training.data import IDENTITY, character_cells, identity_labels
+    from shotstream.training.state import derive_seed
+    from shotstream.training.teacher import IdentityReadout, TeacherStage
+
+    # pooling: only the tokens over the character's cells count; a character out of view is not seen
+    readout = IdentityReadout(8, (1, 2, 2))
+    cells = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    cells[0, 1, 2, 3] = True  # latent cell (2, 3) of frame 1 -> token 1 * 4 + 1 * 2 + 1 = 7
+    tokens = torch.randn(2, 3 * 4, 8)
+    logits, seen = readout(tokens, cells)
+    assert seen.tolist() == [True, False] and {k: v.shape[1] for k, v in logits.items()} == {k: len(v) for k, v in IDENTITY.items()}
+    moved = tokens.clone()
+    moved[0, :7], moved[0, 8:] = torch.randn(7, 8), torch.randn(4, 8)
+    assert all(torch.allclose(a[0], b[0]) for a, b in zip(logits.values(), readout(moved, cells)[0].values()))
+    moved[0, 7] = torch.randn(8)
+    assert not torch.allclose(logits["shape"][0], readout(moved, cells)[0]["shape"][0])
+
+    # a teacher batch carries the main character's cells and identity; the readout's loss reaches the model
+    root, ae, teacher = smoke_models
+    cfg = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={ae}", f"stage.init={teacher}",
+                                                      "stage.identity_loss_weight=1"], out=str(tmp_path / "t"))
+    stage = TeacherStage(cfg.stage, cfg)
+    assert set(stage.optimizers()["model"].modules) == {"model", "readout"}
+    batch = stage.batch(step=1, shard=0, num_shards=1)[0]
+    examples = [stage.example(derive_seed(cfg.seed, 1, 0, i)) for i in range(cfg.batch_size)]  # as batch() draws them
+    assert batch.identity.tolist() == [identity_labels(e.story.shots[e.shot].labels.main) for e in examples]
+    assert torch.equal(batch.character, torch.from_numpy(np.stack([character_cells(e.target_boxes, stage.config)
+                                                                   for e in examples])))
+    _, tokens, sigma = stage.flow_matching_loss(batch)
+    loss, logs = stage.readout.loss(tokens, batch, sigma)
+    loss.backward()
+    assert logs["identity_loss"] > 0 and stage.model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="identity_loss_weight"):
+        resolve_config("teacher", "teacher_smoke", ["stage.identity_loss_weight=-1"], out=str(tmp_path / "neg"))
 
 
 def test_ode_pair_shards_of_unknown_origin_are_refused(smoke_models, tmp_path):

@@ -20,7 +20,8 @@ from shotstream.model.memory import select_context_frames
 from shotstream.session import to_model_video
 from shotstream.world.render import render_shot
 from shotstream.world.dataset import training_seed
-from shotstream.world.story import Story, sample_story
+from shotstream.world import vocab
+from shotstream.world.story import Character, Story, sample_story
 
 
 def story_caption(story: Story, k: int) -> str:
@@ -64,6 +65,14 @@ def character_cells(boxes: np.ndarray, cfg: ShotStreamConfig) -> np.ndarray:
                 continue
             out[j, int(y0) // s: -(-int(np.ceil(y1)) // s), int(x0) // s: -(-int(np.ceil(x1)) // s)] = True
     return out
+
+
+IDENTITY = {"shape": vocab.SHAPES, "colour": vocab.COLOURS, "pattern": vocab.PATTERNS}
+
+
+def identity_labels(character: Character) -> list[int]:
+    """A character's identity as indices in IDENTITY's label spaces."""
+    return [space.index(getattr(character, name)) for name, space in IDENTITY.items()]
 
 
 def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
@@ -217,6 +226,10 @@ class NextShotBatch:
     text_mask: torch.Tensor
     shot: torch.Tensor  # [B] target shot index
     loss_weight: torch.Tensor | None = None  # [B, F, h, w] per latent cell (character_weight), or None
+    # The main character's latent cells [B, F, h, w] bool (character_cells) and its identity [B, 3]
+    # (indices in IDENTITY's label spaces); None when an example has no ground truth (self-forcing).
+    character: torch.Tensor | None = None
+    identity: torch.Tensor | None = None
 
     @property
     def budget(self) -> int:
@@ -301,6 +314,7 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         captions += [story_caption(e.story, s) for s in e.context_shots] + [own] * (C + 1 - n)
     states, mask = text_encoder.encode(captions)
     L, D = states.shape[1:]
+    truth = all(e.target_boxes is not None and e.story.has_labels for e in examples)
     return NextShotBatch(
         target=target,
         context=context,
@@ -311,4 +325,8 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         shot=torch.tensor([e.shot for e in examples], device=device),
         loss_weight=None if character_loss_weight == 1.0 else torch.from_numpy(np.stack(
             [character_weight(e.target_boxes, cfg, character_loss_weight) for e in examples])).to(device),
+        character=torch.from_numpy(np.stack([character_cells(e.target_boxes, cfg) for e in examples])).to(device)
+        if truth else None,
+        identity=torch.tensor([identity_labels(e.story.shots[e.shot].labels.main) for e in examples], device=device)
+        if truth else None,
     )

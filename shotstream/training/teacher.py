@@ -17,11 +17,16 @@ way to teach what a caption's character looks like.
 from __future__ import annotations
 
 import dataclasses
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import reduce
+from torch import nn
 
 from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
@@ -29,7 +34,7 @@ from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
 from shotstream.text_encoder import TextEncoder, text_dropout
-from shotstream.training.data import (NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
+from shotstream.training.data import (IDENTITY, NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
@@ -54,6 +59,8 @@ class TeacherConfig:
     character_loss_weight: float = 1.0  # loss weight on the latent cells of the main character (data.character_weight)
     character_weight_from_step: int = 0  # ...applied after this step: scenes first, then the small characters
     pronoun_share: float = 0.0  # share of examples targeting an "it" shot (data.target_shot); 0 = uniform
+    # Weight of the auxiliary identity loss (IdentityReadout, training only); 0 = off.
+    identity_loss_weight: float = 0.0
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
@@ -92,6 +99,8 @@ class TeacherConfig:
             raise ValueError(f"stage.shift must be >= 0 (0 = the sampler's teacher_shift), got {self.shift}")
         if not 0 <= self.pronoun_share <= 1:
             raise ValueError(f"stage.pronoun_share must be in [0, 1], got {self.pronoun_share}")
+        if self.identity_loss_weight < 0:
+            raise ValueError(f"stage.identity_loss_weight must be >= 0 (0 = off), got {self.identity_loss_weight}")
         if self.new_block_lr_scale <= 0:
             raise ValueError(f"stage.new_block_lr_scale must be > 0, got {self.new_block_lr_scale}")
         return self
@@ -164,16 +173,17 @@ class TeacherStage(NextShotStage):
                 raise ValueError(f"{config.init}: not a teacher of this config ({kind}); the fine-tuning phase "
                                  "starts from the bidirectional teacher it continues (or a shallower one)")
             self.model.load_state_dict(start.state_dict())
+        self.readout = IdentityReadout(self.config.model.dim, self.config.model.patch_size).to(self.device) if config.identity_loss_weight else None
         print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
 
     def modules(self):
-        return {"model": self.model}
+        return {"model": self.model} | ({"readout": self.readout} if self.readout else {})
 
     def optimizers(self):
         scale = self.cfg.new_block_lr_scale
         new = tuple(f"blocks.{i}." for i in self.new_blocks) if scale != 1 else ()  # startswith(()) is False
-        return {"model": OptimizerSpec(("model",), lr_scale={k: scale for k, _ in self.model.named_parameters()
-                                                              if k.startswith(new)})}
+        return {"model": OptimizerSpec(tuple(self.modules()), lr_scale={
+            k: scale for k, _ in self.model.named_parameters() if k.startswith(new)})}
 
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
         """The video batch, then (if the `image_batches` schedule says so) a batch of single frames."""
@@ -192,18 +202,27 @@ class TeacherStage(NextShotStage):
         return sample_image_example(seed, self.config, self.cfg.max_shots)
 
     def loss(self, name: str, batches: list[NextShotBatch], step: int):
-        losses = [self.flow_matching_loss(b) for b in batches]
-        logs = {"video_loss": losses[0].item()} | ({"image_loss": losses[1].item()} if len(losses) > 1 else {})
-        return sum(losses), logs
+        video, tokens, sigma = self.flow_matching_loss(batches[0])
+        loss, logs = video, {"video_loss": video.item()}
+        if self.readout is not None and batches[0].identity is not None:
+            identity, readout_logs = self.readout.loss(tokens, batches[0], sigma)
+            loss, logs = loss + self.cfg.identity_loss_weight * identity, logs | readout_logs
+        if len(batches) > 1:
+            image = self.flow_matching_loss(batches[1])[0]
+            loss, logs = loss + image, logs | {"image_loss": image.item()}
+        return loss, logs
 
-    def flow_matching_loss(self, batch: NextShotBatch) -> torch.Tensor:
+    def flow_matching_loss(self, batch: NextShotBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss, the last block's tokens of the target [B, F*n, D] and the noise levels [B]."""
         shift = self.cfg.shift or self.config.sampler.teacher_shift
         sigma = fm.sample_training_sigmas(batch.target.shape[0], shift).to(self.device)
         noise = torch.randn_like(batch.target)
         text, mask = self.drop_target_text(batch, self.cfg.text_dropout)
-        v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
+        with block_output(self.model.blocks[-1]) as tokens:
+            v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
         weight = None if batch.loss_weight is None else batch.loss_weight[:, :, None].expand_as(batch.target)
-        return fm.flow_matching_loss(v, batch.target, noise, weight)
+        n = batch.budget * math.prod(self.model.grid(*batch.target.shape[-2:]))  # the context's tokens come first
+        return fm.flow_matching_loss(v, batch.target, noise, weight), tokens[0][:, n:], sigma
 
     def pipeline(self):
         from shotstream.session import ShotStreamPipeline
@@ -217,6 +236,58 @@ class TeacherStage(NextShotStage):
 
     def export(self, out_dir: Path) -> list[Path]:
         return export_model(self.model, self.config, out_dir / "teacher", self.cfg.export_to, kind="bidirectional")
+
+
+class IdentityReadout(nn.Module):
+    """An auxiliary head, for training only: linear readouts of the main character's shape, colour
+    and pattern from the teacher's last-block tokens, averaged over the character's cells in the
+    target.
+
+    Teacher v7 takes the colour from its earlier shots and ignores the shape (`context_use`): the
+    flow-matching loss on a few cells barely rewards the shape. On an "it" shot at high noise
+    the identity is only in the context, so this cross-entropy asks the model to carry it
+    into the target's tokens, where the head (which renders them) can use it."""
+
+    def __init__(self, dim: int, patch_size: tuple[int, int, int]):
+        super().__init__()
+        self.patch_size = patch_size
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, len(space)) for name, space in IDENTITY.items()})
+
+    def forward(self, tokens: torch.Tensor, cells: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """tokens [B, F*n, D] of the target, cells [B, F, h, w] bool -> ({attribute: logits [B, k]},
+        seen [B]: whether the character is on any token)."""
+        pt, ph, pw = self.patch_size
+        on = reduce(cells.float(), "b (f pt) (h ph) (w pw) -> b (f h w)", "max", pt=pt, ph=ph, pw=pw)
+        pooled = (tokens * on[..., None]).sum(1) / on.sum(1).clamp(min=1)[:, None]
+        h = self.norm(pooled)
+        return {name: head(h) for name, head in self.heads.items()}, on.sum(1) > 0
+
+    def loss(self, tokens: torch.Tensor, batch: NextShotBatch, sigma: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Summed cross-entropy over the examples whose character is in view; logs it and each
+        attribute's accuracy at noise >= 0.5 (where the target's own latents barely show it)."""
+        logits, seen = self(tokens, batch.character)
+        identity = batch.identity
+        ce = sum(F.cross_entropy(z, identity[:, i], reduction="none") for i, z in enumerate(logits.values()))
+        loss = (ce * seen).sum() / seen.sum().clamp(min=1)
+        logs = {"identity_loss": loss.item()}
+        noisy = seen & (sigma >= 0.5)
+        if noisy.any():
+            logs |= {f"readout_{name}_acc": (z.argmax(1) == identity[:, i])[noisy].float().mean().item()
+                     for i, (name, z) in enumerate(logits.items())}
+        return loss, logs
+
+
+@contextmanager
+def block_output(block: nn.Module):
+    """Collects `block`'s outputs while the context is open (a forward hook: the model's API stays
+    that of inference)."""
+    outputs: list[torch.Tensor] = []
+    handle = block.register_forward_hook(lambda module, args, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def sample_story_sheet(pipe, story_index: int, shots: int, out_dir: Path) -> Path:
