@@ -512,12 +512,41 @@ def test_identity_readout_reads_the_characters_tokens_and_trains_the_teacher(smo
     assert batch.identity.tolist() == [identity_labels(e.story.shots[e.shot].labels.main) for e in examples]
     assert torch.equal(batch.character, torch.from_numpy(np.stack([character_cells(e.target_boxes, stage.config)
                                                                    for e in examples])))
-    _, tokens, sigma = stage.flow_matching_loss(batch)
-    loss, logs = stage.readout.loss(tokens, batch, sigma)
+    _, fit = stage.flow_matching_loss(batch)
+    loss, logs = stage.readout.loss(fit.tokens, batch, fit.sigma)
     loss.backward()
     assert logs["identity_loss"] > 0 and stage.model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="identity_loss_weight"):
         resolve_config("teacher", "teacher_smoke", ["stage.identity_loss_weight=-1"], out=str(tmp_path / "neg"))
+
+
+def test_named_loss_pulls_it_shots_towards_the_init_told_the_characters_name(smoke_models, tmp_path):
+    from shotstream.training.teacher import TeacherStage
+
+    root, ae, teacher = smoke_models
+    overrides = [f"stage.autoencoder={ae}", f"stage.init={teacher}", "stage.named_loss_weight=1",
+                 "stage.pronoun_share=1", "stage.text_dropout=0", "stage.context_dropout=0"]
+    cfg = resolve_config("teacher", "teacher_smoke", overrides, out=str(tmp_path / "t"))
+    stage = TeacherStage(cfg.stage, cfg)
+    batch = stage.batch(step=1, shard=0, num_shards=1)[0]
+    assert batch.pronoun.any() and batch.context_valid[batch.pronoun].any(1).all()  # "it" targets, where a story has one
+    C = batch.budget
+    for i, pronoun in enumerate(batch.pronoun):  # the caption slot names the character on "it" shots only
+        assert torch.equal(batch.named_text[i], batch.text[i, C]) != pronoun
+    torch.manual_seed(0)
+    _, fit = stage.flow_matching_loss(batch)
+    named = stage.named_loss(batch, fit)
+    named.backward()
+    assert named > 0 and stage.model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in stage.reference.parameters())  # the reference stays the init
+    # with the "it" caption in the named slot, the model (still the init) matches its reference exactly
+    same = dataclasses.replace(batch, named_text=batch.text[:, C], named_mask=batch.text_mask[:, C])
+    assert stage.named_loss(same, fit).item() == pytest.approx(0, abs=1e-10)
+    # targets whose caption was dropped (CFG's unconditional branch) are left out
+    fit.text_kept[:] = False
+    assert stage.named_loss(batch, fit).item() == 0
+    with pytest.raises(ValueError, match="needs stage.init"):
+        resolve_config("teacher", "teacher_smoke", ["stage.named_loss_weight=1"], out=str(tmp_path / "noinit"))
 
 
 def test_ode_pair_shards_of_unknown_origin_are_refused(smoke_models, tmp_path):

@@ -21,12 +21,15 @@ from shotstream.session import to_model_video
 from shotstream.world.render import render_shot
 from shotstream.world.dataset import training_seed
 from shotstream.world import vocab
-from shotstream.world.story import Character, Story, sample_story
+from shotstream.world.story import Character, Story, named_caption, sample_story
 
 
-def story_caption(story: Story, k: int) -> str:
-    """The caption the model sees for shot k: the global caption, if any, prefixes it (as at inference)."""
+def story_caption(story: Story, k: int, named: bool = False) -> str:
+    """The caption the model sees for shot k: the global caption, if any, prefixes it (as at
+    inference). `named`: an "it" shot's caption names the main character instead (`named_caption`)."""
     c = story.shots[k].caption
+    if named:
+        c = named_caption(c, story.shots[k].labels.main)
     return f"{story.global_caption} {c}" if story.global_caption else c
 
 
@@ -230,6 +233,11 @@ class NextShotBatch:
     # (indices in IDENTITY's label spaces); None when an example has no ground truth (self-forcing).
     character: torch.Tensor | None = None
     identity: torch.Tensor | None = None
+    # collate(named=True): the target's caption slot with the main character named (`named_caption`;
+    # the caption itself on named shots) [B, L, Dt] / [B, L], and which targets are "it" shots [B].
+    named_text: torch.Tensor | None = None
+    named_mask: torch.Tensor | None = None
+    pronoun: torch.Tensor | None = None
 
     @property
     def budget(self) -> int:
@@ -288,10 +296,11 @@ class NextShotBatch:
 @torch.no_grad()
 def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: ShotStreamConfig, device,
             context_dropout: float = 0.0, rng: np.random.Generator | None = None,
-            character_loss_weight: float = 1.0, budget: int | None = None) -> NextShotBatch:
+            character_loss_weight: float = 1.0, budget: int | None = None, named: bool = False) -> NextShotBatch:
     """Encode pixels with the autoencoder and captions with the text encoder; pad the context to
     `budget` frames (default: the model's context_frames; 0 for examples without context).
-    character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
+    character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`; `named` adds
+    the targets' named captions."""
     C = cfg.model.context_frames if budget is None else budget
     h, w = cfg.video.latent_size
     # Examples not encoded yet (all but a StoryPool's): their targets in one batched call.
@@ -312,7 +321,12 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
             shots[b, :n] = torch.tensor(e.context_shots, device=device)
         own = story_caption(e.story, e.shot)
         captions += [story_caption(e.story, s) for s in e.context_shots] + [own] * (C + 1 - n)
+    if named:
+        captions += [story_caption(e.story, e.shot, named=True) for e in examples]
     states, mask = text_encoder.encode(captions)
+    states, mask = states.to(device), mask.to(device)
+    named_states, named_mask = (states[-len(examples):], mask[-len(examples):]) if named else (None, None)
+    states, mask = states[:len(examples) * (C + 1)], mask[:len(examples) * (C + 1)]
     L, D = states.shape[1:]
     truth = all(e.target_boxes is not None and e.story.has_labels for e in examples)
     return NextShotBatch(
@@ -320,8 +334,8 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         context=context,
         context_valid=valid,
         context_shots=shots,
-        text=states.to(device).reshape(len(examples), C + 1, L, D),
-        text_mask=mask.to(device).reshape(len(examples), C + 1, L),
+        text=states.reshape(len(examples), C + 1, L, D),
+        text_mask=mask.reshape(len(examples), C + 1, L),
         shot=torch.tensor([e.shot for e in examples], device=device),
         loss_weight=None if character_loss_weight == 1.0 else torch.from_numpy(np.stack(
             [character_weight(e.target_boxes, cfg, character_loss_weight) for e in examples])).to(device),
@@ -329,4 +343,7 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         if truth else None,
         identity=torch.tensor([identity_labels(e.story.shots[e.shot].labels.main) for e in examples], device=device)
         if truth else None,
+        named_text=named_states,
+        named_mask=named_mask,
+        pronoun=torch.tensor([e.story.shots[e.shot].labels.pronoun for e in examples], device=device) if named else None,
     )

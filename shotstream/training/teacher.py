@@ -16,11 +16,13 @@ way to teach what a caption's character looks like.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -61,6 +63,8 @@ class TeacherConfig:
     pronoun_share: float = 0.0  # share of examples targeting an "it" shot (data.target_shot); 0 = uniform
     # Weight of the auxiliary identity loss (IdentityReadout, training only); 0 = off.
     identity_loss_weight: float = 0.0
+    # Weight of the named-caption loss on "it" targets (`named_loss`; needs an init); 0 = off.
+    named_loss_weight: float = 0.0
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
@@ -99,8 +103,11 @@ class TeacherConfig:
             raise ValueError(f"stage.shift must be >= 0 (0 = the sampler's teacher_shift), got {self.shift}")
         if not 0 <= self.pronoun_share <= 1:
             raise ValueError(f"stage.pronoun_share must be in [0, 1], got {self.pronoun_share}")
-        if self.identity_loss_weight < 0:
-            raise ValueError(f"stage.identity_loss_weight must be >= 0 (0 = off), got {self.identity_loss_weight}")
+        for name in ("identity_loss_weight", "named_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"stage.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.named_loss_weight and not self.init:
+            raise ValueError("stage.named_loss_weight needs stage.init: its targets are the init's predictions")
         if self.new_block_lr_scale <= 0:
             raise ValueError(f"stage.new_block_lr_scale must be > 0, got {self.new_block_lr_scale}")
         return self
@@ -133,7 +140,8 @@ class NextShotStage:
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
                        context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
-                       character_loss_weight=self.character_loss_weight(step))
+                       character_loss_weight=self.character_loss_weight(step),
+                       named=getattr(self.cfg, "named_loss_weight", 0.0) > 0)  # teacher options
 
     def example(self, seed: int) -> NextShotExample:
         """A target shot with its context: from the story pool if there is one, else a fresh story."""
@@ -147,12 +155,13 @@ class NextShotStage:
             return 1.0
         return getattr(self.cfg, "character_loss_weight", 1.0)
 
-    def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text dropout on the target's caption slot (the unconditional branch of CFG)."""
+    def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Text dropout on the target's caption slot (the unconditional branch of CFG); also
+        returns which examples lost it [B]."""
         C = batch.budget
         text, mask = batch.text.clone(), batch.text_mask.clone()
-        text[:, C], mask[:, C], _ = text_dropout(text[:, C], mask[:, C], self.null_states, self.null_mask, p)
-        return text, mask
+        text[:, C], mask[:, C], dropped = text_dropout(text[:, C], mask[:, C], self.null_states, self.null_mask, p)
+        return text, mask, dropped
 
 
 class TeacherStage(NextShotStage):
@@ -173,6 +182,9 @@ class TeacherStage(NextShotStage):
                 raise ValueError(f"{config.init}: not a teacher of this config ({kind}); the fine-tuning phase "
                                  "starts from the bidirectional teacher it continues (or a shallower one)")
             self.model.load_state_dict(start.state_dict())
+        # named_loss's reference: the init, frozen (the trained model could instead learn to
+        # ignore the names, which would zero that loss too)
+        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if config.named_loss_weight else None
         self.readout = IdentityReadout(self.config.model.dim, self.config.model.patch_size).to(self.device) if config.identity_loss_weight else None
         print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
 
@@ -202,27 +214,58 @@ class TeacherStage(NextShotStage):
         return sample_image_example(seed, self.config, self.cfg.max_shots)
 
     def loss(self, name: str, batches: list[NextShotBatch], step: int):
-        video, tokens, sigma = self.flow_matching_loss(batches[0])
+        video, fit = self.flow_matching_loss(batches[0])
         loss, logs = video, {"video_loss": video.item()}
         if self.readout is not None and batches[0].identity is not None:
-            identity, readout_logs = self.readout.loss(tokens, batches[0], sigma)
+            identity, readout_logs = self.readout.loss(fit.tokens, batches[0], fit.sigma)
             loss, logs = loss + self.cfg.identity_loss_weight * identity, logs | readout_logs
+        if self.cfg.named_loss_weight and batches[0].named_text is not None:
+            named = self.named_loss(batches[0], fit)
+            loss, logs = loss + self.cfg.named_loss_weight * named, logs | {"named_loss": named.item()}
         if len(batches) > 1:
             image = self.flow_matching_loss(batches[1])[0]
             loss, logs = loss + image, logs | {"image_loss": image.item()}
         return loss, logs
 
-    def flow_matching_loss(self, batch: NextShotBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The loss, the last block's tokens of the target [B, F*n, D] and the noise levels [B]."""
+    def flow_matching_loss(self, batch: NextShotBatch) -> tuple[torch.Tensor, SimpleNamespace]:
+        """The loss, and what the other losses reuse: the noisy target x_t, noise levels sigma [B],
+        velocity v, the text after dropout (text, mask, text_kept [B]) and the last block's tokens
+        of the target [B, F*n, D]."""
         shift = self.cfg.shift or self.config.sampler.teacher_shift
         sigma = fm.sample_training_sigmas(batch.target.shape[0], shift).to(self.device)
         noise = torch.randn_like(batch.target)
-        text, mask = self.drop_target_text(batch, self.cfg.text_dropout)
+        text, mask, dropped = self.drop_target_text(batch, self.cfg.text_dropout)
+        x_t = fm.add_noise(batch.target, noise, sigma)
         with block_output(self.model.blocks[-1]) as tokens:
-            v = batch.velocity(self.model, fm.add_noise(batch.target, noise, sigma), sigma, text, mask)
-        weight = None if batch.loss_weight is None else batch.loss_weight[:, :, None].expand_as(batch.target)
+            v = batch.velocity(self.model, x_t, sigma, text, mask)
         n = batch.budget * math.prod(self.model.grid(*batch.target.shape[-2:]))  # the context's tokens come first
-        return fm.flow_matching_loss(v, batch.target, noise, weight), tokens[0][:, n:], sigma
+        fit = SimpleNamespace(x_t=x_t, sigma=sigma, v=v, text=text, mask=mask, text_kept=~dropped, tokens=tokens[0][:, n:])
+        return fm.flow_matching_loss(v, batch.target, noise, self.cell_weight(batch)), fit
+
+    def named_loss(self, batch: NextShotBatch, fit: SimpleNamespace) -> torch.Tensor:
+        """On "it" targets (with their context and caption kept): the squared distance of the
+        velocity to the init's (`reference`) at the same x_t with the caption that names the
+        character.
+
+        The model draws a character its caption names, and on "it" shots it takes only the colour
+        from the context (`context_use`): the flow-matching target, x0 under heavy noise, barely
+        rewards the shape. The named prediction holds what the caption would have added, noise-free:
+        this asks the context to add the same."""
+        C = batch.budget
+        text, mask = fit.text.clone(), fit.mask.clone()
+        text[:, C], mask[:, C] = batch.named_text, batch.named_mask
+        with torch.no_grad():
+            target = batch.velocity(self.reference, fit.x_t, fit.sigma, text, mask)
+        err = (fit.v.float() - target.float()) ** 2
+        use = (batch.pronoun & fit.text_kept & batch.context_valid.any(1)).float()[:, None, None, None, None]
+        cells = self.cell_weight(batch)
+        weight = use.expand_as(err) if cells is None else use * cells
+        return (err * weight).sum() / weight.sum().clamp_min(1e-12)
+
+    @staticmethod
+    def cell_weight(batch: NextShotBatch) -> torch.Tensor | None:
+        """The flow-matching weight of each target latent [B, F, C, h, w] (character_weight), or None."""
+        return None if batch.loss_weight is None else batch.loss_weight[:, :, None].expand_as(batch.target)
 
     def pipeline(self):
         from shotstream.session import ShotStreamPipeline

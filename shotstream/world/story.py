@@ -8,6 +8,7 @@ by a pronoun, so its identity has to be recalled from earlier shots.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,6 +134,17 @@ def make_caption(labels: ShotLabels, rng: np.random.Generator) -> str:
         caption = f"{scene}, {subject} {verb}{companion}, {framing}"
     else:  # "medium shot: the creature bounces under the sea"
         caption = f"{framing}: {subject} {verb}{companion} {scene}"
+    return caption
+
+
+def named_caption(caption: str, character: Character) -> str:
+    """A pronoun caption with its pronoun replaced by the character's canonical description
+    ("in the desert, it spins" -> "in the desert, a red striped star spins"): the same shot told
+    as a named one. A caption without a pronoun is returned as it is."""
+    for pronoun in sorted(vocab.PRONOUNS, key=len, reverse=True):  # "the same creature" before "it"
+        named, n = re.subn(rf"\b{re.escape(pronoun)}\b", with_article(character.describe()), caption, count=1)
+        if n:
+            return named
     return caption
 
 
