@@ -45,7 +45,7 @@ from shotstream.training.data import (NextShotBatch, NextShotExample, character_
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
-from shotstream.world.story import Story
+from shotstream.world.story import with_main_shape
 
 CONDITIONS = ("true", "hidden", "other", "shape", "action")
 
@@ -60,16 +60,6 @@ def with_other_action(caption: str, action: str) -> str:
             if phrase in caption:
                 return caption.replace(phrase, table[other][min(i, len(table[other]) - 1)], 1)
     raise ValueError(f"no {action!r} phrase in caption {caption!r}")
-
-
-def with_main_shape(story: Story, shape: str) -> Story:
-    """`story` whose main character has `shape` in every shot's labels (so in every render);
-    captions, seed and everything else unchanged."""
-    main = story.main_character
-    recast = dataclasses.replace(main, shape=shape)
-    shots = [dataclasses.replace(s, labels=dataclasses.replace(
-        s.labels, characters=tuple(recast if c == main else c for c in s.labels.characters))) for s in story.shots]
-    return dataclasses.replace(story, shots=shots)
 
 
 def other_story_partners(examples: list[NextShotExample]) -> list[int]:

@@ -549,6 +549,33 @@ def test_named_loss_pulls_it_shots_towards_the_init_told_the_characters_name(smo
         resolve_config("teacher", "teacher_smoke", ["stage.named_loss_weight=1"], out=str(tmp_path / "noinit"))
 
 
+def test_shape_contrast_pushes_away_from_the_target_drawn_in_another_shape(smoke_models, tmp_path):
+    from shotstream.training.teacher import TeacherStage
+
+    root, ae, teacher = smoke_models
+    cfg = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={ae}", f"stage.init={teacher}", "stage.story_pool=3",
+                                                      "stage.shape_contrast=0.2"], out=str(tmp_path / "t"))
+    stage = TeacherStage(cfg.stage, cfg)
+    batch = stage.batch(step=1, shard=0, num_shards=1)[0]
+    assert batch.negative.shape == batch.target.shape
+    # the negative differs from the target where the character is, much less elsewhere
+    diff = ((batch.negative - batch.target) ** 2).mean(2)  # [B, F, h, w]
+    on, off = diff[batch.character].mean(), diff[~batch.character].mean()
+    assert on > 10 * off and on > 0.05
+    assert all(torch.equal(stage.negative(e), n.cpu()) for e, n in zip(stage.examples(1, 0), batch.negative))  # kept
+    _, fit = stage.flow_matching_loss(batch)
+    distance = stage.contrast_loss(batch, fit)
+    assert distance > 0
+    # with the true target as its own negative the term is the flow-matching error on the character's cells
+    same = dataclasses.replace(batch, negative=batch.target, loss_weight=None)
+    err = ((fit.v - (fit.noise - batch.target)) ** 2).mean(2)
+    assert stage.contrast_loss(same, fit).item() == pytest.approx((err * batch.character).sum().item() / err.numel(), rel=1e-4)
+    loss, logs = stage.loss("model", [batch], 1)
+    assert "contrast_distance" in logs
+    with pytest.raises(ValueError, match="shape_contrast"):
+        resolve_config("teacher", "teacher_smoke", ["stage.shape_contrast=1"], out=str(tmp_path / "neg"))
+
+
 def test_ode_pair_shards_of_unknown_origin_are_refused(smoke_models, tmp_path):
     from shotstream.training.ode import PairsConfig, make_pairs
 

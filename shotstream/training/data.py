@@ -238,6 +238,7 @@ class NextShotBatch:
     named_text: torch.Tensor | None = None
     named_mask: torch.Tensor | None = None
     pronoun: torch.Tensor | None = None
+    negative: torch.Tensor | None = None  # [B, F, C, h, w]: the target drawn with another shape (TeacherStage.negative)
 
     @property
     def budget(self) -> int:

@@ -35,11 +35,15 @@ from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
+from shotstream.session import to_model_video
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import (IDENTITY, NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
+from shotstream.world import vocab
+from shotstream.world.render import render_shot
+from shotstream.world.story import with_main_shape
 
 
 @dataclass
@@ -65,6 +69,8 @@ class TeacherConfig:
     identity_loss_weight: float = 0.0
     # Weight of the named-caption loss on "it" targets (`named_loss`; needs an init); 0 = off.
     named_loss_weight: float = 0.0
+    # lambda of the contrastive term on the character's cells (`shape_contrast`, < 1); 0 = off.
+    shape_contrast: float = 0.0
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
@@ -106,6 +112,8 @@ class TeacherConfig:
         for name in ("identity_loss_weight", "named_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not 0 <= self.shape_contrast < 1:
+            raise ValueError(f"stage.shape_contrast must be in [0, 1) (0 = off), got {self.shape_contrast}")
         if self.named_loss_weight and not self.init:
             raise ValueError("stage.named_loss_weight needs stage.init: its targets are the init's predictions")
         if self.new_block_lr_scale <= 0:
@@ -135,8 +143,12 @@ class NextShotStage:
         self.pool = StoryPool(size, self.autoencoder, self.config, self.device, config.max_shots) if size else None
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
-        seeds = [derive_seed(self.train.seed, step, shard, i) for i in range(self.train.batch_size)]
-        examples = [self.example(s) for s in seeds]
+        return self.to_batch(self.examples(step, shard), step, shard)
+
+    def examples(self, step: int, shard: int) -> list[NextShotExample]:
+        return [self.example(derive_seed(self.train.seed, step, shard, i)) for i in range(self.train.batch_size)]
+
+    def to_batch(self, examples: list[NextShotExample], step: int, shard: int) -> NextShotBatch:
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
                        context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
@@ -184,6 +196,7 @@ class TeacherStage(NextShotStage):
             self.model.load_state_dict(start.state_dict())
         # named_loss's reference: the init, frozen (the trained model could instead learn to
         # ignore the names, which would zero that loss too)
+        self.negatives: dict[tuple[int, int], torch.Tensor] = {}  # shape_contrast's, with the story pool
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if config.named_loss_weight else None
         self.readout = IdentityReadout(self.config.model.dim, self.config.model.patch_size).to(self.device) if config.identity_loss_weight else None
         print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
@@ -199,7 +212,11 @@ class TeacherStage(NextShotStage):
 
     def batch(self, step: int, shard: int, num_shards: int) -> list[NextShotBatch]:
         """The video batch, then (if the `image_batches` schedule says so) a batch of single frames."""
-        batches = [super().batch(step, shard, num_shards)]
+        examples = self.examples(step, shard)
+        video = self.to_batch(examples, step, shard)
+        if self.cfg.shape_contrast:
+            video = dataclasses.replace(video, negative=torch.stack([self.negative(e) for e in examples]).to(self.device))
+        batches = [video]
         if size := self.cfg.image_batch_size(step):
             # The i-th frame's seed does not depend on the size: a grown batch keeps the earlier frames.
             seeds = [derive_seed(self.train.seed, step, shard, 0x1A6E, i) for i in range(size)]
@@ -207,6 +224,21 @@ class TeacherStage(NextShotStage):
             batches.append(collate(images, self.autoencoder, self.text_encoder, self.config, self.device,
                                    character_loss_weight=self.character_loss_weight(step), budget=0))
         return batches
+
+    @torch.no_grad()
+    def negative(self, e: NextShotExample) -> torch.Tensor:
+        """Latents [f, C, h, w] of the example's target shot drawn with the main character in another
+        shape (drawn per story and shot; everything else the same render). Kept with the story pool."""
+        key = (e.story.seed, e.shot)
+        if key not in self.negatives:
+            shapes = [s for s in vocab.SHAPES if s != e.story.main_character.shape]
+            shape = shapes[int(np.random.default_rng([e.story.seed, e.shot, 0x5A]).integers(len(shapes)))]
+            frames, _ = render_shot(with_main_shape(e.story, shape), e.shot, self.config.video)
+            latent = self.autoencoder.encode(to_model_video(frames, self.device)[None])[0].cpu()
+            if self.pool is None:
+                return latent
+            self.negatives[key] = latent
+        return self.negatives[key]
 
     def image_example(self, seed: int) -> NextShotExample:
         if self.pool is not None:
@@ -219,6 +251,9 @@ class TeacherStage(NextShotStage):
         if self.readout is not None and batches[0].identity is not None:
             identity, readout_logs = self.readout.loss(fit.tokens, batches[0], fit.sigma)
             loss, logs = loss + self.cfg.identity_loss_weight * identity, logs | readout_logs
+        if self.cfg.shape_contrast and batches[0].negative is not None:
+            contrast = self.contrast_loss(batches[0], fit)
+            loss, logs = loss - self.cfg.shape_contrast * contrast, logs | {"contrast_distance": contrast.item()}
         if self.cfg.named_loss_weight and batches[0].named_text is not None:
             named = self.named_loss(batches[0], fit)
             loss, logs = loss + self.cfg.named_loss_weight * named, logs | {"named_loss": named.item()}
@@ -228,7 +263,7 @@ class TeacherStage(NextShotStage):
         return loss, logs
 
     def flow_matching_loss(self, batch: NextShotBatch) -> tuple[torch.Tensor, SimpleNamespace]:
-        """The loss, and what the other losses reuse: the noisy target x_t, noise levels sigma [B],
+        """The loss, and what the other losses reuse: the noisy target x_t, its noise, noise levels sigma [B],
         velocity v, the text after dropout (text, mask, text_kept [B]) and the last block's tokens
         of the target [B, F*n, D]."""
         shift = self.cfg.shift or self.config.sampler.teacher_shift
@@ -239,7 +274,7 @@ class TeacherStage(NextShotStage):
         with block_output(self.model.blocks[-1]) as tokens:
             v = batch.velocity(self.model, x_t, sigma, text, mask)
         n = batch.budget * math.prod(self.model.grid(*batch.target.shape[-2:]))  # the context's tokens come first
-        fit = SimpleNamespace(x_t=x_t, sigma=sigma, v=v, text=text, mask=mask, text_kept=~dropped, tokens=tokens[0][:, n:])
+        fit = SimpleNamespace(x_t=x_t, noise=noise, sigma=sigma, v=v, text=text, mask=mask, text_kept=~dropped, tokens=tokens[0][:, n:])
         return fm.flow_matching_loss(v, batch.target, noise, self.cell_weight(batch)), fit
 
     def named_loss(self, batch: NextShotBatch, fit: SimpleNamespace) -> torch.Tensor:
@@ -261,6 +296,24 @@ class TeacherStage(NextShotStage):
         cells = self.cell_weight(batch)
         weight = use.expand_as(err) if cells is None else use * cells
         return (err * weight).sum() / weight.sum().clamp_min(1e-12)
+
+    def contrast_loss(self, batch: NextShotBatch, fit: SimpleNamespace) -> torch.Tensor:
+        """Contrastive flow matching's distance to a negative (ΔFM, Stoica et al. 2025), whose
+        subtraction (`shape_contrast` x this) pushes the velocity away from the one that would draw
+        the character in another shape (batch.negative), on its cells only (elsewhere the two
+        targets agree). The same weights and normaliser as the flow-matching loss, so lambda < 1
+        keeps the sum convex: its optimum overshoots the true target by lambda / (1 - lambda) of
+        the difference.
+
+        The flow-matching error barely depends on the shape: a caption naming another one moves
+        v7's error on the character's cells by 1-6% (docs/experiments.md). This term's gradient is
+        that difference alone, noise-free, so learning it means knowing the shape: from the
+        caption, or on "it" shots from the context."""
+        err = (fit.v.float() - fm.velocity_target(batch.negative, fit.noise).float()) ** 2
+        cells = batch.character[:, :, None].expand_as(err).float()
+        weight = self.cell_weight(batch)
+        weight = torch.ones_like(err) if weight is None else weight
+        return (err * weight * cells).sum() / weight.sum().clamp_min(1e-12)
 
     @staticmethod
     def cell_weight(batch: NextShotBatch) -> torch.Tensor | None:

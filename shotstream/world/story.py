@@ -8,6 +8,7 @@ by a pronoun, so its identity has to be recalled from earlier shots.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -135,6 +136,16 @@ def make_caption(labels: ShotLabels, rng: np.random.Generator) -> str:
     else:  # "medium shot: the creature bounces under the sea"
         caption = f"{framing}: {subject} {verb}{companion} {scene}"
     return caption
+
+
+def with_main_shape(story: Story, shape: str) -> Story:
+    """`story` whose main character has `shape` in every shot's labels (so in every render);
+    captions, seed and everything else unchanged."""
+    main = story.main_character
+    recast = dataclasses.replace(main, shape=shape)
+    shots = [dataclasses.replace(s, labels=dataclasses.replace(
+        s.labels, characters=tuple(recast if c == main else c for c in s.labels.characters))) for s in story.shots]
+    return dataclasses.replace(story, shots=shots)
 
 
 def named_caption(caption: str, character: Character) -> str:
