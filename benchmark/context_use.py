@@ -16,6 +16,9 @@ noise levels and with the same noise in each of five conditions:
             from the frames?
     action  its own context, but its caption tells the next action (`with_other_action`:
             "jumps" -> "spins", the other words unchanged)
+    caption_shape  its own context, its caption naming the main character in the next shape
+            (an "it" caption first names it: `named_caption`): how much the error depends on the
+            shape when the caption says it, the scale for `shape`
 
 and the flow-matching error is measured on the latent cells of the main character
 (`character_cells`; shots where it is never in view are left out). A model that carries its
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +51,7 @@ from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
 from shotstream.world.story import with_main_shape
 
-CONDITIONS = ("true", "hidden", "other", "shape", "action")
+CONDITIONS = ("true", "hidden", "other", "shape", "action", "caption_shape")
 
 
 def with_other_action(caption: str, action: str) -> str:
@@ -130,7 +134,8 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
                     "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device)),
                     "shape": with_context_of(batch, collate([reshaped(e, config) for e in group], autoencoder,
                                                             text_encoder, config, device)),
-                    "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder)}
+                    "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder),
+                    "caption_shape": with_target_captions(batch, [other_shape_caption(e) for e in group], text_encoder)}
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
         noise = shot_noise(group, batch.target, seed)
@@ -156,6 +161,19 @@ def other_action_caption(e: NextShotExample) -> str:
     return full[: len(full) - len(shot.caption)] + with_other_action(shot.caption, shot.labels.action)
 
 
+def other_shape_caption(e: NextShotExample) -> str:
+    """The caption the model reads for the example's shot, naming the main character (also on an
+    "it" shot) in the next shape of vocab.SHAPES instead."""
+    main = e.story.shots[e.shot].labels.main
+    other = vocab.SHAPES[(vocab.SHAPES.index(main.shape) + 1) % len(vocab.SHAPES)]
+    caption = story_caption(e.story, e.shot, named=True)
+    for word in sorted(vocab.SHAPE_WORDS[main.shape], key=len, reverse=True):  # "plus sign" before a shorter one
+        changed, n = re.subn(rf"\b{re.escape(word)}\b", vocab.SHAPE_WORDS[other][0], caption, count=1)
+        if n:
+            return changed
+    raise ValueError(f"no {main.shape!r} word in caption {caption!r}")
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean error per (subset, sigma) and condition, and the ratios that say whether context (and
     the caption's action) is read.
@@ -167,6 +185,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table["other/true"] = table["other"] / table["true"]
     table["shape/true"] = table["shape"] / table["true"]
     table["action/true"] = table["action"] / table["true"]
+    table["caption_shape/true"] = table["caption_shape"] / table["true"]
     return table.reset_index()
 
 

@@ -192,7 +192,7 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert context_use.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "4",
                              "--sigmas", "0.5,0.9", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert all(f"{c}/true" in table for c in ("hidden", "other", "shape", "action"))
+    assert all(f"{c}/true" in table for c in ("hidden", "other", "shape", "action", "caption_shape"))
     rows = pd.read_csv(out)
     stories = load_eval_suite()[:4]
     assert len(rows) == 2 * sum(s.num_shots - 1 for s in stories)  # every shot with a history, each sigma
@@ -248,6 +248,25 @@ def test_other_action_caption_changes_the_action_phrase_only():
             changed = other_action_caption(e)
             assert changed != story_caption(story, k) and changed.endswith(with_other_action(shot.caption, shot.labels.action))
             assert changed.startswith(story.global_caption or "")
+
+
+def test_other_shape_caption_names_the_character_in_the_next_shape():
+    from benchmark.context_use import other_shape_caption
+    from shotstream.config import get_preset
+    from shotstream.training.data import next_shot_example, story_caption
+    from shotstream.world import vocab
+    from shotstream.world.dataset import load_eval_suite
+
+    config = get_preset("tiny")
+    config.video.frames_per_shot = 5
+    for story in load_eval_suite()[:10]:
+        for k in range(1, story.num_shots):
+            e, main = next_shot_example(story, k, config), story.shots[k].labels.main
+            changed, named = other_shape_caption(e), story_caption(story, k, named=True)
+            other = vocab.SHAPES[(vocab.SHAPES.index(main.shape) + 1) % len(vocab.SHAPES)]
+            # the shape's word swapped (the subject comes before any companion), the rest as named
+            assert changed != named and any(changed.replace(vocab.SHAPE_WORDS[other][0], word, 1) == named
+                                            for word in vocab.SHAPE_WORDS[main.shape])
 
 
 def test_context_use_reshaped_context_changes_the_main_shape_alone():
