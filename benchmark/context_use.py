@@ -148,11 +148,14 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
     return pd.DataFrame(rows)
 
 
+def next_shape(shape: str) -> str:
+    """The shape after `shape` in vocab.SHAPES (cyclically): what the shape conditions draw or name."""
+    return vocab.SHAPES[(vocab.SHAPES.index(shape) + 1) % len(vocab.SHAPES)]
+
+
 def reshaped(e: NextShotExample, config) -> NextShotExample:
     """The example after its story's main character took the next shape of vocab.SHAPES."""
-    shape = e.story.main_character.shape
-    shape = vocab.SHAPES[(vocab.SHAPES.index(shape) + 1) % len(vocab.SHAPES)]
-    return next_shot_example(with_main_shape(e.story, shape), e.shot, config)
+    return next_shot_example(with_main_shape(e.story, next_shape(e.story.main_character.shape)), e.shot, config)
 
 
 def other_action_caption(e: NextShotExample) -> str:
@@ -165,7 +168,7 @@ def other_shape_caption(e: NextShotExample) -> str:
     """The caption the model reads for the example's shot, naming the main character (also on an
     "it" shot) in the next shape of vocab.SHAPES instead."""
     main = e.story.shots[e.shot].labels.main
-    other = vocab.SHAPES[(vocab.SHAPES.index(main.shape) + 1) % len(vocab.SHAPES)]
+    other = next_shape(main.shape)
     caption = story_caption(e.story, e.shot, named=True)
     for word in sorted(vocab.SHAPE_WORDS[main.shape], key=len, reverse=True):  # "plus sign" before a shorter one
         changed, n = re.subn(rf"\b{re.escape(word)}\b", vocab.SHAPE_WORDS[other][0], caption, count=1)

@@ -310,7 +310,7 @@ class TeacherStage(NextShotStage):
         the difference.
 
         The flow-matching error barely depends on the shape: a caption naming another one moves
-        v7's error on the character's cells by 1-6% (docs/experiments.md). This term's gradient is
+        v7's error on the character's cells by at most 7% (`context_use`'s caption_shape). This term's gradient is
         that difference alone, noise-free, so learning it means knowing the shape: from the
         caption, or on "it" shots from the context."""
         err = (fit.v.float() - fm.velocity_target(batch.negative, fit.noise).float()) ** 2
