@@ -595,6 +595,54 @@ def test_shape_contrast_pushes_away_from_the_target_drawn_in_another_shape(smoke
         resolve_config("teacher", "teacher_smoke", ["stage.shape_contrast=1"], out=str(tmp_path / "neg"))
 
 
+def test_character_crop_frames_the_characters_cells_and_passes_gradients():
+    from shotstream.training.shape_classifier import character_crop
+
+    frames = torch.zeros(2, 3, 128, 128)
+    frames[0, :, 40:56, 64:80] = 1  # the character: latent cells rows 5-6, columns 8-9
+    cells = torch.zeros(2, 16, 16, dtype=torch.bool)
+    cells[0, 5:7, 8:10] = True
+    frames.requires_grad_(True)
+    crops, seen = character_crop(frames, cells)
+    assert crops.shape == (2, 3, 32, 32) and seen.tolist() == [True, False]
+    # a square of 2 + 2 margin cells (32 px) around it: the character fills the middle half
+    on = (crops[0, 0] > 0.5).nonzero()
+    assert on.min(0).values.tolist() == [8, 8] and on.max(0).values.tolist() == [23, 23]
+    crops[0].sum().backward()
+    grad = frames.grad[0, 0]
+    assert grad[32:64, 56:88].abs().sum() > 0 and grad.abs().sum() == grad[32:64, 56:88].abs().sum()
+
+
+def test_shape_loss_scores_the_decoded_x0_prediction_with_the_frozen_classifier(smoke_models, tmp_path):
+    from shotstream.checkpoint import CheckpointError
+    from shotstream.training.shape_classifier import ShapeClassifier, character_crop
+    from shotstream.training.teacher import TeacherStage
+
+    root, ae, teacher = smoke_models
+    classifier = run_stage("shape_classifier", "shape_classifier_smoke", tmp_path / "sc", f"stage.autoencoder={ae}") / "shape_classifier"
+    assert (tmp_path / "sc" / "samples" / "step_00000002" / "eval.txt").is_file()
+    cfg = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={ae}", f"stage.init={teacher}", "stage.text_dropout=0",
+                                                      "stage.shape_loss_weight=1", f"stage.shape_classifier={classifier}"],
+                         out=str(tmp_path / "t"))
+    stage = TeacherStage(cfg.stage, cfg)
+    batch = stage.batch(step=1, shard=0, num_shards=1)[0]
+    _, fit = stage.flow_matching_loss(batch)
+    loss, logs = stage.shape_loss(batch, fit)
+    loss.backward()
+    assert logs["shape_loss"] > 0 and stage.model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in stage.shape_classifier.parameters())  # frozen
+    # with the true velocity, x0 is the target: the loss is the classifier's on the target's first frame
+    fit.v = (fit.noise - batch.target).detach()
+    use = batch.character[:, 0].flatten(1).any(1)
+    crops, _ = character_crop(stage.autoencoder.decode(batch.target[use, :1])[:, 0], batch.character[use, 0])
+    expected = torch.nn.functional.cross_entropy(stage.shape_classifier(crops), batch.identity[use, 0])
+    assert stage.shape_loss(batch, fit)[0].item() == pytest.approx(expected.item(), rel=1e-4)
+    fit.text_kept[:] = False  # targets whose caption was dropped (CFG's unconditional branch) are left out
+    assert stage.shape_loss(batch, fit)[0].item() == 0
+    with pytest.raises(CheckpointError, match="not a ShapeClassifier"):
+        ShapeClassifier.from_pretrained(ae)
+
+
 def test_ode_pair_shards_of_unknown_origin_are_refused(smoke_models, tmp_path):
     from shotstream.training.ode import PairsConfig, make_pairs
 

@@ -26,6 +26,7 @@ from shotstream.runtime import as_arg, check_device
 STAGES: dict[str, str] = {
     "autoencoder": "shotstream.training.autoencoder:AutoencoderStage",
     "teacher": "shotstream.training.teacher:TeacherStage",
+    "shape_classifier": "shotstream.training.shape_classifier:ShapeClassifierStage",
     "ode": "shotstream.training.ode:ODEStage",
     "intra": "shotstream.training.self_forcing:IntraShotStage",
     "inter": "shotstream.training.self_forcing:InterShotStage",

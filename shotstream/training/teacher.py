@@ -43,6 +43,7 @@ from shotstream.session import to_model_video
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import (IDENTITY, NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
+from shotstream.training.shape_classifier import ShapeClassifier, character_crop
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 from shotstream.world import vocab
@@ -75,6 +76,10 @@ class TeacherConfig:
     named_loss_weight: float = 0.0
     # lambda of the contrastive term on the character's cells (`shape_contrast`, < 1); 0 = off.
     shape_contrast: float = 0.0
+    # Weight of the pixel-space shape loss (`shape_loss`): a frozen shape classifier (trained by
+    # `shotstream train shape_classifier`) reads the decoded x0 prediction; 0 = off.
+    shape_loss_weight: float = 0.0
+    shape_classifier: str = "checkpoints/tiny/shape_classifier"
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()
@@ -113,7 +118,7 @@ class TeacherConfig:
             raise ValueError(f"stage.shift must be >= 0 (0 = the sampler's teacher_shift), got {self.shift}")
         if not 0 <= self.pronoun_share <= 1:
             raise ValueError(f"stage.pronoun_share must be in [0, 1], got {self.pronoun_share}")
-        for name in ("identity_loss_weight", "named_loss_weight"):
+        for name in ("identity_loss_weight", "named_loss_weight", "shape_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         if not 0 <= self.shape_contrast < 1:
@@ -203,6 +208,8 @@ class TeacherStage(NextShotStage):
         self.negatives: dict[tuple[int, int], torch.Tensor] = {}  # shape_contrast's, with the story pool
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False) if config.named_loss_weight else None
         self.readout = IdentityReadout(self.config.model.dim, self.config.model.patch_size).to(self.device) if config.identity_loss_weight else None
+        self.shape_classifier = (ShapeClassifier.from_pretrained(config.shape_classifier, self.device).requires_grad_(False)
+                                 if config.shape_loss_weight else None)
         print(f"teacher: {num_parameters(self.model) / 1e6:.2f}M parameters")
 
     def modules(self):
@@ -258,6 +265,9 @@ class TeacherStage(NextShotStage):
         if self.cfg.shape_contrast and batches[0].negative is not None:
             contrast = self.contrast_loss(batches[0], fit)
             loss, logs = loss - self.cfg.shape_contrast * contrast, logs | {"contrast_distance": contrast.item()}
+        if self.shape_classifier is not None and batches[0].identity is not None:
+            shape, shape_logs = self.shape_loss(batches[0], fit)
+            loss, logs = loss + self.cfg.shape_loss_weight * shape, logs | shape_logs
         if self.cfg.named_loss_weight and batches[0].named_text is not None:
             named = self.named_loss(batches[0], fit)
             loss, logs = loss + self.cfg.named_loss_weight * named, logs | {"named_loss": named.item()}
@@ -318,6 +328,30 @@ class TeacherStage(NextShotStage):
         weight = self.cell_weight(batch)
         weight = torch.ones_like(err) if weight is None else weight
         return (err * weight * cells).sum() / weight.sum().clamp_min(1e-12)
+
+    def shape_loss(self, batch: NextShotBatch, fit: SimpleNamespace) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy of the frozen shape classifier on the x0 prediction's first latent frame,
+        decoded (the autoencoder's lone-frame path) and cropped around the character's cells; over
+        the examples whose caption was kept and whose character is in that frame. Logs it and the
+        classifier's accuracy at noise >= 0.5.
+
+        The flow-matching error barely depends on the shape (`contrast_loss`): a few latent cells
+        whose squared error is nearly the same for every shape. The classifier sees the shape
+        whole, in pixels, so its gradient says which way the cells must move to draw it."""
+        use = fit.text_kept & batch.character[:, 0].flatten(1).any(1)
+        if not use.any():
+            return fit.v.sum() * 0, {}
+        x0 = fm.predict_x0(fit.x_t[use, :1], fit.v[use, :1], fit.sigma[use])
+        frames = self.autoencoder.decode(x0.float())[:, 0]
+        crops, _ = character_crop(frames, batch.character[use, 0])
+        logits = self.shape_classifier(crops)
+        shapes = batch.identity[use, 0]
+        loss = F.cross_entropy(logits, shapes)
+        logs = {"shape_loss": loss.item()}
+        noisy = fit.sigma[use] >= 0.5
+        if noisy.any():
+            logs["shape_acc"] = (logits.argmax(1) == shapes)[noisy].float().mean().item()
+        return loss, logs
 
     @staticmethod
     def cell_weight(batch: NextShotBatch) -> torch.Tensor | None:
