@@ -25,6 +25,11 @@ and the flow-matching error is measured on the latent cells of the main characte
 character from shot to shot has hidden / true and other / true above 1, most of all on "it"
 shots, whose caption does not name the character; one that copies its shape has shape / true
 above 1; one that follows the caption's action has action / true above 1.
+
+With a shape classifier (`--shape-classifier`, shipped) it also says which shape the x0
+prediction draws in the first frame, with the true and the reshaped context (SHAPE_COLUMNS):
+a model that copies the shape from its earlier shots draws the reshaped context's shape
+(copied_reshaped) more often than chance (1/6).
 """
 
 from __future__ import annotations
@@ -46,12 +51,17 @@ from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.training.data import (NextShotBatch, NextShotExample, character_cells, collate, next_shot_example,
                                       story_caption)
+from shotstream.training.shape_classifier import ShapeClassifier, character_crop
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
 from shotstream.world.story import with_main_shape
 
 CONDITIONS = ("true", "hidden", "other", "shape", "action", "caption_shape")
+# With a shape classifier: the share of shots whose x0 prediction draws the character's shape with
+# its own context (drawn) and with the reshaped one (drawn_reshaped), or the reshaped context's
+# shape (copied_reshaped).
+SHAPE_COLUMNS = ("drawn", "drawn_reshaped", "copied_reshaped")
 
 
 def with_other_action(caption: str, action: str) -> str:
@@ -109,18 +119,26 @@ def shot_noise(examples: list[NextShotExample], target: torch.Tensor, seed: int)
 
 
 @torch.no_grad()
-def character_error(model, batch: NextShotBatch, noise: torch.Tensor, sigma: float, cells: torch.Tensor) -> torch.Tensor:
-    """Per example [B]: mean squared velocity error over its character's latent cells [B, F, h, w]
-    (NaN where there are none: the character is never in view)."""
-    s = torch.full((batch.target.shape[0],), sigma, device=batch.target.device)
-    v = batch.velocity(model, fm.add_noise(batch.target, noise, s), s)
-    err = ((v - fm.velocity_target(batch.target, noise)) ** 2).mean(2)  # [B, F, h, w]
+def character_error(v: torch.Tensor, target: torch.Tensor, noise: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Per example [B]: mean squared error of the velocity v to the true one over the character's
+    latent cells [B, F, h, w] (NaN where there are none: the character is never in view)."""
+    err = ((v - fm.velocity_target(target, noise)) ** 2).mean(2)  # [B, F, h, w]
     return (err * cells).sum((1, 2, 3)) / cells.sum((1, 2, 3))
 
 
+@torch.no_grad()
+def drawn_shape(classifier, autoencoder, x_t, v, sigma, cells) -> torch.Tensor:
+    """Per example [B]: the shape index the classifier reads in the x0 prediction's first latent
+    frame, decoded and cropped to the character's cells there (-1 where it is not in that frame)."""
+    x0 = fm.predict_x0(x_t[:, :1], v[:, :1], sigma)
+    crops, seen = character_crop(autoencoder.decode(x0)[:, 0], cells[:, 0] > 0)
+    return torch.where(seen, classifier(crops.float()).argmax(1), -1)
+
+
 def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9), batch_size=4, seed=0,
-            progress=True) -> pd.DataFrame:
-    """One row per (shot, sigma): the character-cell error in each condition."""
+            progress=True, shape_classifier=None) -> pd.DataFrame:
+    """One row per (shot, sigma): the character-cell error in each condition; with a
+    `shape_classifier`, also which shape its x0 prediction draws (SHAPE_COLUMNS)."""
     examples = [next_shot_example(story, k, config) for story in stories for k in range(1, story.num_shots)]
     partners = other_story_partners(examples)
     device = model.device
@@ -139,12 +157,23 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
         noise = shot_noise(group, batch.target, seed)
+        true_shape = torch.tensor([vocab.SHAPES.index(e.story.main_character.shape) for e in group], device=device)
         for sigma in sigmas:
-            errors = {c: character_error(model, b, noise, sigma, cells).cpu() for c, b in variants.items()}
+            s = torch.full((len(group),), sigma, device=device)
+            x_t = fm.add_noise(batch.target, noise, s)
+            with torch.no_grad():
+                v = {c: b.velocity(model, x_t, s) for c, b in variants.items()}
+            errors = {c: character_error(v[c], batch.target, noise, cells).cpu() for c in CONDITIONS}
+            drawn = {}
+            if shape_classifier is not None:
+                own, other = (drawn_shape(shape_classifier, autoencoder, x_t, v[c], s, cells) for c in ("true", "shape"))
+                nan = torch.where(own < 0, float("nan"), 0.0)
+                drawn = {"drawn": (own == true_shape) + nan, "drawn_reshaped": (other == true_shape) + nan,
+                         "copied_reshaped": (other == (true_shape + 1) % len(vocab.SHAPES)) + nan}
             for i, e in enumerate(group):
                 rows.append({"story": e.story.seed, "shot": e.shot, "sigma": sigma,
                              "subset": "pronoun" if e.story.shots[e.shot].labels.pronoun else "named",
-                             **{c: float(errors[c][i]) for c in CONDITIONS}})
+                             **{c: float(errors[c][i]) for c in CONDITIONS}, **{c: float(d[i]) for c, d in drawn.items()}})
     return pd.DataFrame(rows)
 
 
@@ -189,7 +218,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table["shape/true"] = table["shape"] / table["true"]
     table["action/true"] = table["action"] / table["true"]
     table["caption_shape/true"] = table["caption_shape"] / table["true"]
-    return table.reset_index()
+    drawn = [c for c in SHAPE_COLUMNS if c in rows]
+    return table.join(rows.groupby(["subset", "sigma"])[drawn].mean()).reset_index()
 
 
 def load_bidirectional(ap: argparse.ArgumentParser, args: argparse.Namespace, tool: str):
@@ -217,6 +247,9 @@ def main(argv=None) -> int:
                     help="the first N stories of the evaluation suite (default: 20)")
     ap.add_argument("--sigmas", default="0.6,0.9", help="noise levels, comma-separated, in (0, 1)")
     ap.add_argument("--out", type=Path, default=None, help="also write the per-shot rows to this CSV")
+    ap.add_argument("--shape-classifier", default="checkpoints/tiny/shape_classifier",
+                    help="also say which shape the x0 prediction draws, as this classifier reads it ('' = off; "
+                         "biased for a teacher trained with it, stage.shape_loss_weight)")
     add_runtime_args(ap, dtype=None)
     args = ap.parse_args(argv)
     try:
@@ -230,13 +263,19 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     model, config, autoencoder, text_encoder = load_bidirectional(ap, args, "context_use")
     try:
-        rows = measure(model, config, autoencoder, text_encoder, load_eval_suite()[: args.limit], sigmas)
+        classifier = ShapeClassifier.from_pretrained(args.shape_classifier, args.device) if args.shape_classifier else None
+    except (OSError, ValueError) as e:
+        ap.exit(2, f"context_use: {e}\n")
+    try:
+        rows = measure(model, config, autoencoder, text_encoder, load_eval_suite()[: args.limit], sigmas,
+                       shape_classifier=classifier)
     except ValueError as e:
         ap.exit(2, f"context_use: {e}\n")
     rows.insert(0, "model", args.model)
     if args.out:
         rows.to_csv(args.out, index=False)
-    print(f"{args.model}: flow-matching error on the main character's latent cells")
+    print(f"{args.model}: flow-matching error on the main character's latent cells"
+          + (f"; the shape its x0 prediction draws ({args.shape_classifier})" if classifier else ""))
     print(summary(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 

@@ -199,7 +199,11 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert set(rows["subset"]) <= {"named", "pronoun"} and (rows["model"] == str(teacher)).all()
     seen = rows.dropna(subset=list(context_use.CONDITIONS))
     assert len(seen) and (seen[list(context_use.CONDITIONS)] > 0).all().all()
+    drawn = rows[list(context_use.SHAPE_COLUMNS)]  # the shipped shape classifier's reading: 0, 1 or unseen
+    assert drawn.notna().any().all() and drawn.stack().isin([0, 1]).all()
+    assert (drawn["drawn_reshaped"] + drawn["copied_reshaped"]).dropna().le(1).all()
     for argv, message in ((["--sigmas", "1.5"], "--sigmas must lie in"), (["--model", str(tmp_path / "none")], "context_use:"),
+                          (["--model", str(teacher), "--shape-classifier", str(tmp_path / "none")], "checkpoint folder not found"),
                           (["--limit", "0"], "--limit"), (["--out", str(tmp_path / "no" / "rows.csv")], "does not exist")):
         with pytest.raises(SystemExit) as exit_:
             context_use.main(["--autoencoder", str(ae), *argv])
@@ -226,6 +230,32 @@ def test_true_history_samples_every_shot_in_every_setting(smoke_models, tmp_path
         with pytest.raises(SystemExit) as exit_:
             true_history.main(["--autoencoder", str(ae), *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_context_use_reads_the_shape_an_exact_x0_prediction_draws():
+    from benchmark.context_use import drawn_shape
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.config import get_preset
+    from shotstream.session import to_model_video
+    from shotstream.training.data import character_cells, next_shot_example
+    from shotstream.training.shape_classifier import ShapeClassifier
+    from shotstream.world import vocab
+    from shotstream.world.dataset import load_eval_suite
+
+    ae = TinyVideoAutoencoder.from_pretrained("checkpoints/tiny/autoencoder")
+    classifier = ShapeClassifier.from_pretrained("checkpoints/tiny/shape_classifier")
+    cfg = get_preset("tiny")
+    examples = [next_shot_example(story, 1, cfg) for story in load_eval_suite()[:8]]
+    with torch.no_grad():
+        target = torch.cat([ae.encode(to_model_video(e.target, "cpu")[None]) for e in examples])
+    cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, cfg) for e in examples])).float()
+    noise, sigma = torch.randn_like(target), torch.full((len(examples),), 0.9)
+    x_t = (1 - 0.9) * target + 0.9 * noise
+    drawn = drawn_shape(classifier, ae, x_t, noise - target, sigma, cells)  # the true velocity: x0 is the shot itself
+    truth = torch.tensor([vocab.SHAPES.index(e.story.main_character.shape) for e in examples])
+    seen = drawn >= 0
+    assert seen.sum() >= 6 and (drawn == truth)[seen].float().mean() >= 0.8
+    assert torch.equal(seen, cells[:, 0].flatten(1).any(1))
 
 
 def test_other_action_caption_changes_the_action_phrase_only():
