@@ -58,10 +58,11 @@ from shotstream.world.dataset import load_eval_suite
 from shotstream.world.story import with_main_shape
 
 CONDITIONS = ("true", "hidden", "other", "shape", "action", "caption_shape")
-# With a shape classifier: the share of shots whose x0 prediction draws the character's shape with
-# its own context (drawn) and with the reshaped one (drawn_reshaped), or the reshaped context's
-# shape (copied_reshaped).
-SHAPE_COLUMNS = ("drawn", "drawn_reshaped", "copied_reshaped")
+# With a shape classifier, each row says which shape the x0 prediction draws with the shot's own
+# context (drawn_true) and with the reshaped one (drawn_shape); the summary gives the share of
+# shots that draw the character's shape (drawn, drawn_reshaped), the reshaped context's shape
+# (copied_reshaped), and another shape than with their own context (changed_reshaped).
+SHAPE_COLUMNS = ("drawn", "drawn_reshaped", "copied_reshaped", "changed_reshaped")
 
 
 def with_other_action(caption: str, action: str) -> str:
@@ -157,7 +158,6 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
         noise = shot_noise(group, batch.target, seed)
-        true_shape = torch.tensor([vocab.SHAPES.index(e.story.main_character.shape) for e in group], device=device)
         for sigma in sigmas:
             s = torch.full((len(group),), sigma, device=device)
             x_t = fm.add_noise(batch.target, noise, s)
@@ -165,15 +165,15 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
                 v = {c: b.velocity(model, x_t, s) for c, b in variants.items()}
             errors = {c: character_error(v[c], batch.target, noise, cells).cpu() for c in CONDITIONS}
             drawn = {}
-            if shape_classifier is not None:
-                own, other = (drawn_shape(shape_classifier, autoencoder, x_t, v[c], s, cells) for c in ("true", "shape"))
-                nan = torch.where(own < 0, float("nan"), 0.0)
-                drawn = {"drawn": (own == true_shape) + nan, "drawn_reshaped": (other == true_shape) + nan,
-                         "copied_reshaped": (other == (true_shape + 1) % len(vocab.SHAPES)) + nan}
+            if shape_classifier is not None:  # shape names, "" where the character is not in the first frame
+                drawn = {f"drawn_{c}": [vocab.SHAPES[j] if j >= 0 else "" for j in
+                                        drawn_shape(shape_classifier, autoencoder, x_t, v[c], s, cells).tolist()]
+                         for c in ("true", "shape")}
             for i, e in enumerate(group):
                 rows.append({"story": e.story.seed, "shot": e.shot, "sigma": sigma,
                              "subset": "pronoun" if e.story.shots[e.shot].labels.pronoun else "named",
-                             **{c: float(errors[c][i]) for c in CONDITIONS}, **{c: float(d[i]) for c, d in drawn.items()}})
+                             "main_shape": e.story.main_character.shape,
+                             **{c: float(errors[c][i]) for c in CONDITIONS}, **{c: d[i] for c, d in drawn.items()}})
     return pd.DataFrame(rows)
 
 
@@ -218,8 +218,15 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table["shape/true"] = table["shape"] / table["true"]
     table["action/true"] = table["action"] / table["true"]
     table["caption_shape/true"] = table["caption_shape"] / table["true"]
-    drawn = [c for c in SHAPE_COLUMNS if c in rows]
-    return table.join(rows.groupby(["subset", "sigma"])[drawn].mean()).reset_index()
+    if "drawn_true" in rows:
+        seen = rows[rows["drawn_true"].fillna("") != ""]
+        shapes = pd.DataFrame({
+            "drawn": seen["drawn_true"] == seen["main_shape"],
+            "drawn_reshaped": seen["drawn_shape"] == seen["main_shape"],
+            "copied_reshaped": seen["drawn_shape"] == seen["main_shape"].map(next_shape),
+            "changed_reshaped": seen["drawn_shape"] != seen["drawn_true"]}).join(seen[["subset", "sigma"]])
+        table = table.join(shapes.groupby(["subset", "sigma"]).mean())
+    return table.reset_index()
 
 
 def load_bidirectional(ap: argparse.ArgumentParser, args: argparse.Namespace, tool: str):

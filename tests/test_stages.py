@@ -185,6 +185,7 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
 
 def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_path, capsys):
     from benchmark import context_use
+    from shotstream.world import vocab
     from shotstream.world.dataset import load_eval_suite
 
     root, ae, teacher = smoke_models
@@ -199,9 +200,17 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert set(rows["subset"]) <= {"named", "pronoun"} and (rows["model"] == str(teacher)).all()
     seen = rows.dropna(subset=list(context_use.CONDITIONS))
     assert len(seen) and (seen[list(context_use.CONDITIONS)] > 0).all().all()
-    drawn = rows[list(context_use.SHAPE_COLUMNS)]  # the shipped shape classifier's reading: 0, 1 or unseen
-    assert drawn.notna().any().all() and drawn.stack().isin([0, 1]).all()
-    assert (drawn["drawn_reshaped"] + drawn["copied_reshaped"]).dropna().le(1).all()
+    drawn = rows[["drawn_true", "drawn_shape"]].fillna("")  # the shipped shape classifier's reading, "" = unseen
+    assert drawn.stack().isin(("", *vocab.SHAPES)).all() and (drawn != "").any().all()
+    assert ((drawn["drawn_true"] == "") == (drawn["drawn_shape"] == "")).all()
+    shares = context_use.summary(rows)[list(context_use.SHAPE_COLUMNS)]
+    assert shares.stack().between(0, 1).all()
+    assert (shares["drawn_reshaped"] + shares["copied_reshaped"]).le(1).all()
+    # the shares, over the shots where the character is in the first frame ("square" follows "circle")
+    fake = pd.DataFrame({"subset": "named", "sigma": 0.9, "main_shape": "circle", **{c: 1.0 for c in context_use.CONDITIONS},
+                         "drawn_true": ["circle", "circle", "star", ""], "drawn_shape": ["circle", "square", "square", ""]})
+    row = context_use.summary(fake).iloc[0]
+    assert row["shots"] == 4 and list(row[list(context_use.SHAPE_COLUMNS)]) == pytest.approx([2 / 3, 1 / 3, 2 / 3, 2 / 3])
     for argv, message in ((["--sigmas", "1.5"], "--sigmas must lie in"), (["--model", str(tmp_path / "none")], "context_use:"),
                           (["--model", str(teacher), "--shape-classifier", str(tmp_path / "none")], "checkpoint folder not found"),
                           (["--limit", "0"], "--limit"), (["--out", str(tmp_path / "no" / "rows.csv")], "does not exist")):
