@@ -13,9 +13,10 @@ Optionally (`image_batches`) each step also trains on single frames, as Wan trai
 and videos jointly: at 64 tokens a frame against 960 for a shot with context, images are the cheap
 way to teach what a caption's character looks like.
 
-Three optional losses single out the main character's identity on "it" targets (IdentityReadout,
-`named_loss`, `contrast_loss`); none taught v7 to read the shape from its earlier shots, and none
-is in the shipped recipe (docs/experiments.md, "Does it read its earlier shots").
+Four optional losses single out the main character's identity (IdentityReadout, `named_loss`,
+`contrast_loss`, and in pixel space `shape_loss`); none taught v7 to read the shape from its
+earlier shots, and none is in the shipped recipe (docs/experiments.md, "Does it read its earlier
+shots").
 """
 
 from __future__ import annotations
