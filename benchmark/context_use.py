@@ -51,7 +51,7 @@ from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.training.data import (NextShotBatch, NextShotExample, character_cells, collate, next_shot_example,
                                       story_caption)
-from shotstream.training.shape_classifier import ShapeClassifier, character_crop
+from shotstream.training.shape_classifier import ShapeClassifier, prediction_shape_logits
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
@@ -131,9 +131,8 @@ def character_error(v: torch.Tensor, target: torch.Tensor, noise: torch.Tensor, 
 def drawn_shape(classifier, autoencoder, x_t, v, sigma, cells) -> torch.Tensor:
     """Per example [B]: the shape index the classifier reads in the x0 prediction's first latent
     frame, decoded and cropped to the character's cells there (-1 where it is not in that frame)."""
-    x0 = fm.predict_x0(x_t[:, :1], v[:, :1], sigma)
-    crops, seen = character_crop(autoencoder.decode(x0)[:, 0], cells[:, 0] > 0)
-    return torch.where(seen, classifier(crops.float()).argmax(1), -1)
+    logits, seen = prediction_shape_logits(classifier, autoencoder, x_t, v, sigma, cells)
+    return torch.where(seen, logits.argmax(1), -1)
 
 
 def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9), batch_size=4, seed=0,

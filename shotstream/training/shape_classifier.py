@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
+from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 from shotstream.config import get_preset
@@ -60,6 +61,15 @@ def character_crop(frames: torch.Tensor, cells: torch.Tensor, size: int = CROP) 
     theta[:, 1, 1], theta[:, 1, 2] = side / h, cy
     grid = F.affine_grid(theta, [B, 3, size, size], align_corners=False)
     return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False), seen
+
+
+def prediction_shape_logits(classifier, autoencoder, x_t, v, sigma, cells) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the classifier reads in a model's x0 prediction: x_t, v [B, F, C, h, w], sigma [B], the
+    character's cells [B, F, h, w] -> (logits [B, len(vocab.SHAPES)], seen [B]) on the first latent
+    frame, decoded (the lone-frame path) and cropped to the character's cells there. Differentiable in v."""
+    x0 = fm.predict_x0(x_t[:, :1], v[:, :1], sigma)
+    crops, seen = character_crop(autoencoder.decode(x0.float())[:, 0], cells[:, 0].bool())
+    return classifier(crops), seen
 
 
 class ShapeClassifier(nn.Module):

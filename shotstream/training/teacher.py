@@ -44,7 +44,7 @@ from shotstream.session import to_model_video
 from shotstream.text_encoder import TextEncoder, text_dropout
 from shotstream.training.data import (IDENTITY, NextShotBatch, NextShotExample, StoryPool, collate, sample_example,
                                      sample_image_example)
-from shotstream.training.shape_classifier import ShapeClassifier, character_crop
+from shotstream.training.shape_classifier import ShapeClassifier, prediction_shape_logits
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 from shotstream.world import vocab
@@ -342,10 +342,8 @@ class TeacherStage(NextShotStage):
         use = fit.text_kept & batch.character[:, 0].flatten(1).any(1)
         if not use.any():
             return fit.v.sum() * 0, {}
-        x0 = fm.predict_x0(fit.x_t[use, :1], fit.v[use, :1], fit.sigma[use])
-        frames = self.autoencoder.decode(x0.float())[:, 0]
-        crops, _ = character_crop(frames, batch.character[use, 0])
-        logits = self.shape_classifier(crops)
+        logits, _ = prediction_shape_logits(self.shape_classifier, self.autoencoder, fit.x_t[use], fit.v[use],
+                                            fit.sigma[use], batch.character[use])
         shapes = batch.identity[use, 0]
         loss = F.cross_entropy(logits, shapes)
         logs = {"shape_loss": loss.item()}
