@@ -131,6 +131,27 @@ def test_pronoun_share_targets_it_shots_that_often():
         TeacherConfig(pronoun_share=1.5).validate()
 
 
+def test_target_frames_train_on_each_shots_opening_from_the_same_context(smoke_models, tmp_path):
+    from shotstream.training.teacher import TeacherConfig, TeacherStage
+
+    root, ae, _ = smoke_models
+    overrides = [f"stage.autoencoder={ae}", "stage.character_loss_weight=5", "stage.pronoun_share=1"]
+    whole = resolve_config("teacher", "teacher_smoke", overrides, out=str(tmp_path / "whole"))
+    full = TeacherStage(whole.stage, whole).batch(step=1, shard=0, num_shards=1)[0]
+    for pool in ("0", "3"):
+        cut = resolve_config("teacher", "teacher_smoke", overrides + ["stage.target_frames=1", f"stage.story_pool={pool}"],
+                             out=str(tmp_path / pool))
+        stage = TeacherStage(cut.stage, cut)
+        batch = stage.batch(step=1, shard=0, num_shards=1)[0]
+        assert batch.target.shape[1] == 1 and batch.loss_weight.shape[1] == 1 and batch.character.shape[1] == 1
+        if pool == "0":  # the same examples as the whole shots: their first latent frame, context and captions
+            assert torch.allclose(batch.target, full.target[:, :1], atol=1e-5)
+            assert torch.equal(batch.context, full.context) and torch.equal(batch.text, full.text)
+            assert torch.equal(batch.character, full.character[:, :1])
+    with pytest.raises(ValueError, match="target_frames"):
+        TeacherConfig(target_frames=-1).validate()
+
+
 def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp_path):
     from shotstream.autoencoder import TinyVideoAutoencoder
     from shotstream.session import to_model_video

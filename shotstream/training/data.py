@@ -55,6 +55,16 @@ def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotEx
     return example_from_history(story, k, [f for f, _ in rendered[:k]], *rendered[k], cfg=cfg)
 
 
+def first_latent_frames(e: NextShotExample, n: int, cfg: ShotStreamConfig) -> NextShotExample:
+    """The example with its target cut to its first n latent frames (pixel frames 1..1+4(n-1)):
+    the same next-shot task, the shot's opening decided from the same context, at a fraction of
+    the target's tokens. The autoencoder is causal, so the kept latents are those of the whole shot."""
+    frames = 1 + (n - 1) * cfg.video.temporal_stride
+    latents = None if e.latents is None else (e.latents[0][:n], e.latents[1])
+    boxes = None if e.target_boxes is None else e.target_boxes[:frames]
+    return replace(e, target=e.target[:frames], target_boxes=boxes, latents=latents)
+
+
 def character_cells(boxes: np.ndarray, cfg: ShotStreamConfig) -> np.ndarray:
     """Latent cells [f, h, w] (bool) that the main character's box (boxes [F, n_chars, 4] in
     pixels) touches in any pixel frame of that latent frame."""
