@@ -1,11 +1,11 @@
-"""Does a bidirectional next-shot model read its earlier shots, and its caption's action? A check
-in a minute, no sampling.
+"""Does a bidirectional next-shot model read its earlier shots (their frames or their captions), and
+its caption's action? A check in a few minutes, no sampling.
 
-    python -m benchmark.context_use                                       # shipped teacher, 20 stories
+    python -m benchmark.context_use                                       # shipped teacher, 20 stories, 3 min
     python -m benchmark.context_use --model runs/teacher_finetune/final/teacher --limit 50
 
 For every shot k >= 1 of the evaluation suite the model denoises the ground-truth shot, at fixed
-noise levels and with the same noise in each of five conditions:
+noise levels and with the same noise in each of these conditions:
 
     true    its own earlier shots as context (select_context_frames, as in training)
     hidden  no context (every conditional frame masked out)
@@ -14,6 +14,10 @@ noise levels and with the same noise in each of five conditions:
     shape   its own earlier shots re-rendered with the main character in the next shape of
             vocab.SHAPES (colour, pattern, places and captions unchanged): is the shape read
             from the frames?
+    colour  the same with the next colour of vocab.COLOURS: is the colour read from the frames?
+    context_captions  its own earlier frames, but their captions describe the main character
+            in the next shape and colour (the target's caption unchanged): is the character
+            read from the earlier shots' captions?
     action  its own context, but its caption tells the next action (`with_other_action`:
             "jumps" -> "spins", the other words unchanged)
     caption_shape  its own context, its caption naming the main character in the next shape
@@ -26,10 +30,12 @@ character from shot to shot has hidden / true and other / true above 1, most of 
 shots, whose caption does not name the character; one that copies its shape has shape / true
 above 1; one that follows the caption's action has action / true above 1.
 
-With a shape classifier (`--shape-classifier`, shipped) it also says which shape the x0
-prediction draws in the first frame, with the true and the reshaped context (SHAPE_COLUMNS):
-a model that copies the shape from its earlier shots draws the reshaped context's shape
-(copied_reshaped) more often than chance (1/6).
+It also says which colour the x0 prediction draws in the first frame (`drawn_colour`), with the
+true, the recoloured and the recaptioned context (COLOUR_COLUMNS), and with a shape classifier
+(`--shape-classifier`, shipped) which shape, with the true, the reshaped and the recaptioned
+context (SHAPE_COLUMNS): a model that copies the shape from its earlier shots draws another shape
+after the reshaped ones (changed_reshaped), the reshaped context's shape more often than chance
+(copied_reshaped, 1/6).
 """
 
 from __future__ import annotations
@@ -55,14 +61,20 @@ from shotstream.training.shape_classifier import ShapeClassifier, prediction_sha
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
-from shotstream.world.story import with_main_shape
+from shotstream.world.story import description_pattern, with_main
 
-CONDITIONS = ("true", "hidden", "other", "shape", "action", "caption_shape")
-# With a shape classifier, each row says which shape the x0 prediction draws with the shot's own
-# context (drawn_true) and with the reshaped one (drawn_shape); the summary gives the share of
-# shots that draw the character's shape (drawn, drawn_reshaped), the reshaped context's shape
-# (copied_reshaped), and another shape than with their own context (changed_reshaped).
-SHAPE_COLUMNS = ("drawn", "drawn_reshaped", "copied_reshaped", "changed_reshaped")
+CONDITIONS = ("true", "hidden", "other", "shape", "colour", "context_captions", "action", "caption_shape")
+# Each row says which colour the x0 prediction draws with the shot's own context (colour_true),
+# the recoloured (colour_colour) and the recaptioned one (colour_context_captions); the summary
+# gives the share of shots that draw the character's colour (colour_drawn), the recoloured
+# context's colour (colour_copied_recoloured), and another colour than with their own context
+# after the recoloured or the recaptioned one (colour_changed_recoloured, _recaptioned).
+COLOUR_COLUMNS = ("colour_drawn", "colour_copied_recoloured", "colour_changed_recoloured", "colour_changed_recaptioned")
+# With a shape classifier, the same for the shape: drawn_true, drawn_shape, drawn_context_captions
+# in the rows; in the summary the share of shots that draw the character's shape (drawn,
+# drawn_reshaped), the reshaped context's shape (copied_reshaped), and another shape than with
+# their own context (changed_reshaped, changed_recaptioned).
+SHAPE_COLUMNS = ("drawn", "drawn_reshaped", "copied_reshaped", "changed_reshaped", "changed_recaptioned")
 
 
 def with_other_action(caption: str, action: str) -> str:
@@ -135,6 +147,35 @@ def drawn_shape(classifier, autoencoder, x_t, v, sigma, cells) -> torch.Tensor:
     return torch.where(seen, logits.argmax(1), -1)
 
 
+# A decoded pixel counts for the palette colour (vocab.COLOUR_RGB, in [-1, 1]) within this distance
+# of it: about 45 of 255, half the distance between the closest two (red and orange).
+PALETTE_RADIUS = 0.35
+
+
+@torch.no_grad()
+def drawn_colour(autoencoder, x_t, v, sigma, boxes: np.ndarray) -> torch.Tensor:
+    """Per example [B]: the index in vocab.COLOURS of the most common body colour inside the main
+    character's frame-0 box (boxes [B, 4] pixels, NaN = not in view) of the decoded x0
+    prediction's first frame; -1 where it is not in view or no pixel is near a body colour."""
+    frames = autoencoder.decode(fm.predict_x0(x_t[:, :1], v[:, :1], sigma).float())[:, 0]
+    palette = torch.tensor([vocab.COLOUR_RGB[c] for c in vocab.COLOURS], dtype=frames.dtype, device=frames.device) / 127.5 - 1
+    out = []
+    for frame, (x0, y0, x1, y1) in zip(frames, boxes):
+        if np.isnan(x0):
+            out.append(-1)
+            continue
+        pixels = frame[:, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].flatten(1).T  # [P, 3]
+        distance = torch.cdist(pixels, palette)
+        near = distance.argmin(1)[distance.amin(1) < PALETTE_RADIUS]
+        out.append(int(torch.bincount(near, minlength=len(palette)).argmax()) if len(near) else -1)
+    return torch.tensor(out)
+
+
+def names(space: tuple[str, ...], indices: torch.Tensor) -> list[str]:
+    """Label names of readings; "" for -1 (the character is not in the first frame, or no colour is)."""
+    return [space[j] if j >= 0 else "" for j in indices.tolist()]
+
+
 def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9), batch_size=4, seed=0,
             progress=True, shape_classifier=None) -> pd.DataFrame:
     """One row per (shot, sigma): the character-cell error in each condition; with a
@@ -147,15 +188,19 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
         group = examples[start:start + batch_size]
         batch = collate(group, autoencoder, text_encoder, config, device)
         others = [examples[j] for j in partners[start:start + batch_size]]
+        def context_of(examples):
+            return with_context_of(batch, collate(examples, autoencoder, text_encoder, config, device))
         variants = {"true": batch,
                     "hidden": dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)),
-                    "other": with_context_of(batch, collate(others, autoencoder, text_encoder, config, device)),
-                    "shape": with_context_of(batch, collate([reshaped(e, config) for e in group], autoencoder,
-                                                            text_encoder, config, device)),
+                    "other": context_of(others),
+                    "shape": context_of([reshaped(e, config) for e in group]),
+                    "colour": context_of([recoloured(e, config) for e in group]),
+                    "context_captions": context_of([recaptioned(e) for e in group]),
                     "action": with_target_captions(batch, [other_action_caption(e) for e in group], text_encoder),
                     "caption_shape": with_target_captions(batch, [other_shape_caption(e) for e in group], text_encoder)}
         cells = torch.from_numpy(np.stack([character_cells(e.target_boxes, config) for e in group]))
         cells = cells.to(device, batch.target.dtype)
+        boxes = np.stack([e.target_boxes[0, 0] for e in group])  # frame 0, the main character
         noise = shot_noise(group, batch.target, seed)
         for sigma in sigmas:
             s = torch.full((len(group),), sigma, device=device)
@@ -163,15 +208,15 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
             with torch.no_grad():
                 v = {c: b.velocity(model, x_t, s) for c, b in variants.items()}
             errors = {c: character_error(v[c], batch.target, noise, cells).cpu() for c in CONDITIONS}
-            drawn = {}
-            if shape_classifier is not None:  # shape names, "" where the character is not in the first frame
-                drawn = {f"drawn_{c}": [vocab.SHAPES[j] if j >= 0 else "" for j in
-                                        drawn_shape(shape_classifier, autoencoder, x_t, v[c], s, cells).tolist()]
-                         for c in ("true", "shape")}
+            drawn = {f"colour_{c}": names(vocab.COLOURS, drawn_colour(autoencoder, x_t, v[c], s, boxes))
+                     for c in ("true", "colour", "context_captions")}
+            if shape_classifier is not None:
+                drawn |= {f"drawn_{c}": names(vocab.SHAPES, drawn_shape(shape_classifier, autoencoder, x_t, v[c], s, cells))
+                          for c in ("true", "shape", "context_captions")}
             for i, e in enumerate(group):
                 rows.append({"story": e.story.seed, "shot": e.shot, "sigma": sigma,
                              "subset": "pronoun" if e.story.shots[e.shot].labels.pronoun else "named",
-                             "main_shape": e.story.main_character.shape,
+                             "main_shape": e.story.main_character.shape, "main_colour": e.story.main_character.colour,
                              **{c: float(errors[c][i]) for c in CONDITIONS}, **{c: d[i] for c, d in drawn.items()}})
     return pd.DataFrame(rows)
 
@@ -181,9 +226,32 @@ def next_shape(shape: str) -> str:
     return vocab.SHAPES[(vocab.SHAPES.index(shape) + 1) % len(vocab.SHAPES)]
 
 
+def next_colour(colour: str) -> str:
+    """The colour after `colour` in vocab.COLOURS (cyclically)."""
+    return vocab.COLOURS[(vocab.COLOURS.index(colour) + 1) % len(vocab.COLOURS)]
+
+
 def reshaped(e: NextShotExample, config) -> NextShotExample:
     """The example after its story's main character took the next shape of vocab.SHAPES."""
-    return next_shot_example(with_main_shape(e.story, next_shape(e.story.main_character.shape)), e.shot, config)
+    return next_shot_example(with_main(e.story, shape=next_shape(e.story.main_character.shape)), e.shot, config)
+
+
+def recoloured(e: NextShotExample, config) -> NextShotExample:
+    """The example after its story's main character took the next colour of vocab.COLOURS."""
+    return next_shot_example(with_main(e.story, colour=next_colour(e.story.main_character.colour)), e.shot, config)
+
+
+def recaptioned(e: NextShotExample) -> NextShotExample:
+    """The example whose earlier shots' captions describe the main character in the next shape and
+    colour (canonical words); its frames and its own caption unchanged."""
+    main = e.story.main_character
+    other = dataclasses.replace(main, shape=next_shape(main.shape), colour=next_colour(main.colour)).describe()
+    phrase = description_pattern(main)
+    shots = [dataclasses.replace(shot, caption=phrase.sub(other, shot.caption)) if i < e.shot else shot
+             for i, shot in enumerate(e.story.shots)]
+    if shots[0].caption == e.story.shots[0].caption:
+        raise ValueError(f"no description of the main character in caption {shots[0].caption!r}")
+    return dataclasses.replace(e, story=dataclasses.replace(e.story, shots=shots))
 
 
 def other_action_caption(e: NextShotExample) -> str:
@@ -205,6 +273,11 @@ def other_shape_caption(e: NextShotExample) -> str:
     raise ValueError(f"no {main.shape!r} word in caption {caption!r}")
 
 
+def read(column: pd.Series) -> pd.Series:
+    """Which rows have a reading ("" in memory, NaN from a CSV: none)."""
+    return column.astype("string").fillna("") != ""
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean error per (subset, sigma) and condition, and the ratios that say whether context (and
     the caption's action) is read.
@@ -215,16 +288,27 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     table["hidden/true"] = table["hidden"] / table["true"]
     table["other/true"] = table["other"] / table["true"]
     table["shape/true"] = table["shape"] / table["true"]
+    table["colour/true"] = table["colour"] / table["true"]
+    table["context_captions/true"] = table["context_captions"] / table["true"]
     table["action/true"] = table["action"] / table["true"]
     table["caption_shape/true"] = table["caption_shape"] / table["true"]
     if "drawn_true" in rows:
-        seen = rows[rows["drawn_true"].fillna("") != ""]
+        seen = rows[read(rows["drawn_true"])]
         shapes = pd.DataFrame({
             "drawn": seen["drawn_true"] == seen["main_shape"],
             "drawn_reshaped": seen["drawn_shape"] == seen["main_shape"],
             "copied_reshaped": seen["drawn_shape"] == seen["main_shape"].map(next_shape),
-            "changed_reshaped": seen["drawn_shape"] != seen["drawn_true"]}).join(seen[["subset", "sigma"]])
+            "changed_reshaped": seen["drawn_shape"] != seen["drawn_true"],
+            "changed_recaptioned": seen["drawn_context_captions"] != seen["drawn_true"]}).join(seen[["subset", "sigma"]])
         table = table.join(shapes.groupby(["subset", "sigma"]).mean())
+    if "colour_true" in rows:
+        seen = rows[read(rows["colour_true"])]
+        colours = pd.DataFrame({
+            "colour_drawn": seen["colour_true"] == seen["main_colour"],
+            "colour_copied_recoloured": seen["colour_colour"] == seen["main_colour"].map(next_colour),
+            "colour_changed_recoloured": seen["colour_colour"] != seen["colour_true"],
+            "colour_changed_recaptioned": seen["colour_context_captions"] != seen["colour_true"]}).join(seen[["subset", "sigma"]])
+        table = table.join(colours.groupby(["subset", "sigma"]).mean())
     return table.reset_index()
 
 
@@ -280,8 +364,8 @@ def main(argv=None) -> int:
     rows.insert(0, "model", args.model)
     if args.out:
         rows.to_csv(args.out, index=False)
-    print(f"{args.model}: flow-matching error on the main character's latent cells"
-          + (f"; the shape its x0 prediction draws ({args.shape_classifier})" if classifier else ""))
+    print(f"{args.model}: flow-matching error on the main character's latent cells; the colour"
+          + (f" and the shape ({args.shape_classifier})" if classifier else "") + " its x0 prediction draws")
     print(summary(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 

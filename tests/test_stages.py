@@ -214,24 +214,33 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
     assert context_use.main(["--model", str(teacher), "--autoencoder", str(ae), "--limit", "4",
                              "--sigmas", "0.5,0.9", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert all(f"{c}/true" in table for c in ("hidden", "other", "shape", "action", "caption_shape"))
+    assert all(f"{c}/true" in table for c in context_use.CONDITIONS[1:])
     rows = pd.read_csv(out)
     stories = load_eval_suite()[:4]
     assert len(rows) == 2 * sum(s.num_shots - 1 for s in stories)  # every shot with a history, each sigma
     assert set(rows["subset"]) <= {"named", "pronoun"} and (rows["model"] == str(teacher)).all()
     seen = rows.dropna(subset=list(context_use.CONDITIONS))
     assert len(seen) and (seen[list(context_use.CONDITIONS)] > 0).all().all()
-    drawn = rows[["drawn_true", "drawn_shape"]].fillna("")  # the shipped shape classifier's reading, "" = unseen
+    drawn = rows[["drawn_true", "drawn_shape", "drawn_context_captions"]].fillna("")  # the shipped shape classifier's reading, "" = unseen
     assert drawn.stack().isin(("", *vocab.SHAPES)).all() and (drawn != "").any().all()
-    assert ((drawn["drawn_true"] == "") == (drawn["drawn_shape"] == "")).all()
-    shares = context_use.summary(rows)[list(context_use.SHAPE_COLUMNS)]
-    assert shares.stack().between(0, 1).all()
+    unseen = drawn["drawn_true"] == ""  # the character is in the first frame or not, whatever the context
+    assert (drawn[unseen] == "").all().all() and (drawn[~unseen] != "").all().all()
+    colours = rows[["colour_true", "colour_colour", "colour_context_captions"]].astype("string").fillna("")
+    assert colours.stack().isin(("", *vocab.COLOURS)).all()
+    shares = context_use.summary(rows)[list(context_use.SHAPE_COLUMNS + context_use.COLOUR_COLUMNS)]
+    assert shares.stack().dropna().between(0, 1).all()
     assert (shares["drawn_reshaped"] + shares["copied_reshaped"]).le(1).all()
     # the shares, over the shots where the character is in the first frame ("square" follows "circle")
-    fake = pd.DataFrame({"subset": "named", "sigma": 0.9, "main_shape": "circle", **{c: 1.0 for c in context_use.CONDITIONS},
-                         "drawn_true": ["circle", "circle", "star", ""], "drawn_shape": ["circle", "square", "square", ""]})
+    # ("green" follows "red")
+    fake = pd.DataFrame({"subset": "named", "sigma": 0.9, "main_shape": "circle", "main_colour": "red",
+                         **{c: 1.0 for c in context_use.CONDITIONS},
+                         "drawn_true": ["circle", "circle", "star", ""], "drawn_shape": ["circle", "square", "square", ""],
+                         "drawn_context_captions": ["circle", "circle", "circle", ""],
+                         "colour_true": ["red", "red", "red", "blue"], "colour_colour": ["red", "green", "green", "blue"],
+                         "colour_context_captions": ["red", "red", "red", "red"]})
     row = context_use.summary(fake).iloc[0]
-    assert row["shots"] == 4 and list(row[list(context_use.SHAPE_COLUMNS)]) == pytest.approx([2 / 3, 1 / 3, 2 / 3, 2 / 3])
+    assert row["shots"] == 4 and list(row[list(context_use.SHAPE_COLUMNS)]) == pytest.approx([2 / 3, 1 / 3, 2 / 3, 2 / 3, 1 / 3])
+    assert list(row[list(context_use.COLOUR_COLUMNS)]) == pytest.approx([3 / 4, 2 / 4, 2 / 4, 1 / 4])
     for argv, message in ((["--sigmas", "1.5"], "--sigmas must lie in"), (["--model", str(tmp_path / "none")], "context_use:"),
                           (["--model", str(teacher), "--shape-classifier", str(tmp_path / "none")], "checkpoint folder not found"),
                           (["--limit", "0"], "--limit"), (["--out", str(tmp_path / "no" / "rows.csv")], "does not exist")):
@@ -345,6 +354,51 @@ def test_context_use_reshaped_context_changes_the_main_shape_alone():
     assert r.story.captions == story.captions and r.context_shots == e.context_shots
     assert (r.context != e.context).any()  # the frames show the new shape...
     assert all(a.labels.scene == b.labels.scene for a, b in zip(r.story.shots, story.shots))  # ...in the same places
+
+
+def test_context_use_recoloured_and_recaptioned_contexts_change_one_thing_each():
+    from benchmark.context_use import next_colour, next_shape, recaptioned, recoloured
+    from shotstream.config import get_preset
+    from shotstream.training.data import next_shot_example
+    from shotstream.world.dataset import load_eval_suite
+
+    config = get_preset("tiny")
+    config.video.frames_per_shot = 5
+    story = next(s for s in load_eval_suite() if s.num_shots >= 3)
+    e = next_shot_example(story, 2, config)
+    main = story.main_character
+    r = recoloured(e, config)
+    assert r.story.main_character == dataclasses.replace(main, colour=next_colour(main.colour))
+    assert r.story.captions == story.captions and (r.context != e.context).any()
+    c = recaptioned(e)
+    assert [s.labels for s in c.story.shots] == [s.labels for s in story.shots] and c.context is e.context  # frames stay
+    assert c.story.shots[2:] == story.shots[2:]  # the target's caption (and any later one) stays
+    other = dataclasses.replace(main, shape=next_shape(main.shape), colour=next_colour(main.colour)).describe()
+    assert other in c.story.shots[0].caption and c.story.shots[0].caption != story.shots[0].caption
+    for before, after in zip(story.shots[:2], c.story.shots[:2]):  # only the description changes
+        assert after.caption == before.caption or other in after.caption
+
+
+def test_context_use_reads_the_colour_drawn_in_the_characters_box():
+    from benchmark.context_use import drawn_colour
+    from shotstream.world import vocab
+
+    class Identity:  # decode: latents [B, 1, 3, H, W] are the pixels
+        @staticmethod
+        def decode(x):
+            return x
+
+    frames = torch.full((3, 1, 3, 32, 32), -1.0)  # black
+    blue = torch.tensor(vocab.COLOUR_RGB["blue"]) / 127.5 - 1
+    frames[0, 0, :, 4:12, 4:12] = blue[:, None, None]
+    frames[1, 0, :, 20:30, 20:30] = (torch.tensor(vocab.COLOUR_RGB["orange"]) / 127.5 - 1)[:, None, None]
+    frames[1, 0, :, 20:22, 20:30] = blue[:, None, None]  # a stripe: the most common colour wins
+    boxes = np.array([[3, 3, 13, 13], [19, 19, 31, 31], [np.nan] * 4])
+    zero = torch.zeros(3)  # sigma 0: x0 = x_t
+    got = drawn_colour(Identity, frames, torch.zeros_like(frames), zero, boxes).tolist()
+    assert got == [vocab.COLOURS.index("blue"), vocab.COLOURS.index("orange"), -1]
+    frames[0] = 0.0  # grey: no body colour near
+    assert drawn_colour(Identity, frames, torch.zeros_like(frames), zero, boxes)[0] == -1
 
 
 def test_context_use_partners_share_the_shot_but_not_the_character():

@@ -13,6 +13,9 @@ Optionally (`image_batches`) each step also trains on single frames, as Wan trai
 and videos jointly: at 64 tokens a frame against 960 for a shot with context, images are the cheap
 way to teach what a caption's character looks like.
 
+`target_frames` cuts each target to its opening latent frames: who is drawn is decided there,
+from the same context, at about half the tokens an example.
+
 Four optional losses single out the main character's identity (IdentityReadout, `named_loss`,
 `contrast_loss`, and in pixel space `shape_loss`); none taught v7 to read the shape from its
 earlier shots, and none is in the shipped recipe (docs/experiments.md, "Does it read its earlier
@@ -49,7 +52,7 @@ from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 from shotstream.world import vocab
 from shotstream.world.render import render_shot
-from shotstream.world.story import with_main_shape
+from shotstream.world.story import with_main
 
 
 @dataclass
@@ -254,7 +257,7 @@ class TeacherStage(NextShotStage):
         if key not in self.negatives:
             shapes = [s for s in vocab.SHAPES if s != e.story.main_character.shape]
             shape = shapes[int(np.random.default_rng([e.story.seed, e.shot, 0x5A]).integers(len(shapes)))]
-            frames, _ = render_shot(with_main_shape(e.story, shape), e.shot, self.config.video)
+            frames, _ = render_shot(with_main(e.story, shape=shape), e.shot, self.config.video)
             latent = self.autoencoder.encode(to_model_video(frames, self.device)[None])[0].cpu()
             if self.pool is None:
                 return latent

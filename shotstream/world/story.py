@@ -138,14 +138,21 @@ def make_caption(labels: ShotLabels, rng: np.random.Generator) -> str:
     return caption
 
 
-def with_main_shape(story: Story, shape: str) -> Story:
-    """`story` whose main character has `shape` in every shot's labels (so in every render);
-    captions, seed and everything else unchanged."""
+def with_main(story: Story, **traits: str) -> Story:
+    """`story` whose main character has `traits` (shape=, colour=, pattern=) in every shot's labels
+    (so in every render); captions, seed and everything else unchanged."""
     main = story.main_character
-    recast = dataclasses.replace(main, shape=shape)
+    recast = dataclasses.replace(main, **traits)
     shots = [dataclasses.replace(s, labels=dataclasses.replace(
         s.labels, characters=tuple(recast if c == main else c for c in s.labels.characters))) for s in story.shots]
     return dataclasses.replace(story, shots=shots)
+
+
+def description_pattern(character: Character) -> re.Pattern:
+    """The phrase a caption names `character` with ("red striped star", any synonyms)."""
+    words = (vocab.COLOUR_WORDS[character.colour], vocab.PATTERN_WORDS[character.pattern], vocab.SHAPE_WORDS[character.shape])
+    return re.compile(r"\b" + " ".join("(?:" + "|".join(map(re.escape, sorted(w, key=len, reverse=True))) + ")"
+                                       for w in words) + r"\b")
 
 
 def named_caption(caption: str, character: Character) -> str:
