@@ -61,7 +61,7 @@ from shotstream.training.shape_classifier import ShapeClassifier, prediction_sha
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
-from shotstream.world.story import description_pattern, with_main
+from shotstream.world.story import description_pattern, with_article, with_main
 
 CONDITIONS = ("true", "hidden", "other", "shape", "colour", "context_captions", "action", "caption_shape")
 # Each row says which colour the x0 prediction draws with the shot's own context (colour_true),
@@ -178,8 +178,8 @@ def names(space: tuple[str, ...], indices: torch.Tensor) -> list[str]:
 
 def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9), batch_size=4, seed=0,
             progress=True, shape_classifier=None) -> pd.DataFrame:
-    """One row per (shot, sigma): the character-cell error in each condition; with a
-    `shape_classifier`, also which shape its x0 prediction draws (SHAPE_COLUMNS)."""
+    """One row per (shot, sigma): the character-cell error in each condition, which colour its x0
+    prediction draws (COLOUR_COLUMNS) and, with a `shape_classifier`, which shape (SHAPE_COLUMNS)."""
     examples = [next_shot_example(story, k, config) for story in stories for k in range(1, story.num_shots)]
     partners = other_story_partners(examples)
     device = model.device
@@ -246,8 +246,15 @@ def recaptioned(e: NextShotExample) -> NextShotExample:
     colour (canonical words); its frames and its own caption unchanged."""
     main = e.story.main_character
     other = dataclasses.replace(main, shape=next_shape(main.shape), colour=next_colour(main.colour)).describe()
-    phrase = description_pattern(main)
-    shots = [dataclasses.replace(shot, caption=phrase.sub(other, shot.caption)) if i < e.shot else shot
+    # with its article, if any, so that "a red ..." becomes "an orange ..."
+    phrase = re.compile(r"\b(?:((?i:an?)) )?" + description_pattern(main).pattern.removeprefix(r"\b"))
+
+    def renamed(m: re.Match) -> str:
+        if not m.group(1):
+            return other
+        new = with_article(other)
+        return new[0].upper() + new[1:] if m.group(1)[0].isupper() else new
+    shots = [dataclasses.replace(shot, caption=phrase.sub(renamed, shot.caption)) if i < e.shot else shot
              for i, shot in enumerate(e.story.shots)]
     if shots[0].caption == e.story.shots[0].caption:
         raise ValueError(f"no description of the main character in caption {shots[0].caption!r}")

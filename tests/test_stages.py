@@ -138,16 +138,19 @@ def test_target_frames_train_on_each_shots_opening_from_the_same_context(smoke_m
     overrides = [f"stage.autoencoder={ae}", "stage.character_loss_weight=5", "stage.pronoun_share=1"]
     whole = resolve_config("teacher", "teacher_smoke", overrides, out=str(tmp_path / "whole"))
     full = TeacherStage(whole.stage, whole).batch(step=1, shard=0, num_shards=1)[0]
-    for pool in ("0", "3"):
-        cut = resolve_config("teacher", "teacher_smoke", overrides + ["stage.target_frames=1", f"stage.story_pool={pool}"],
-                             out=str(tmp_path / pool))
+    for pool, n in (("0", 1), ("0", 2), ("3", 1)):
+        extra = ["stage.shape_contrast=0.5"] if n == 2 else []  # its negatives are cut as the targets
+        cut = resolve_config("teacher", "teacher_smoke", overrides + [f"stage.target_frames={n}", f"stage.story_pool={pool}",
+                                                                      *extra], out=str(tmp_path / f"{pool}-{n}"))
         stage = TeacherStage(cut.stage, cut)
         batch = stage.batch(step=1, shard=0, num_shards=1)[0]
-        assert batch.target.shape[1] == 1 and batch.loss_weight.shape[1] == 1 and batch.character.shape[1] == 1
-        if pool == "0":  # the same examples as the whole shots: their first latent frame, context and captions
-            assert torch.allclose(batch.target, full.target[:, :1], atol=1e-5)
+        assert batch.target.shape[1] == n and batch.loss_weight.shape[1] == n and batch.character.shape[1] == n
+        if pool == "0":  # the same examples as the whole shots: their first latent frames, context and captions
+            assert torch.allclose(batch.target, full.target[:, :n], atol=1e-5)
             assert torch.equal(batch.context, full.context) and torch.equal(batch.text, full.text)
-            assert torch.equal(batch.character, full.character[:, :1])
+            assert torch.equal(batch.character, full.character[:, :n])
+        if extra:
+            assert batch.negative.shape == batch.target.shape
     with pytest.raises(ValueError, match="target_frames"):
         TeacherConfig(target_frames=-1).validate()
 
@@ -238,6 +241,7 @@ def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_pa
                          "drawn_context_captions": ["circle", "circle", "circle", ""],
                          "colour_true": ["red", "red", "red", "blue"], "colour_colour": ["red", "green", "green", "blue"],
                          "colour_context_captions": ["red", "red", "red", "red"]})
+    fake.loc[3, ["drawn_true", "drawn_shape", "drawn_context_captions"]] = np.nan  # no reading, as read back from a CSV
     row = context_use.summary(fake).iloc[0]
     assert row["shots"] == 4 and list(row[list(context_use.SHAPE_COLUMNS)]) == pytest.approx([2 / 3, 1 / 3, 2 / 3, 2 / 3, 1 / 3])
     assert list(row[list(context_use.COLOUR_COLUMNS)]) == pytest.approx([3 / 4, 2 / 4, 2 / 4, 1 / 4])
@@ -359,6 +363,7 @@ def test_context_use_reshaped_context_changes_the_main_shape_alone():
 def test_context_use_recoloured_and_recaptioned_contexts_change_one_thing_each():
     from benchmark.context_use import next_colour, next_shape, recaptioned, recoloured
     from shotstream.config import get_preset
+    from shotstream.world.story import description_pattern, with_article
     from shotstream.training.data import next_shot_example
     from shotstream.world.dataset import load_eval_suite
 
@@ -374,9 +379,16 @@ def test_context_use_recoloured_and_recaptioned_contexts_change_one_thing_each()
     assert [s.labels for s in c.story.shots] == [s.labels for s in story.shots] and c.context is e.context  # frames stay
     assert c.story.shots[2:] == story.shots[2:]  # the target's caption (and any later one) stays
     other = dataclasses.replace(main, shape=next_shape(main.shape), colour=next_colour(main.colour)).describe()
-    assert other in c.story.shots[0].caption and c.story.shots[0].caption != story.shots[0].caption
-    for before, after in zip(story.shots[:2], c.story.shots[:2]):  # only the description changes
-        assert after.caption == before.caption or other in after.caption
+    named = [i for i in range(2) if not story.shots[i].labels.pronoun]
+    assert 0 in named and other in c.story.shots[0].caption
+    for i in range(2):  # named earlier shots: the description (with its article) and nothing else changes
+        before, after = story.shots[i].caption, c.story.shots[i].caption
+        if i not in named:
+            assert after == before
+            continue
+        old = description_pattern(main).search(before)
+        start = before.rfind(" ", 0, old.start() - 1) + 1  # the article's start
+        assert after == before[:start] + with_article(other) + before[old.end():]
 
 
 def test_context_use_reads_the_colour_drawn_in_the_characters_box():
@@ -388,12 +400,15 @@ def test_context_use_reads_the_colour_drawn_in_the_characters_box():
         def decode(x):
             return x
 
+    def rgb(name):
+        return (torch.tensor(vocab.COLOUR_RGB[name]) / 127.5 - 1)[:, None, None]
+
     frames = torch.full((3, 1, 3, 32, 32), -1.0)  # black
-    blue = torch.tensor(vocab.COLOUR_RGB["blue"]) / 127.5 - 1
-    frames[0, 0, :, 4:12, 4:12] = blue[:, None, None]
-    frames[1, 0, :, 20:30, 20:30] = (torch.tensor(vocab.COLOUR_RGB["orange"]) / 127.5 - 1)[:, None, None]
-    frames[1, 0, :, 20:22, 20:30] = blue[:, None, None]  # a stripe: the most common colour wins
-    boxes = np.array([[3, 3, 13, 13], [19, 19, 31, 31], [np.nan] * 4])
+    frames[:, 0, :, 16:, :] = rgb("green")  # outside the boxes, larger than what is inside
+    frames[0, 0, :, 2:6, 4:14] = rgb("blue")  # a wide box: rows 2-6, columns 4-14
+    frames[1, 0, :, 2:14, 20:30] = rgb("orange")
+    frames[1, 0, :, 2:4, 20:30] = rgb("blue")  # a stripe: the most common colour wins
+    boxes = np.array([[4, 2, 14, 6], [20, 2, 30, 14], [np.nan] * 4])  # x0 y0 x1 y1
     zero = torch.zeros(3)  # sigma 0: x0 = x_t
     got = drawn_colour(Identity, frames, torch.zeros_like(frames), zero, boxes).tolist()
     assert got == [vocab.COLOURS.index("blue"), vocab.COLOURS.index("orange"), -1]

@@ -56,13 +56,14 @@ def next_shot_example(story: Story, k: int, cfg: ShotStreamConfig) -> NextShotEx
 
 
 def first_latent_frames(e: NextShotExample, n: int, cfg: ShotStreamConfig) -> NextShotExample:
-    """The example with its target cut to its first n latent frames (pixel frames 1..1+4(n-1)):
-    the same next-shot task, the shot's opening decided from the same context, at a fraction of
-    the target's tokens. The autoencoder is causal, so the kept latents are those of the whole shot."""
+    """The example with its target cut to its first n latent frames (pixel frames 0..4(n-1)): the
+    same next-shot task, the shot's opening decided from the same context, at a fraction of the
+    target's tokens. The autoencoder is causal, so the kept latents are those of the whole shot."""
     frames = 1 + (n - 1) * cfg.video.temporal_stride
     latents = None if e.latents is None else (e.latents[0][:n], e.latents[1])
     boxes = None if e.target_boxes is None else e.target_boxes[:frames]
-    return replace(e, target=e.target[:frames], target_boxes=boxes, latents=latents)
+    shots = [*e.shots[:-1], e.shots[-1][:frames]] if e.shots else e.shots
+    return replace(e, target=e.target[:frames], target_boxes=boxes, latents=latents, shots=shots)
 
 
 def character_cells(boxes: np.ndarray, cfg: ShotStreamConfig) -> np.ndarray:

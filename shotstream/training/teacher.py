@@ -239,7 +239,8 @@ class TeacherStage(NextShotStage):
         examples = self.examples(step, shard)
         video = self.to_batch(examples, step, shard)
         if self.cfg.shape_contrast:
-            video = dataclasses.replace(video, negative=torch.stack([self.negative(e) for e in examples]).to(self.device))
+            frames = video.target.shape[1]  # the negative cut as the target (target_frames)
+            video = dataclasses.replace(video, negative=torch.stack([self.negative(e)[:frames] for e in examples]).to(self.device))
         batches = [video]
         if size := self.cfg.image_batch_size(step):
             # The i-th frame's seed does not depend on the size: a grown batch keeps the earlier frames.
