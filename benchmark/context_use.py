@@ -221,14 +221,19 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
     return pd.DataFrame(rows)
 
 
+def following(space: tuple[str, ...], label: str) -> str:
+    """The label after `label` in its label space (cyclically)."""
+    return space[(space.index(label) + 1) % len(space)]
+
+
 def next_shape(shape: str) -> str:
-    """The shape after `shape` in vocab.SHAPES (cyclically): what the shape conditions draw or name."""
-    return vocab.SHAPES[(vocab.SHAPES.index(shape) + 1) % len(vocab.SHAPES)]
+    """The shape after `shape` in vocab.SHAPES: what the shape conditions draw or name."""
+    return following(vocab.SHAPES, shape)
 
 
 def next_colour(colour: str) -> str:
-    """The colour after `colour` in vocab.COLOURS (cyclically)."""
-    return vocab.COLOURS[(vocab.COLOURS.index(colour) + 1) % len(vocab.COLOURS)]
+    """The colour after `colour` in vocab.COLOURS: what the colour conditions draw or name."""
+    return following(vocab.COLOURS, colour)
 
 
 def reshaped(e: NextShotExample, config) -> NextShotExample:
@@ -246,10 +251,9 @@ def recaptioned(e: NextShotExample) -> NextShotExample:
     colour (canonical words); its frames and its own caption unchanged."""
     main = e.story.main_character
     other = dataclasses.replace(main, shape=next_shape(main.shape), colour=next_colour(main.colour)).describe()
-    # with its article, if any, so that "a red ..." becomes "an orange ..."
-    phrase = re.compile(r"\b(?:((?i:an?)) )?" + description_pattern(main).pattern.removeprefix(r"\b"))
+    phrase = description_pattern(main)
 
-    def renamed(m: re.Match) -> str:
+    def renamed(m: re.Match) -> str:  # with its article, if any: "a red ..." -> "an orange ..."
         if not m.group(1):
             return other
         new = with_article(other)

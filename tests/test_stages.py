@@ -387,8 +387,8 @@ def test_context_use_recoloured_and_recaptioned_contexts_change_one_thing_each()
             assert after == before
             continue
         old = description_pattern(main).search(before)
-        start = before.rfind(" ", 0, old.start() - 1) + 1  # the article's start
-        assert after == before[:start] + with_article(other) + before[old.end():]
+        assert old.group(1)  # named captions give their character an article
+        assert after == before[:old.start()] + with_article(other) + before[old.end():]
 
 
 def test_context_use_reads_the_colour_drawn_in_the_characters_box():

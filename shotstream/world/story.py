@@ -149,10 +149,11 @@ def with_main(story: Story, **traits: str) -> Story:
 
 
 def description_pattern(character: Character) -> re.Pattern:
-    """The phrase a caption names `character` with ("red striped star", any synonyms)."""
+    """The phrase a caption names `character` with ("a red striped star", any synonyms); group 1
+    is its article ("a", "an", "A", "An"), None without one."""
     words = (vocab.COLOUR_WORDS[character.colour], vocab.PATTERN_WORDS[character.pattern], vocab.SHAPE_WORDS[character.shape])
-    return re.compile(r"\b" + " ".join("(?:" + "|".join(map(re.escape, sorted(w, key=len, reverse=True))) + ")"
-                                       for w in words) + r"\b")
+    return re.compile(r"\b(?:((?i:an?)) )?" + " ".join("(?:" + "|".join(map(re.escape, sorted(w, key=len, reverse=True))) + ")"
+                                                     for w in words) + r"\b")
 
 
 def named_caption(caption: str, character: Character) -> str:
