@@ -1,6 +1,7 @@
 """The model core: cached == uncached, causality, the RoPE indicator, context selection, loading."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -299,21 +300,27 @@ def test_truncated_or_mismatched_checkpoint_is_named(tmp_path):
         from_pretrained(tmp_path / "m2")
 
 
-def test_official_wan_layout_loads(tmp_path):
-    """A small checkpoint written in Wan2.1's layout (+ Self-Forcing's `model.` wrapper) loads strictly."""
+def write_wan_folder(folder, state, **config):
+    """An official Wan2.1 DiT folder: the safetensors and a config.json with exactly the keys of
+    Wan2.1-T2V-1.3B's (no text_dim, patch_size, qk_norm: the loader reads them from the weights)."""
     from safetensors.torch import save_file
 
+    folder.mkdir()
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    real = {"_class_name": "WanModel", "dim": 64, "eps": 1e-06, "ffn_dim": 128, "freq_dim": 256, "in_dim": 4,
+            "model_type": "t2v", "num_heads": 4, "num_layers": 2, "out_dim": 4, "text_len": 512}
+    (folder / "config.json").write_text(json.dumps(real | config))
+    return folder
+
+
+def test_official_wan_layout_loads(tmp_path):
+    """A small checkpoint written in Wan2.1's layout (+ Self-Forcing's `model.` wrapper) loads strictly."""
     src = make_model(seed=3)
     state = {k: v.clone() for k, v in src.state_dict().items()}
     assert "blocks.0.self_attn.q.weight" in state and "head.head.weight" in state and "blocks.1.modulation" in state
-    folder = tmp_path / "Wan2.1-T2V-small"
-    folder.mkdir()
-    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
-    (folder / "config.json").write_text(
-        '{"_class_name": "WanModel", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 4, "num_layers": 2,'
-        f' "text_dim": {TEXT_DIM}, "in_dim": 4, "out_dim": 4, "freq_dim": 256, "eps": 1e-06, "patch_size": [1, 2, 2]}}'
-    )
+    folder = write_wan_folder(tmp_path / "Wan2.1-T2V-small", state)
     loaded = load_wan_folder(folder)
+    assert loaded.cfg.text_dim == TEXT_DIM and loaded.cfg.text_len == 512  # text_dim from text_embedding.0
     for k, v in state.items():
         assert torch.equal(loaded.state_dict()[k], v)
     # a ShotStream/Self-Forcing .pt with {"generator": {"model.<key>": ...}}
@@ -326,6 +333,31 @@ def test_official_wan_layout_loads(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"missing keys \[blocks\.1\.ffn\.2\.weight\].*unexpected keys \[blocks\.9\.extra\]"):
         load_official(make_model(), tmp_path / "bad.pt")
+
+
+def test_wan_folder_sizes_come_from_the_weights(tmp_path):
+    """Every size the config leaves out is read from the shapes; one it contradicts is an error."""
+    src = WanDiT(dataclasses.replace(small_cfg(), ffn_dim=96, num_layers=3), latent_channels=4)
+    loaded = load_wan_folder(write_wan_folder(tmp_path / "a", src.state_dict(), ffn_dim=96, num_layers=3))
+    assert (loaded.cfg.ffn_dim, loaded.cfg.num_layers, loaded.cfg.patch_size) == (96, 3, (1, 2, 2))
+    assert loaded.cfg.qk_norm and loaded.cfg.cross_attn_norm and loaded.latent_channels == 4
+    with pytest.raises(CheckpointError, match=r"config.json: .*contradicts.*ffn_dim: config 128 vs weights 96"):
+        load_wan_folder(write_wan_folder(tmp_path / "b", src.state_dict()))
+    with pytest.raises(CheckpointError, match=r"config.json: not found"):
+        load_wan_folder(tmp_path)
+
+
+def test_folder_with_several_checkpoints_is_refused_unless_one_is_named(tmp_path):
+    """A run folder often holds several .pt snapshots: loading must not merge them (the last would win)."""
+    a, b = make_model(seed=5), make_model(seed=6)
+    torch.save({"generator": {f"model.{k}": v for k, v in a.state_dict().items()}}, tmp_path / "a.pt")
+    torch.save({"generator": {f"model.{k}": v for k, v in b.state_dict().items()}}, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match=r"several checkpoints in the folder \(a\.pt, b\.pt\); name the file"):
+        load_official(make_model(), tmp_path)
+    loaded = load_official(make_model(), tmp_path / "a.pt")
+    assert torch.equal(loaded.state_dict()["blocks.0.ffn.0.weight"], a.state_dict()["blocks.0.ffn.0.weight"])
+    (tmp_path / "b.pt").unlink()  # a folder with one checkpoint loads it
+    assert torch.equal(load_official(make_model(), tmp_path).state_dict()["head.head.weight"], a.state_dict()["head.head.weight"])
 
 
 def test_bf16_forward_runs_and_is_close_to_fp32():

@@ -8,6 +8,7 @@ is strict: any missing, unexpected or misshaped key is named in the error.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -103,13 +104,59 @@ def expand_blocks(model: WanDiT, num_layers: int) -> WanDiT:
     return deeper.train(model.training)
 
 
-def model_config_from_wan(wan_config: dict) -> ModelConfig:
-    """Map an official Wan2.1 `config.json` (dim, ffn_dim, num_heads, ...) onto ModelConfig."""
+def model_config_from_wan(wan_config: dict, state: dict[str, torch.Tensor] | None = None) -> ModelConfig:
+    """Map an official Wan2.1 `config.json` onto ModelConfig, every size read from the weights.
+
+    Wan's own config.json has no `text_dim` (its code fixes it at 4096) nor `patch_size`,
+    `qk_norm`, `cross_attn_norm`, so the weights' shapes are the source of truth: dim, in/out
+    channels and patch from `patch_embedding`, text_dim from `text_embedding.0`, freq_dim from
+    `time_embedding.0`, ffn_dim from `blocks.0.ffn.0`, num_layers from the block count; qk_norm and
+    cross_attn_norm from whether their weights exist. Only num_heads, eps and text_len (which
+    no shape holds) come from the config. A config value that contradicts the weights is an error.
+    """
     keys = {"dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "text_len", "freq_dim", "eps", "qk_norm", "cross_attn_norm"}
-    cfg = from_dict(ModelConfig, {k: v for k, v in wan_config.items() if k in keys}, where="wan config")
+    values = {k: v for k, v in wan_config.items() if k in keys}
     if "patch_size" in wan_config:
-        cfg.patch_size = tuple(wan_config["patch_size"])
-    return cfg
+        values["patch_size"] = tuple(wan_config["patch_size"])
+    if state is not None:
+        values = _check_against_weights(values, _sizes_from_weights(state), wan_config)
+    if "num_heads" not in values:
+        raise CheckpointError("wan config: no num_heads (the weights' shapes cannot tell it)")
+    return from_dict(ModelConfig, values, where="wan config")
+
+
+def _sizes_from_weights(state: dict[str, torch.Tensor]) -> dict:
+    """The ModelConfig sizes (and in/out channels) that WanModel-named tensors imply."""
+    need = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "blocks.0.ffn.0.weight",
+            "head.head.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"not a Wan2.1 DiT checkpoint: missing {missing}")
+    dim, in_dim, *patch = state["patch_embedding.weight"].shape  # [dim, in_dim, pt, ph, pw]
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    return {
+        "dim": dim,
+        "in_dim": in_dim,
+        "patch_size": tuple(patch),
+        "text_dim": state["text_embedding.0.weight"].shape[1],  # [dim, text_dim]
+        "freq_dim": state["time_embedding.0.weight"].shape[1],  # [dim, freq_dim]
+        "ffn_dim": state["blocks.0.ffn.0.weight"].shape[0],  # [ffn_dim, dim]
+        "num_layers": len(blocks),
+        "out_dim": state["head.head.weight"].shape[0] // math.prod(patch),  # [out_dim * pt*ph*pw, dim]
+        "qk_norm": "blocks.0.self_attn.norm_q.weight" in state,
+        "cross_attn_norm": "blocks.0.norm3.weight" in state,
+    }
+
+
+def _check_against_weights(values: dict, sizes: dict, wan_config: dict) -> dict:
+    stated = {**values, **{k: wan_config[k] for k in ("in_dim", "out_dim") if k in wan_config}}
+    clash = [f"{k}: config {stated[k]} vs weights {v}" for k, v in sizes.items()
+             if k in stated and (tuple(stated[k]) if k == "patch_size" else stated[k]) != v]
+    if clash:
+        raise CheckpointError(f"wan config contradicts the weights' shapes: {'; '.join(clash)}")
+    if sizes["in_dim"] != sizes["out_dim"]:
+        raise CheckpointError(f"in_dim {sizes['in_dim']} != out_dim {sizes['out_dim']}: WanDiT predicts its input's channels")
+    return values | {k: v for k, v in sizes.items() if k not in ("in_dim", "out_dim")}
 
 
 def official_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
@@ -138,33 +185,70 @@ def strip_prefixes(key: str) -> str:
     return key
 
 
-def load_official(model: WanDiT, path: str | Path) -> WanDiT:
-    """Load official Wan2.1 / ShotStream weights (a file, or a folder holding them) into `model`.
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The weight files of `path`: the file itself, or a folder's safetensors (one file, or the
+    shards its `*.safetensors.index.json` names), or its single .pt / .pth.
+
+    A folder holding several .pt / .pth (a ShotStream run keeps `generator` snapshots side by
+    side) is refused: merging them would let the last one silently win."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: weights not found")
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) == 1:  # sharded (Wan2.1-14B): the index maps each tensor to its shard
+        shards = sorted(set(read_json(indexes[0]).get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{indexes[0]}: no weight_map")
+        return [path / s for s in shards]
+    for pattern in ("*.safetensors", "*.pt", "*.pth"):
+        files = sorted(path.glob(pattern))
+        if len(files) == 1:
+            return files
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            raise CheckpointError(f"{path}: several checkpoints in the folder ({names}); name the file to load")
+    raise CheckpointError(f"{path}: no .safetensors / .pt weights in folder")
+
+
+def read_official(path: str | Path) -> dict[str, torch.Tensor]:
+    """WanModel-named tensors of a checkpoint file or folder (see `checkpoint_files`)."""
+    state = {}
+    for f in checkpoint_files(path):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: shard not found")
+        state.update(official_state_dict(f))
+    return state
+
+
+def load_official(model: WanDiT, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> WanDiT:
+    """Load official Wan2.1 / ShotStream weights (a file, or a folder holding them; or `state`,
+    the tensors `read_official(path)` already returned) into `model`.
 
     Strict: the error names every missing, unexpected or misshaped key. Parameters that exist
     only in this implementation (the learned-indicator ablation) keep their initial values.
     """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pt")) or sorted(path.glob("*.pth"))
-        if not files:
-            raise CheckpointError(f"{path}: no .safetensors / .pt weights in folder")
-        state = {}
-        for f in files:  # sharded checkpoints
-            state.update(official_state_dict(f))
-    elif path.is_file():
-        state = official_state_dict(path)
-    else:
-        raise CheckpointError(f"{path}: weights not found")
+    state = read_official(path) if state is None else state
     expected = {k: v for k, v in model.state_dict().items() if k not in SHOTSTREAM_ONLY}
     check_keys(expected, state, str(path))
     model.load_state_dict(state, strict=False)
     return model
 
 
-def load_wan_folder(path: str | Path, latent_channels: int = 16, device="cpu", dtype=torch.float32) -> WanDiT:
-    """Build a WanDiT from an official Wan2.1 folder (config.json + diffusion_pytorch_model*.safetensors)."""
+def load_wan_folder(path: str | Path, weights: str | Path | None = None, device="cpu", dtype=torch.float32) -> WanDiT:
+    """Build a WanDiT from an official Wan2.1 folder: config.json + the DiT's safetensors (or
+    `weights`, e.g. a ShotStream .pt, for the same architecture). Sizes come from the weights."""
     path = Path(path)
-    wan_cfg = read_json(path / "config.json")
-    model = WanDiT(model_config_from_wan(wan_cfg), wan_cfg.get("in_dim", latent_channels))
-    return load_official(model, path).to(device=device, dtype=dtype).eval()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{config_file}: not found (expected an official Wan2.1 folder)")
+    source = Path(weights) if weights is not None else path
+    state = read_official(source)
+    try:
+        cfg = model_config_from_wan(read_json(config_file), state)
+        cfg.validate()
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: {e.args[0] if e.args else e}") from None
+    model = WanDiT(cfg, state["patch_embedding.weight"].shape[1])  # [dim, in_dim, pt, ph, pw]
+    return load_official(model, source, state).to(device=device, dtype=dtype).eval()
