@@ -2,6 +2,8 @@
 
     python -m demo.app                                  # shipped tiny student (teacher until one ships), CPU
     python -m demo.app --model /tmp/dev/student --port 7861 --max-concurrent 2
+    GRADIO_SERVER_NAME=0.0.0.0 PORT=7860 python demo/app.py   # as a Hugging Face Space starts it
+    SHOTSTREAM_DEMO_ARGS="--device cuda --dtype bf16" python demo/app.py   # flags where none can be typed
 
 UI wiring only: the model, the dual cache and the streaming loop live in `shotstream.session`.
 One pipeline is loaded lazily and shared (module-level cache keyed by model/device/dtype); each
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -37,6 +41,12 @@ from shotstream.video import encode_segment, pad_to_even, write_mp4
 MAX_PROMPT_CHARS = 400  # the text encoder keeps 64 tokens; longer prompts are cut with a message
 MAX_PENDING = 8  # shots a user may queue behind the one being generated (an example story has up to 6)
 MAX_WAITING = 8  # users waiting for a generation slot before new ones are turned away
+# Events of all users that gradio's queue holds at once; beyond, it refuses new ones. Generations
+# have their own line (GenerationSlots: --max-concurrent, default 1, because a free CPU Space has
+# 2 vCPUs and a second generation beside the first would only halve both; MAX_WAITING behind it).
+QUEUE_SIZE = 64
+DEFAULT_HOST = "127.0.0.1"  # this machine only, unless the command line or a Space says otherwise
+DEFAULT_PORT = 7860  # gradio's, and the port a Space forwards
 N_EXAMPLES = 4
 
 
@@ -50,6 +60,31 @@ def check_prompt(text, max_chars: int = MAX_PROMPT_CHARS) -> tuple[str, str | No
     if len(prompt) > max_chars:
         return prompt[:max_chars], f"Prompt cut to its first {max_chars} characters."
     return prompt, None
+
+
+def port_number(text) -> int:
+    """A TCP port to listen on, 1-65535; ValueError otherwise."""
+    try:
+        port = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a port number 1-65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number 1-65535, got {port}")
+    return port
+
+
+def server_address(host: str | None, port: int | None, environ=os.environ) -> tuple[str, int]:
+    """(host, port) to listen on: the command line's, else the environment's as a Hugging Face
+    Space or a container platform sets it (GRADIO_SERVER_NAME; GRADIO_SERVER_PORT, then PORT),
+    else 127.0.0.1:7860. Empty variables count as unset; a bad port is a ValueError naming it."""
+    host = host or environ.get("GRADIO_SERVER_NAME", "").strip() or DEFAULT_HOST
+    if port is None:
+        name = next((n for n in ("GRADIO_SERVER_PORT", "PORT") if environ.get(n, "").strip()), None)
+        try:
+            port = port_number(environ[name]) if name else DEFAULT_PORT
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return host, port
 
 
 def seed_value(seed) -> int:
@@ -442,17 +477,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo.app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="shipped model name or model folder (default: student, else teacher)")
     add_runtime_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes the app to your network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", help=f"address to listen on (default: $GRADIO_SERVER_NAME, else {DEFAULT_HOST}; "
+                                  "0.0.0.0 exposes the app to your network)")
+    p.add_argument("--port", type=as_arg(port_number), help=f"default: $GRADIO_SERVER_PORT, else $PORT, else {DEFAULT_PORT}")
     p.add_argument("--max-concurrent", type=as_arg(positive_int), default=1, help="generations at once; later users wait in line")
     p.add_argument("--no-warmup", action="store_true", help="load the model on first use instead of at start")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    # A Space runs `python demo/app.py` with no arguments: its settings' variables are the only way
+    # to give flags there. Flags typed on the command line come after, so they win.
+    try:
+        from_env = shlex.split(os.environ.get("SHOTSTREAM_DEMO_ARGS", ""))
+    except ValueError as e:
+        print(f"error: SHOTSTREAM_DEMO_ARGS: {e}", file=sys.stderr)
+        return 2
+    args = parse_args(from_env + (sys.argv[1:] if argv is None else list(argv)))
     set_threads(args.threads)
     try:
+        host, port = server_address(args.host, args.port)
         spec = ModelSpec(str(default_model(args.model)), args.device, args.dtype)
         if not args.no_warmup:  # loaded before the server starts: the first user does not wait, a bad checkpoint stops here
             get_pipeline(spec)
@@ -460,8 +504,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     demo = build_app(spec, args.max_concurrent)
-    print(f"ShotStream demo: model {spec.path} on {spec.device} ({spec.dtype}), at most {args.max_concurrent} generation(s) at once")
-    demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, css=CSS)
+    print(f"ShotStream demo: model {spec.path} on {spec.device} ({spec.dtype}), at most {args.max_concurrent} "
+          f"generation(s) at once, listening on {host}:{port}")
+    # share=False whatever the environment: a Space serves the app itself, and a local run
+    # should never open a public tunnel unasked.
+    demo.queue(max_size=QUEUE_SIZE).launch(server_name=host, server_port=port, share=False, css=CSS)
     return 0
 
 

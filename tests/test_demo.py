@@ -91,12 +91,15 @@ def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, 
 
 def test_cli_defaults_are_safe():
     args = demo_app.parse_args([])
-    assert args.host == "127.0.0.1" and args.model is None and args.max_concurrent == 1
+    assert args.model is None and args.max_concurrent == 1
     assert args.device == "cpu" and args.dtype == "float32"
+    # no flag and no Space variable: this machine only (tests/test_space.py covers the variables)
+    assert demo_app.server_address(args.host, args.port, environ={}) == ("127.0.0.1", 7860)
 
 
 @pytest.mark.parametrize("argv, message", [(["--max-concurrent", "0"], "at least 1"), (["--device", "cud"], "unknown device"),
-                                           (["--dtype", "fp64"], "unknown dtype"), (["--threads", "two"], "whole number")])
+                                           (["--dtype", "fp64"], "unknown dtype"), (["--threads", "two"], "whole number"),
+                                           (["--port", "0"], "port number 1-65535"), (["--port", "web"], "port number")])
 def test_bad_cli_arguments_are_one_line_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         demo_app.parse_args(argv)
