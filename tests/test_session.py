@@ -7,51 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import VIDEO, FakeTextEncoder, make_pipe
 from shotstream import flow_matching as fm
-from shotstream.autoencoder import PixelSpaceStandIn
-from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
-from shotstream.model.dit import WanDiT
+from shotstream.config import VideoConfig
 from shotstream.rollout import generate_shot_bidirectional
 from shotstream.session import ShotStreamPipeline, clean_prompt
-
-VIDEO = VideoConfig(height=32, width=32, frames_per_shot=17, latent_channels=12)  # 5 latent frames
-CHUNK = 2  # -> chunks of 2, 2, 1 latent frames
-
-
-class FakeTextEncoder:
-    """Deterministic caption states (hash of the words) so session tests need no language model."""
-
-    max_len, dim = 8, 16
-
-    def encode(self, captions):
-        states = torch.zeros(len(captions), self.max_len, self.dim)
-        mask = torch.zeros(len(captions), self.max_len, dtype=torch.bool)
-        for i, c in enumerate(captions):
-            for j, word in enumerate(c.split()[: self.max_len]):
-                g = torch.Generator().manual_seed(sum(map(ord, word)))
-                states[i, j] = torch.randn(self.dim, generator=g)
-                mask[i, j] = True
-        return states, mask
-
-    def null_caption(self, batch_size=1):
-        states, mask = torch.zeros(batch_size, self.max_len, self.dim), torch.zeros(batch_size, self.max_len, dtype=torch.bool)
-        mask[:, 0] = True
-        return states, mask
-
-
-def make_pipe(kind="causal", **model_kw) -> ShotStreamPipeline:
-    cfg = ShotStreamConfig(
-        video=VIDEO,
-        model=ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, chunk_frames=CHUNK, **model_kw),
-    )
-    cfg.sampler.teacher_steps = 3
-    torch.manual_seed(0)
-    model = WanDiT(cfg.model, cfg.video.latent_channels).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return ShotStreamPipeline(model, cfg, PixelSpaceStandIn(cfg.video), FakeTextEncoder(), kind)
-
 
 def test_stream_yields_decoded_chunks_in_order():
     session = make_pipe().session(seed=1)

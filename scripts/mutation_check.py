@@ -1,0 +1,259 @@
+"""Plant one-line bugs in the core, one at a time, and check that the test suite catches each.
+
+    python scripts/mutation_check.py              # all of them (~15 min on 2 cores; not in CI)
+    python scripts/mutation_check.py -k cache     # those whose name contains "cache"
+    python scripts/mutation_check.py --list       # the list, and whether each still applies
+
+A suite can be green while the wiring is wrong (how flags, caption slots, noise levels and cache
+writes reach the model): these are the bugs it must not let through. Each mutation replaces one
+fragment of one file, which must occur there exactly once (after a refactor moves the line,
+the mutation fails loudly as "does not apply" instead of silently testing nothing). It is
+planted in a copy of the working tree, the tests run there with -x, and the table names the
+first test that failed, or NOT caught. The working tree is never touched. The unmutated copy
+must pass first. Exit status 1 if any mutation is not caught or does not apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tests that cover the core, fastest catchers first (pytest -x stops at the first failure).
+CORE_TESTS = ("tests/test_wiring.py", "tests/test_flow_matching.py", "tests/test_session.py", "tests/test_distill.py",
+              "tests/test_model.py")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...] = CORE_TESTS
+
+
+M = Mutation
+MUTATIONS = [
+    # -- the rollout loop (streaming and self-forcing) ------------------------------------------
+    M("rollout: context frames flagged with the current shot", "shotstream/rollout.py",
+      "FrameInfo(pos.float(), self.context_shots.float(),",
+      "FrameInfo(pos.float(), torch.as_tensor(self.shot, device=pos.device).float().reshape(-1, 1).expand(B, Cf),"),
+    M("rollout: context frames read the target's caption slot", "shotstream/rollout.py",
+      "self.context_shots.float(), self.context_slots.long(), cut)",
+      "self.context_shots.float(), torch.full_like(self.context_slots, self.target_slot).long(), cut)"),
+    M("rollout: target frames read the first caption slot", "shotstream/rollout.py",
+      "torch.full((B, count), self.target_slot,", "torch.full((B, count), 0,"),
+    M("rollout: target positions do not advance chunk to chunk", "shotstream/rollout.py",
+      "first = (self.num_context if pos_offset is None else pos_offset) + start",
+      "first = self.num_context if pos_offset is None else pos_offset"),
+    M("rollout: target positions start at 0, over the context's", "shotstream/rollout.py",
+      "first = (self.num_context if pos_offset is None else pos_offset) + start",
+      "first = (0 if pos_offset is None else pos_offset) + start"),
+    M("rollout: learned indicator marks every chunk", "shotstream/rollout.py",
+      "cut=(idx[None] < self.chunk_frames) & (shot > 0),", "cut=(shot > 0) | (idx[None] < 0),"),
+    M("rollout: global cache written at t = 1000", "shotstream/rollout.py",
+      "zero = torch.zeros(cond.context.shape[0], device=cond.context.device)",
+      "zero = torch.ones(cond.context.shape[0], device=cond.context.device)"),
+    M("rollout: global cache rebuilt every chunk", "shotstream/rollout.py",
+      "memory.local_context.make_room(n)",
+      "write_global_context(model, memory, cond); memory.local_context.make_room(n)"),
+    M("rollout: local cache dropped every chunk", "shotstream/rollout.py",
+      "memory.local_context.make_room(n)", "memory.local_context.reset(); memory.local_context.make_room(n)"),
+    M("rollout: local cache not reset at the start of a shot", "shotstream/rollout.py",
+      "    if reset_local:\n        memory.local_context.reset()", "    if reset_local:\n        pass"),
+    M("rollout: local cache written from the noisy chunk", "shotstream/rollout.py",
+      "_velocity(model, x0.detach(), torch.zeros(B, device=x0.device),",
+      "_velocity(model, noise[:, start:start + n], torch.zeros(B, device=x0.device),"),
+    M("rollout: local cache written at the last sigma, not t = 0", "shotstream/rollout.py",
+      "x0.detach(), torch.zeros(B, device=x0.device),", "x0.detach(), torch.full((B,), float(sigmas[-1]), device=x0.device),"),
+    M("rollout: local cache write not committed", "shotstream/rollout.py",
+      "cond, frames, cache=memory.kv)\n        memory.kv.commit()", "cond, frames, cache=memory.kv)\n        pass"),
+    M("rollout: exit step always 0", "shotstream/rollout.py",
+      "exit_step=None if exit_steps is None else exit_steps[start // chunk],",
+      "exit_step=None if exit_steps is None else 0,"),
+    M("rollout: gradients kept on every chunk", "shotstream/rollout.py",
+      "grad_chunks is not None and start // chunk in grad_chunks", "grad_chunks is not None"),
+    M("rollout: bidirectional context noised with the target", "shotstream/rollout.py",
+      "torch.cat([torch.zeros(B, Cf, device=x.device), sigma[:, None].expand(B, F)], dim=1)",
+      "sigma[:, None].expand(B, Cf + F)"),
+    M("rollout: bidirectional null caption in the first slot", "shotstream/rollout.py",
+      "text[:, cond.target_slot], mask[:, cond.target_slot] = null_text[0][:, 0], null_text[1][:, 0]",
+      "text[:, 0], mask[:, 0] = null_text[0][:, 0], null_text[1][:, 0]"),
+    # -- the memory -------------------------------------------------------------------------------
+    M("memory: commit forgets the prefix", "shotstream/model/memory.py",
+      "self.length += self.staged", "self.length = self.staged"),
+    M("memory: local reset also clears the global context", "shotstream/model/memory.py",
+      "self.kv.truncate(self.global_cache.tokens)", "self.kv.truncate(0)"),
+    M("memory: global context sealed empty", "shotstream/model/memory.py",
+      "self.tokens = self.kv.length", "self.tokens = 0"),
+    M("memory: context remainder to the oldest shots", "shotstream/model/memory.py",
+      "counts[n - 1 - i] += 1", "counts[i] += 1"),
+    # -- sampling ----------------------------------------------------------------------------------
+    M("sampling: teacher sigmas without the shift", "shotstream/flow_matching.py",
+      "return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)",
+      "return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)"),
+    M("sampling: student sigmas without the shift", "shotstream/flow_matching.py",
+      "return shift_sigma(t / TIMESTEP_SCALE, shift)", "return t / TIMESTEP_SCALE"),
+    M("sampling: few-step re-noises to the current sigma", "shotstream/flow_matching.py",
+      "x = add_noise(x0, fresh, float(s[i + 1]))", "x = add_noise(x0, fresh, float(s[i]))"),
+    M("sampling: CFG on the wrong side", "shotstream/flow_matching.py",
+      "return v_uncond + scale * (v_cond - v_uncond)", "return v_cond + scale * (v_uncond - v_cond)"),
+    # -- the session -----------------------------------------------------------------------------
+    M("session: context frames flagged with the current shot", "shotstream/session.py",
+      "shots = torch.tensor([[s for s, _ in picks]],", "shots = torch.tensor([[k for s, _ in picks]],"),
+    M("session: context frames read the first caption slot", "shotstream/session.py",
+      "slots = torch.tensor([[sources.index(s) for s, _ in picks]],", "slots = torch.tensor([[0 for s, _ in picks]],"),
+    M("session: target reads the first caption slot", "shotstream/session.py",
+      "target_slot=len(sources), shot=k,", "target_slot=0, shot=k,"),
+    M("session: earlier captions without the global caption", "shotstream/session.py",
+      "[self._caption(self.shots[s].caption) for s in sources]", "[self.shots[s].caption for s in sources]"),
+    M("session: context frames all from each shot's first frame", "shotstream/session.py",
+      "to_model_video(self.shots[s].frames[f:f + 1], device)", "to_model_video(self.shots[s].frames[0:1], device)"),
+    M("session: student sigmas without the shift", "shotstream/session.py",
+      "fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)", "fm.student_sigmas(cfg.sampler.student_timesteps, 1.0)"),
+    M("session: teacher sigmas without the shift", "shotstream/session.py",
+      "fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)", "fm.teacher_sigmas(cfg.sampler.teacher_steps, 1.0)"),
+    # -- training batches --------------------------------------------------------------------------
+    M("batch: context frames flagged with the target's shot", "shotstream/training/data.py",
+      "shot = torch.cat([self.context_shots.float(),", "shot = torch.cat([self.shot[:, None].float().expand(B, C),"),
+    M("batch: target reads the first caption slot", "shotstream/training/data.py",
+      "torch.full((B, F), C, device=device)], 1)", "torch.full((B, F), 0, device=device)], 1)"),
+    M("batch: learned indicator marks first shots too", "shotstream/training/data.py",
+      "cut[:, C:C + chunk_frames] = (self.shot > 0)[:, None]", "cut[:, C:C + chunk_frames] = True"),
+    M("batch: context noised in the teacher / real score / critic", "shotstream/training/data.py",
+      "t = torch.cat([torch.zeros(B, C, device=x_t.device), (sigma * 1000.0)[:, None].expand(B, F)], 1)",
+      "t = (sigma * 1000.0)[:, None].expand(B, C + F)"),
+    M("batch: padded context visible", "shotstream/training/data.py",
+      "return torch.cat([self.context_valid, torch.ones(B, F,", "return torch.cat([torch.ones_like(self.context_valid), torch.ones(B, F,"),
+    M("batch: null caption in the first slot", "shotstream/training/data.py",
+      "text[:, C], mask[:, C] = null_states, null_mask", "text[:, 0], mask[:, 0] = null_states, null_mask"),
+    M("collate: context slots hold the target's caption", "shotstream/training/data.py",
+      "captions += [story_caption(e.story, s) for s in e.context_shots]", "captions += [own for s in e.context_shots]"),
+    M("collate: context frames flagged with the target's shot", "shotstream/training/data.py",
+      "shots[b, :n] = torch.tensor(e.context_shots, device=device)", "shots[b, :n] = e.shot"),
+    # -- training stages -----------------------------------------------------------------------------
+    M("ode: teacher forcing's clean chunks noised", "shotstream/training/ode.py",
+      "t = torch.cat([torch.zeros(B, C + F, device=noisy.device), sigma * fm.TIMESTEP_SCALE], 1)",
+      "t = torch.cat([torch.zeros(B, C, device=noisy.device), sigma * fm.TIMESTEP_SCALE, sigma * fm.TIMESTEP_SCALE], 1)"),
+    M("ode: a noisy chunk sees its own clean chunk", "shotstream/training/ode.py",
+      "mask[noisy, clean] = block[None, :] < block[:, None]", "mask[noisy, clean] = block[None, :] <= block[:, None]"),
+    M("ode: loss regresses onto the noisy state", "shotstream/training/ode.py",
+      "torch.mean((x0_pred.float() - nb.target) ** 2)", "torch.mean((x0_pred.float() - noisy.float()) ** 2)"),
+    M("ode: every chunk at the first step's sigma", "shotstream/training/ode.py",
+      "sigma = self.sigmas.to(self.device)[step_idx]", "sigma = self.sigmas.to(self.device)[torch.zeros_like(step_idx)]"),
+    M("self-forcing: exit step always 0", "shotstream/training/self_forcing.py",
+      "exits = torch.randint(steps,", "exits = torch.randint(1,"),
+    M("self-forcing: critic trained on ground truth", "shotstream/training/self_forcing.py",
+      "else self.dmd.critic_loss(x0, batch)", "else self.dmd.critic_loss(batch.target, batch)"),
+    M("self-forcing: rollout's context flagged with the target's shot", "shotstream/training/self_forcing.py",
+      "cond = ShotConditioning(context, batch.context_shots[:, :context.shape[1]], slots,",
+      "cond = ShotConditioning(context, batch.shot[:, None].expand(B, context.shape[1]), slots,"),
+    M("self-forcing: rollout's target reads the first caption slot", "shotstream/training/self_forcing.py",
+      "target_slot=batch.budget,", "target_slot=0,"),
+    M("self-forcing: inter-shot history is the ground truth", "shotstream/training/self_forcing.py",
+      "examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]",
+      "examples = [next_shot_example(s, k, self.config) for s, h in zip(self.stories, self.history)]"),
+    M("dmd: gradient with the wrong sign", "shotstream/training/dmd.py",
+      "grad = torch.nan_to_num((x0_fake - x0_real) / normalizer)", "grad = torch.nan_to_num((x0_real - x0_fake) / normalizer)"),
+    M("dmd: real score without CFG", "shotstream/training/dmd.py",
+      "        if uncond is not None:\n            v = fm.cfg(", "        if False:\n            v = fm.cfg("),
+]
+
+
+def working_tree_copy(dest: Path) -> None:
+    """The tracked and untracked (not ignored) files of the working tree, as they are now."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():  # (deleted but still in the index)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def applies(m: Mutation, root: Path = ROOT) -> str | None:
+    """Why the mutation cannot be planted, or None."""
+    path = root / m.file
+    if not path.is_file():
+        return f"{m.file} does not exist"
+    n = path.read_text().count(m.old)
+    return None if n == 1 else f"its line occurs {n} times in {m.file}"
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    # The copy's packages shadow the editable install: the copy is on sys.path first.
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header",
+                           "-o", "addopts=", f"--timeout={timeout}", *tests],
+                          cwd=root, env=env, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def first_failure(output: str) -> str:
+    match = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    return match.group(1) if match else "(pytest failed without naming a test)"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-k", default="", help="only the mutations whose name contains this text")
+    p.add_argument("--list", action="store_true", help="list the mutations and whether each applies, then stop")
+    p.add_argument("--timeout", type=int, default=600, help="per-test timeout in seconds (a hang counts as caught)")
+    args = p.parse_args(argv)
+    chosen = [m for m in MUTATIONS if args.k.lower() in m.name.lower()]
+    if not chosen:
+        p.error(f"no mutation name contains {args.k!r}")
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:70s} {applies(m) or 'applies'}")
+        return 0
+
+    rows, failed = [], 0
+    with tempfile.TemporaryDirectory(prefix="shotstream-mutants-") as tmp:
+        copy = Path(tmp)
+        working_tree_copy(copy)
+        suites = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        code, out = run_tests(copy, suites, args.timeout)
+        if code != 0:
+            print(f"the unmutated tree fails its tests ({first_failure(out)}): fix that first\n{out[-3000:]}")
+            return 1
+        for i, m in enumerate(chosen, 1):
+            start = time.perf_counter()
+            if reason := applies(m, copy):
+                verdict, failed = f"DOES NOT APPLY ({reason})", failed + 1
+            else:
+                path = copy / m.file
+                original = path.read_text()
+                path.write_text(original.replace(m.old, m.new))
+                try:
+                    code, out = run_tests(copy, m.tests, args.timeout)
+                finally:
+                    path.write_text(original)
+                if code == 0:
+                    verdict, failed = "NOT caught", failed + 1
+                elif code == 1:
+                    verdict = first_failure(out)
+                else:  # collection error, interrupted: the mutant broke something other than behaviour
+                    verdict, failed = f"BROKEN (pytest exit {code}: {first_failure(out)})", failed + 1
+            rows.append((m.name, verdict))
+            print(f"[{i}/{len(chosen)}] {m.name}: {verdict} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    width = max(len(name) for name, _ in rows)
+    print(f"\n| {'mutation':{width}s} | caught by |\n|{'-' * (width + 2)}|-----------|")
+    for name, verdict in rows:
+        print(f"| {name:{width}s} | {verdict} |")
+    print(f"\n{len(rows) - failed} of {len(rows)} caught")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
