@@ -90,12 +90,18 @@ class CausalVideoAutoencoder(nn.Module):
         """Normalised latents [B, f, C, h, w] of a whole shot -> video [B, 1 + 4(f-1), 3, H, W]."""
         return self.decode_chunk(latents, first_chunk=True, clamp=clamp)
 
-    def decode_chunk(self, latents: torch.Tensor, first_chunk: bool, clamp: bool = True) -> torch.Tensor:
-        """Decode a contiguous run of latent frames on its own.
+    def decode_state(self):
+        """A fresh decode state for one shot, passed to each of its `decode_chunk` calls (the
+        streaming session owns it). None here: these codecs decode every chunk on its own; the
+        Wan VAE's causal decoder keeps its cache in it (shotstream.wan_vae)."""
+        return None
+
+    def decode_chunk(self, latents: torch.Tensor, first_chunk: bool, clamp: bool = True, state=None) -> torch.Tensor:
+        """Decode a contiguous run of latent frames of a shot.
 
         first_chunk: the run starts at the shot's latent frame 0 (which decodes to 1 frame);
         otherwise every latent frame decodes to 4 frames. Concatenating the decoded chunks of a
-        shot equals `decode` of the whole shot.
+        shot, all given the shot's `decode_state()`, equals `decode` of the whole shot.
         """
         self._check_latents(latents, "decode_chunk")
         video = self.decode_raw(self.denormalize(latents), first_chunk)

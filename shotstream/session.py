@@ -360,10 +360,12 @@ class ShotStreamSession:
             cond = self.conditioning(request.caption)
         make = lambda: self._latent_chunks(cond, self._noise(k), k)  # noqa: E731
         causal = pipe.kind != "bidirectional"  # (a teacher's chunks all exist before the first is decoded)
+        decoding = pipe.autoencoder.decode_state()  # the codec's causal cache across this shot's chunks (Wan VAE)
         with contextlib.closing(run_ahead(make) if self.overlap_decode and causal else make()) as latents:
             for j, x0 in enumerate(latents):
                 with torch.no_grad(), record_function("decode"):
-                    frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0))
+                    frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0,
+                                                                    state=decoding))
                 t_ready = time.perf_counter()
                 t_first = t_first or t_ready
                 chunks.append(frames)
