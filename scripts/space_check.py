@@ -9,7 +9,8 @@ fresh venv is ~6 GB and takes minutes. Each step stops the check when it fails:
    weights are LFS objects;
 2. clone: the bundle cloned with LFS, as a Space checks a repository out, holds the real weights;
 3. venv: a fresh venv of the README's python_version, `pip install -r requirements.txt` run on
-   that file alone (a Space installs it before the repository is copied in), then `pip check`;
+   that file alone (a Space installs it before the repository is copied in), then what a Space's
+   builder adds to every gradio Space (`spaces`: gradio's Space mode needs it), then `pip check`;
 4. system: what packages.txt names is on the PATH (a Space apt-installs it);
 5. app: `python <app_file>` in the clone with GRADIO_SERVER_NAME=0.0.0.0 and PORT set, as a Space
    starts it; waits for the page and checks that it listens on 0.0.0.0;
@@ -130,9 +131,14 @@ def make_venv(app: Path, venv: Path, reuse: bool) -> Path:
     alone.mkdir()
     shutil.copy(app / "requirements.txt", alone / "requirements.txt")
     run([python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"], cwd=alone)
+    t_requirements = time.monotonic() - t0
+    # A Space's builder installs `spaces` beside gradio in every gradio Space; with SYSTEM=spaces
+    # (set in start_app) gradio's reloader needs it. Nothing of ours comes from it.
+    run([python, "-m", "pip", "install", "--quiet", "spaces"])
     run([python, "-m", "pip", "check"])
     size = int(run(["du", "-sb", venv]).split()[0])
-    ok("venv", f"python{version}, requirements.txt installed in {time.monotonic() - t0:.0f} s, {size / 1e9:.1f} GB, pip check clean")
+    ok("venv", f"python{version}, requirements.txt alone installed in {t_requirements:.0f} s (then `spaces`, as a "
+               f"Space's builder adds it), {size / 1e9:.1f} GB, pip check clean")
     return python
 
 
