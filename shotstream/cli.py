@@ -11,6 +11,7 @@ import sys
 COMMANDS = [
     "shotstream.world.cli",
     "shotstream.generate",
+    "shotstream.importer",
     "shotstream.training.cli",
     "shotstream.training.ode",
 ]

@@ -5,7 +5,7 @@
     shotstream generate -p "a red star walks left in the snow" -p "close-up of it spinning" -o s.mp4
 
 Shipped models are named (`student`, `teacher`, ablations) and live in checkpoints/tiny/; any
-model folder path works too.
+model folder path works too, including one written by `shotstream import` (the released model).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
+from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads, torch_dtype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO_ROOT / "checkpoints" / "tiny"
@@ -71,7 +71,8 @@ def cmd_generate(args) -> int:
     check_output(Path(args.output))  # before any work: a bad -o must not cost the story
     set_threads(args.threads)
     pipe = ShotStreamPipeline.from_pretrained(resolve_model(args.model), autoencoder=args.autoencoder,
-                                              device=args.device, dtype=torch_dtype(args.dtype))
+                                              device=args.device, dtype=torch_dtype(args.dtype),
+                                              text_device=args.text_device)
     session = pipe.session(seed=args.seed, global_caption=global_caption, max_queue=max(8, len(prompts)))
     for p in prompts:
         session.submit(p)
@@ -94,6 +95,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="student", help="shipped model name or model folder (default: student)")
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one beside the model)")
+    p.add_argument("--text-device", type=as_arg(check_device),
+                   help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     p.add_argument("--story", help="suite:N for the evaluation suite, or stories.json[:N]")
     p.add_argument("-p", "--prompt", action="append", help="a shot's prompt (repeat for more shots)")
     p.add_argument("--global-caption", help="story caption prefixed to every shot (with --prompt)")

@@ -158,26 +158,38 @@ class ShotStreamPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, autoencoder: str | Path | None = None, device="cpu",
-                        dtype: torch.dtype = torch.float32, text_encoder=None) -> "ShotStreamPipeline":
-        """Load a model folder; the autoencoder defaults to the `autoencoder` folder beside it."""
+                        dtype: torch.dtype = torch.float32, text_encoder=None,
+                        text_device=None) -> "ShotStreamPipeline":
+        """Load a model folder; the autoencoder defaults to the `autoencoder` folder beside it.
+
+        A folder written by `shotstream import` names its own VAE, text encoder and tokenizer
+        (components.json): they load in `dtype`, the text encoder on `text_device` (default:
+        `device`; the CPU keeps umT5-XXL's 11 GB off a small GPU)."""
         from shotstream.autoencoder import TinyVideoAutoencoder
         from shotstream.checkpoint import CheckpointError
+        from shotstream.importer import COMPONENTS, load_components
         from shotstream.model.loading import from_pretrained
         from shotstream.text_encoder import TextEncoder
 
         model, config, kind = from_pretrained(path, device=device, dtype=dtype)
-        ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
-        if not autoencoder and not ae_path.is_dir():  # e.g. a training run's final/ folder
-            raise FileNotFoundError(f"{path}: no autoencoder folder beside it ({ae_path}); "
-                                    "pass the codec it was trained with (--autoencoder)")
-        ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
+        if (Path(path) / COMPONENTS).is_file():
+            if autoencoder:
+                raise ValueError(f"{path} is an imported release: it names its own VAE ({COMPONENTS}); drop --autoencoder")
+            ae, te = load_components(path, config, device, dtype, text_device, text_encoder)
+            ae_path = Path(path) / COMPONENTS
+        else:
+            ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
+            if not autoencoder and not ae_path.is_dir():  # e.g. a training run's final/ folder
+                raise FileNotFoundError(f"{path}: no autoencoder folder beside it ({ae_path}); "
+                                        "pass the codec it was trained with (--autoencoder)")
+            ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
+            te = text_encoder or TextEncoder(max_len=config.model.text_len, device=text_device or device)
         # A model is tied to the codec whose latents it was trained on (shot length, fps, frame
         # size may differ: the codec is convolutional and frame-group-wise).
         codec = ("latent_channels", "temporal_stride", "spatial_stride")
         theirs, ours = ({k: getattr(v, k) for k in codec} for v in (ae.cfg, config.video))
         if theirs != ours:
             raise CheckpointError(f"{ae_path} does not match {path}: the codec has {theirs}, the model expects {ours}")
-        te = text_encoder or TextEncoder(max_len=config.model.text_len, device=device)
         return cls(model, config, ae, te, kind)
 
     @property

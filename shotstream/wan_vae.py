@@ -13,7 +13,8 @@ Latents are normalised per channel with the VAE config's `latents_mean` / `laten
 
 Two layouts load (`from_pretrained`): the Diffusers one (`vae/`: config.json + safetensors)
 and Wan's original `Wan2.1_VAE.pth`, whose keys diffusers' own converter renames; its
-architecture config is given locally (diffusers' defaults = Wan2.1), never fetched.
+architecture config is built locally (diffusers' defaults = Wan2.1, widths from the shapes),
+never fetched.
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ class WanVideoAutoencoder(CausalVideoAutoencoder):
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                         config: dict | None = None) -> "WanVideoAutoencoder":
         """Load the Diffusers layout's `vae/` folder (config.json + safetensors) or Wan's original
-        `Wan2.1_VAE.pth` (keys converted by diffusers; `config` overrides diffusers' defaults,
-        which are Wan2.1's). Strict: every missing, unexpected or misshaped key is named."""
+        `Wan2.1_VAE.pth` (keys converted by diffusers; base_dim and z_dim read from its shapes, the
+        rest diffusers' defaults, which are Wan2.1's; `config` overrides both). Strict: every
+        missing, unexpected or misshaped key is named."""
         from diffusers import AutoencoderKLWan
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
@@ -150,7 +152,11 @@ class WanVideoAutoencoder(CausalVideoAutoencoder):
             raw = load_tensors(path)
             if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
                 raise CheckpointError(f"{path}: expected a state dict of tensors (Wan2.1_VAE.pth)")
-            arch, source, state = dict(config or {}), path, convert_wan_vae_to_diffusers(raw)
+            sizes = {}  # the two widths Wan2.1's VAE architecture leaves open, read from the shapes
+            if "encoder.conv1.weight" in raw and "conv2.weight" in raw:
+                sizes = {"base_dim": raw["encoder.conv1.weight"].shape[0],  # [base_dim, 3, 3, 3, 3]
+                         "z_dim": raw["conv2.weight"].shape[0]}  # [z_dim, z_dim, 1, 1, 1]
+            arch, source, state = sizes | (config or {}), path, convert_wan_vae_to_diffusers(raw)
         else:
             raise CheckpointError(f"{path}: VAE weights not found")
         try:

@@ -1,0 +1,114 @@
+"""`shotstream import` on tiny random "released" Wan2.1 folders in both download layouts, then a
+two-shot story streamed through the pipeline and `shotstream generate`."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from shotstream.checkpoint import CheckpointError
+from shotstream.cli import main
+from shotstream.config import ModelConfig
+from shotstream.importer import COMPONENTS, import_release
+from shotstream.model.dit import WanDiT
+from shotstream.session import ShotStreamPipeline
+from tests.test_umt5 import D_MODEL, random_wan_umt5, write_tokenizer
+from tests.test_wan_vae import tiny_vae, wan_original_keys
+
+pytest.importorskip("diffusers")
+
+SMALL_VIDEO = ["video.height=16", "video.width=16", "video.frames_per_shot=17"]  # 5 latent frames: chunks of 3, 2
+
+
+def random_dit(seed: int) -> dict:
+    """A 2-layer DiT in WanModel names, text_dim = the tiny umT5's width, 16 latent channels."""
+    torch.manual_seed(seed)
+    model = WanDiT(ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=D_MODEL, text_len=512), 16)
+    with torch.no_grad():  # the zero-initialised head would make every output 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.state_dict()
+
+
+def write_release(root, layout: str):
+    """A Wan2.1-T2V download at tiny size: 'original' or 'diffusers' layout."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from shotstream.text_encoder import umt5_from_wan
+
+    root.mkdir()
+    vae = tiny_vae()
+    if layout == "original":
+        save_file(random_dit(1), str(root / "diffusion_pytorch_model.safetensors"))
+        (root / "config.json").write_text(json.dumps({
+            "_class_name": "WanModel", "dim": 32, "eps": 1e-06, "ffn_dim": 64, "freq_dim": 256, "in_dim": 16,
+            "model_type": "t2v", "num_heads": 2, "num_layers": 2, "out_dim": 16, "text_len": 512}))
+        torch.save(wan_original_keys(vae.state_dict()), root / "Wan2.1_VAE.pth")
+        vocab = write_tokenizer(root / "google" / "umt5-xxl")
+        torch.save(random_wan_umt5(vocab), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    else:
+        (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+        (root / "transformer").mkdir()
+        (root / "transformer" / "config.json").write_text(json.dumps({
+            "_class_name": "WanTransformer3DModel", "num_attention_heads": 2, "attention_head_dim": 16, "eps": 1e-06}))
+        vae.save_pretrained(root / "vae")
+        vocab = write_tokenizer(root / "tokenizer")
+        config, state = umt5_from_wan(random_wan_umt5(vocab))
+        text_encoder = UMT5EncoderModel(config)
+        text_encoder.load_state_dict(state)
+        text_encoder.save_pretrained(root / "text_encoder")
+        AutoTokenizer.from_pretrained(root / "tokenizer")  # loads offline
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A ShotStream training checkpoint: {"generator_ema": {"model.<WanModel key>": ...}}."""
+    file = tmp_path_factory.mktemp("shotstream") / "shotstream.pt"
+    state = random_dit(2)
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in state.items()}}, file)
+    return file, state
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_import_and_stream_a_two_shot_story(tmp_path, checkpoint, layout):
+    file, state = checkpoint
+    wan = write_release(tmp_path / f"Wan2.1-T2V-{layout}", layout)
+    out = import_release(wan, tmp_path / "imported", checkpoint=file, overrides=SMALL_VIDEO)
+    assert json.loads((out / COMPONENTS).read_text())["layout"] == layout
+    pipe = ShotStreamPipeline.from_pretrained(out, device="cpu")
+    assert type(pipe.autoencoder).__name__ == "WanVideoAutoencoder"
+    assert type(pipe.text_encoder.model).__name__ == "UMT5EncoderModel" and pipe.text_encoder.max_len == 512
+    assert pipe.config.preset == "wan2.1-1.3b" and pipe.config.model.text_dim == D_MODEL and pipe.kind == "causal"
+    assert all(torch.equal(pipe.model.state_dict()[k], v) for k, v in state.items())  # the checkpoint's DiT
+    session = pipe.session(seed=0, global_caption="a red striped star")
+    session.submit("walks to the left in a snowy field")
+    session.submit("close up of the same character")
+    chunks = list(session.stream())
+    assert [(c.shot, len(c.frames)) for c in chunks] == [(0, 9), (0, 8), (1, 9), (1, 8)]
+    assert session.shots[1].frames.shape == (17, 16, 16, 3)
+
+
+def test_generate_takes_an_imported_folder(tmp_path, checkpoint, capsys):
+    wan = write_release(tmp_path / "Wan2.1-T2V-1.3B", "original")
+    args = ["--wan", str(wan), "--checkpoint", str(checkpoint[0]), "-o", str(tmp_path / "model"), "--dtype", "bf16"]
+    assert main(["import", *args, *(a for s in SMALL_VIDEO for a in ("--set", s))]) == 0
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["kind"] == "causal"
+    code = main(["generate", "--model", str(tmp_path / "model"), "--device", "cpu", "--text-device", "cpu",
+                 "-p", "a red striped star walks", "-p", "close up of the same character", "-o", str(tmp_path / "s.mp4")])
+    assert code == 0 and (tmp_path / "s.mp4").stat().st_size > 0
+    assert "2 shots" in capsys.readouterr().err
+
+
+def test_import_without_the_dit_or_a_part_is_clear(tmp_path, checkpoint, capsys):
+    diffusers_layout = write_release(tmp_path / "diffusers", "diffusers")
+    with pytest.raises(ValueError, match="transformer/ uses diffusers' names.*--checkpoint"):
+        import_release(diffusers_layout, tmp_path / "out")
+    original = write_release(tmp_path / "original", "original")
+    (original / "Wan2.1_VAE.pth").unlink()
+    assert main(["import", "--wan", str(original), "-o", str(tmp_path / "out")]) == 2
+    assert "the original layout's vae is missing" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="several checkpoints in the folder"):
+        torch.save({}, tmp_path / "a.pt"), torch.save({}, tmp_path / "b.pt")
+        import_release(diffusers_layout, tmp_path / "out", checkpoint=tmp_path)
