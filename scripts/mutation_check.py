@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The tests that cover the core, fastest catchers first (pytest -x stops at the first failure).
 CORE_TESTS = ("tests/test_wiring.py", "tests/test_flow_matching.py", "tests/test_session.py", "tests/test_distill.py",
               "tests/test_model.py")
+# The DMD gradient's sign and the real score's guidance are pinned by test_distill.py alone.
+DMD_TESTS = tuple(dict.fromkeys(("tests/test_distill.py", *CORE_TESTS)))
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,10 @@ MUTATIONS = [
       "examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]",
       "examples = [next_shot_example(s, k, self.config) for s, h in zip(self.stories, self.history)]"),
     M("dmd: gradient with the wrong sign", "shotstream/training/dmd.py",
-      "grad = torch.nan_to_num((x0_fake - x0_real) / normalizer)", "grad = torch.nan_to_num((x0_real - x0_fake) / normalizer)"),
+      "grad = torch.nan_to_num((x0_fake - x0_real) / normalizer)", "grad = torch.nan_to_num((x0_real - x0_fake) / normalizer)",
+      DMD_TESTS),
     M("dmd: real score without CFG", "shotstream/training/dmd.py",
-      "        if uncond is not None:\n            v = fm.cfg(", "        if False:\n            v = fm.cfg("),
+      "        if uncond is not None:\n            v = fm.cfg(", "        if False:\n            v = fm.cfg(", DMD_TESTS),
 ]
 
 
