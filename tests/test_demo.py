@@ -8,6 +8,7 @@ folder> serves that model instead (e.g. to time the browser test on the shipped 
 import os
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +20,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from demo import app as demo_app  # noqa: E402
 from demo.app import Busy, GenerationSlots, ModelSpec, as_text, check_prompt, stats_markdown  # noqa: E402
 from demo.devmodel import DEV_OVERRIDES, write_dev_checkpoint  # noqa: E402
+from demo.stories import Full, StoryRegistry  # noqa: E402
 from helpers import free_port  # noqa: E402
 
 # 17-frame shots in 1-latent-frame chunks: 5 streamed chunks per shot (1 + 4 + 4 + 4 + 4 frames)
@@ -76,6 +78,94 @@ def deque_of(*items):
     return deque(items)
 
 
+class FakeStory:
+    def __init__(self, name, busy=False):
+        self.name, self.busy, self.closed = name, busy, False
+
+    def close(self):
+        self.closed = True
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def registry(**kw) -> tuple[StoryRegistry, Clock]:
+    clock = Clock()
+    return StoryRegistry(clock=clock, busy=lambda s: s.busy, **kw), clock
+
+
+def test_story_cap_evicts_the_least_recently_active_rest_story_never_an_open_page():
+    stories, clock = registry(max_stories=3, idle_timeout=600)
+    stories.opened("page")  # a browser opened the page before its first shot
+    page = stories.add("page", lambda: FakeStory("page"))
+    a = stories.add("a", lambda: FakeStory("a"))
+    clock.now += 1
+    b = stories.add("b", lambda: FakeStory("b", busy=True))  # generating: never evicted
+    clock.now += 1
+    stories.get("a")  # a was active after b
+    assert stories.add("a", lambda: FakeStory("other")) is a  # an existing story is returned, not replaced
+    c = stories.add("c", lambda: FakeStory("c"))  # full: a (least recently active, not page, not busy) makes room
+    assert stories.keys() == ["page", "b", "c"] and a.closed and not (page.closed or b.closed)
+    assert "replaced by a newer story" in stories.why_freed("a") and stories.why_freed("page") is None
+    d = stories.add("d", lambda: FakeStory("d"))  # then c
+    assert c.closed and not d.closed and stories.keys() == ["page", "b", "d"]
+    b.busy, d.busy = False, True
+    stories.opened("d")
+    stories.opened("b")
+    with pytest.raises(Full, match="maximum of 3 stories"):  # every slot is a page's or busy: refused
+        stories.add("e", lambda: FakeStory("e"))
+    assert len(stories) == 3 and "e" not in stories
+    stories.remove("page")  # the page's tab closed
+    assert page.closed and stories.add("e", lambda: FakeStory("e")).name == "e"
+
+
+def test_idle_stories_are_freed_after_the_timeout_page_or_not_unless_generating():
+    stories, clock = registry(max_stories=10, idle_timeout=60)
+    stories.opened("page")
+    page, rest, busy = (stories.add(k, lambda k=k: FakeStory(k, busy=k == "busy")) for k in ("page", "rest", "busy"))
+    clock.now += 59
+    stories.touch("rest")
+    clock.now += 2  # page idle 61 s, rest 2 s
+    assert stories.free_idle() == 1 and page.closed and stories.keys() == ["busy", "rest"]  # least recently active first
+    assert "idle for more than 1 minute" in stories.why_freed("page")
+    clock.now += 61
+    assert stories.free_idle() == 1 and rest.closed and not busy.closed  # busy: its run touches it per chunk
+    busy.busy = False
+    clock.now += 1
+    stories.add("new", lambda: FakeStory("new"))  # adding sweeps too
+    assert busy.closed and stories.keys() == ["new"]
+    assert stories.get("page") is None and stories.get("new").name == "new"
+    stories.add("page", lambda: FakeStory("page again"))
+    assert stories.why_freed("page") is None  # a new story: no stale message
+
+
+def test_the_sweeper_frees_idle_stories_without_any_new_request():
+    from demo.stories import Sweeper
+
+    stories, clock = registry(max_stories=2, idle_timeout=60)
+    story = stories.add("a", lambda: FakeStory("a"))
+    clock.now += 61
+    sweeper = Sweeper(stories, period=0.01).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not story.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sweeper.stop()
+    assert story.closed and len(stories) == 0
+
+
+@pytest.mark.parametrize("kw, message", [({"max_stories": 0}, "--max-stories"), ({"idle_timeout": 0}, "--idle-timeout")])
+def test_story_registry_refuses_bad_bounds(kw, message):
+    with pytest.raises(ValueError, match=message):
+        StoryRegistry(**kw)
+
+
 def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_app, "CHECKPOINTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="--model"):
@@ -92,6 +182,7 @@ def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, 
 def test_cli_defaults_are_safe():
     args = demo_app.parse_args([])
     assert args.model is None and args.max_concurrent == 1
+    assert args.max_stories == 16 and args.idle_timeout == 600  # bounded by default (a free 2-vCPU Space)
     assert args.device == "cpu" and args.dtype == "float32"
     # no flag and no Space variable: this machine only (tests/test_space.py covers the variables)
     assert demo_app.server_address(args.host, args.port, environ={}) == ("127.0.0.1", 7860)
@@ -99,7 +190,9 @@ def test_cli_defaults_are_safe():
 
 @pytest.mark.parametrize("argv, message", [(["--max-concurrent", "0"], "at least 1"), (["--device", "cud"], "unknown device"),
                                            (["--dtype", "fp64"], "unknown dtype"), (["--threads", "two"], "whole number"),
-                                           (["--port", "0"], "port number 1-65535"), (["--port", "web"], "port number")])
+                                           (["--port", "0"], "port number 1-65535"), (["--port", "web"], "port number"),
+                                           (["--max-stories", "0"], "at least 1"), (["--idle-timeout", "0"], "seconds > 0"),
+                                           (["--idle-timeout", "soon"], "number of seconds"), (["--idle-timeout", "inf"], "seconds > 0")])
 def test_bad_cli_arguments_are_one_line_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         demo_app.parse_args(argv)
@@ -127,27 +220,38 @@ def test_seed_box_empty_means_zero_and_bad_values_are_refused():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_spec(tmp_path_factory) -> ModelSpec:
     model = os.environ.get("SHOTSTREAM_DEMO_MODEL")
     if model:
         student = demo_app.resolve_model(model)
     else:
         student = write_dev_checkpoint(tmp_path_factory.mktemp("dev"), overrides=TEST_OVERRIDES)
-    spec = ModelSpec(str(student))
+    return ModelSpec(str(student))
+
+
+def serve(spec: ModelSpec, **kw):
     width = demo_app.get_pipeline(spec).config.video.width
-    demo = demo_app.build_app(spec, max_concurrent=1, max_waiting=4)
+    demo = demo_app.build_app(spec, max_concurrent=1, max_waiting=4, **kw)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=demo.shotstream, width=width)
     demo.close()
+    demo.shotstream.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(model_spec):
+    yield from serve(model_spec)
 
 
 def client(server):
     return gradio_client.Client(server.url, verbose=False)
 
 
-def story_of(c) -> demo_app.Story:
-    return demo_app._STORIES[c.session_hash]
+def story_of(server, c) -> demo_app.Story:
+    story = server.app.stories.get(c.session_hash, touch=False)
+    assert story is not None, "this client has no live story"
+    return story
 
 
 def run_outputs(c, during=None) -> list[tuple]:
@@ -175,7 +279,7 @@ def test_two_shots_stream_and_the_second_does_not_regenerate_the_first(server):
     assert len(segments) == 10  # 5 chunks per shot, one streamed segment each, both shots in one stream
     shots_streamed = [o[2] for o in outs if isinstance(o[2], str) and "**shot**" in o[2]]
     assert "**shot** 1 " in shots_streamed[0] and "**shot** 2 " in shots_streamed[-1]
-    story = story_of(c)
+    story = story_of(server, c)
     assert [s.caption for s in story.session.shots] == ["a red striped star walks left in a snowy field",
                                                         "close-up of the same character spinning"]
     assert story.generated_shots == 2
@@ -206,7 +310,7 @@ def test_two_clients_see_only_their_own_story(server):
     captions = {k: [g["caption"] for g in v[-1][1]] for k, v in results.items()}
     assert captions == {"a": ["1. a blue square jumps on the beach"],
                         "b": ["1. a yellow disc <script>alert(1)</script> in the city"]}  # text, shown as text
-    assert story_of(a) is not story_of(b) and story_of(a).seed == 1 and story_of(b).seed == 2
+    assert story_of(server, a) is not story_of(server, b) and story_of(server, a).seed == 1 and story_of(server, b).seed == 2
     assert all("<script>" not in str(o[3]) for o in results["b"])  # escaped in the Markdown status
 
 
@@ -224,7 +328,7 @@ def test_busy_users_wait_in_line_with_their_place_shown(server):
 
     outs = run_outputs(c, during=release)
     assert released, "the waiting user was not told its place in line"
-    assert len(story_of(c).session.shots) == 1 and outs[-1][1][0]["caption"] == "1. a green star walks right"
+    assert len(story_of(server, c).session.shots) == 1 and outs[-1][1][0]["caption"] == "1. a green star walks right"
 
 
 def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
@@ -232,13 +336,13 @@ def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
     box, status = c.predict("   ", "", 0, api_name="/add_shot")
     assert "Nothing queued" in status and "empty prompt" in status
     box, status = c.predict("x" * 5000, "", 0, api_name="/add_shot")
-    assert box == "" and len(story_of(c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
+    assert box == "" and len(story_of(server, c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
     for i in range(demo_app.MAX_PENDING - 1):  # rapid submissions fill the queue...
         c.predict(f"shot {i} it walks", "", 0, api_name="/add_shot")
     box, status = c.predict("one too many", "", 0, api_name="/add_shot")
     assert "Not queued" in status and "already waiting" in status  # ...then are refused politely
     c.predict(api_name="/cancel")
-    assert story_of(c).session.pending == 0
+    assert story_of(server, c).session.pending == 0
     # a finished shot, then cancel in the middle of the next one: the story so far is kept
     c.predict("a red circle walks left", "", 0, api_name="/add_shot")
     run_outputs(c)
@@ -250,23 +354,109 @@ def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
             cancelled.append(c.predict(api_name="/cancel"))
 
     run_outputs(c, during=cancel_mid_shot)
-    assert cancelled and [s.caption for s in story_of(c).session.shots] == ["a red circle walks left"]
+    assert cancelled and [s.caption for s in story_of(server, c).session.shots] == ["a red circle walks left"]
     c.predict("it bounces", "", 0, api_name="/add_shot")  # the app keeps working
     run_outputs(c)
-    assert len(story_of(c).session.shots) == 2
+    assert len(story_of(server, c).session.shots) == 2
+
+
+def test_a_freed_story_never_writes_into_its_removed_folder(server, tmp_path):
+    pipe = demo_app.get_pipeline(server.app.spec)
+    story = demo_app.Story(pipe, tmp_path)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    assert story.write_segment(frames, 8).is_file()
+    story.close()  # the tab closed while a chunk was being made
+    assert story.write_segment(frames, 8) is None and story.write_story() is None
+    assert not story.dir.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_new_story_resets_and_closed_tab_frees_the_session(server):
     c = client(server)
     c.predict("a pink heart walks left", "", 0, api_name="/add_shot")
     run_outputs(c)
-    story = story_of(c)
+    story = story_of(server, c)
     c.predict("", 5, api_name="/new_story")
     assert story.session.shots == [] and story.seed == 5
     folder = story.dir
     server.app.unload(SimpleNamespace(session_hash=c.session_hash))
-    assert c.session_hash not in demo_app._STORIES and not folder.exists()
+    assert c.session_hash not in server.app.stories and not folder.exists()
     deadline = time.monotonic() + 5
     while story.session._closed is False and time.monotonic() < deadline:
         time.sleep(0.05)
     assert story.session._closed
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded under anonymous load
+
+
+def rss_mb() -> float:
+    """This process's resident memory (the server runs in it), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rest_call(url, api_name, data, session_hash=None) -> list:
+    """One anonymous call as a script makes it (no gradio_client, no heartbeat): POST, then read
+    the result's event stream. Returns the outputs."""
+    import json
+
+    import httpx
+
+    body = {"data": data} | ({"session_hash": session_hash} if session_hash else {})
+    event = httpx.post(f"{url}gradio_api/call/{api_name}", json=body, timeout=60).json()["event_id"]
+    stream = httpx.get(f"{url}gradio_api/call/{api_name}/{event}", timeout=60).text
+    kind, data = [line.split(": ", 1)[1] for line in stream.strip().splitlines()[-2:]]
+    assert kind == "complete", stream
+    return json.loads(data)
+
+
+CAP = demo_app.MAX_STORIES  # the default a Space runs with
+
+
+@pytest.fixture
+def bounded_server(model_spec):
+    """The shipped tiny student (its stories' real memory: a KV cache of ~14 MB each) at the default
+    cap; the test model where none is shipped."""
+    try:
+        spec = ModelSpec(str(demo_app.default_model(None)))
+    except FileNotFoundError:
+        spec = model_spec
+    yield from serve(spec, idle_timeout=600)
+
+
+def test_100_anonymous_rest_calls_stay_within_the_story_cap_and_a_page_keeps_its_story(bounded_server):
+    app, url = bounded_server.app, bounded_server.url
+    page = client(bounded_server)  # a browser-style client: a heartbeat, and the page's load event
+    page.predict(api_name="/opened")
+    page.predict("a red striped star walks left in a snowy field", "", 0, api_name="/add_shot")
+    mine = story_of(bounded_server, page)
+    rss_before, seen, statuses = rss_mb(), [], []
+
+    def hammer(worker):
+        for i in range(worker, 100, 4):
+            statuses.append(rest_call(url, "add_shot", [f"a blue square jumps {i}", "", 0], session_hash=f"script-{i}")[1])
+            seen.append((len(app.stories), sum(1 for _ in app.root.iterdir())))
+
+    workers = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    rss_after = rss_mb()
+    print(f"\n100 REST calls: live stories max {max(s for s, _ in seen)}, story folders max {max(f for _, f in seen)} "
+          f"(cap {CAP}); server RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert len(seen) == 100 and all(s.startswith("Up next: ") for s in statuses)  # every call was served
+    assert max(s for s, _ in seen) == CAP and max(f for _, f in seen) == CAP  # held at the cap, never above
+    assert len(app.stories) == CAP and sum(1 for _ in app.root.iterdir()) == CAP
+    assert rss_after - rss_before < 300  # the issue's bound; 100 stories of the tiny student take 1.4 GB
+    # the page's story survived the load, and still streams
+    assert story_of(bounded_server, page) is mine and mine.dir.is_dir() and not mine.closed
+    outs = run_outputs(page)
+    assert [s.caption for s in mine.session.shots] == ["a red striped star walks left in a snowy field"]
+    assert outs[-1][1][0]["caption"] == "1. a red striped star walks left in a snowy field"
+    # a script whose story made room is told so when it comes back
+    status = rest_call(url, "add_shot", ["a green disc spins", "", 0], session_hash="script-0")[1]
+    assert "freed because it was replaced by a newer story" in status and "Up next: *a green disc spins*" in status
