@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # `python demo/app.py` (how a Hugging Face Space 
 
 import gradio as gr
 
+from demo.card import CHIPS_CSS, CHIPS_JS, chips_html, is_storyworld_model, model_card, unknown_words, vocabulary_hint
 from demo.stories import IDLE_TIMEOUT, MAX_STORIES, Full, StoryRegistry, Sweeper
 from shotstream.checkpoint import CheckpointError
 from shotstream.generate import CHECKPOINTS, resolve_model
@@ -296,6 +297,7 @@ class App:
     def __init__(self, spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_WAITING,
                  max_stories: int = MAX_STORIES, idle_timeout: float = IDLE_TIMEOUT, clock=time.monotonic):
         self.spec = spec
+        self.storyworld = is_storyworld_model(spec.path)  # the tiny model's vocabulary applies
         self.slots = GenerationSlots(max_concurrent, max_waiting)
         self.stories = StoryRegistry(max_stories, idle_timeout, clock=clock, busy=lambda story: story.busy,
                                      released=release_memory)
@@ -351,7 +353,8 @@ class App:
         except ValueError as e:  # the per-session queue is full (rapid submissions) or the story is at its maximum
             gr.Warning(f"Not queued: {e}.")
             return gr.skip(), self.status(story, f"Not queued: {as_text(str(e))}.")
-        gr.Info(f"Shot {index + 1} queued.")
+        unknown = unknown_words(prompt) if self.storyworld else []
+        gr.Info(f"Shot {index + 1} queued." + (f" The tiny model ignores: {', '.join(unknown)}." if unknown else ""))
         return "", self.status(story, as_text(freed) if freed else None)
 
     def add_story(self, lines, global_caption, seed, request: gr.Request):
@@ -462,6 +465,10 @@ class App:
         path = story.write_story()
         return str(path) if path else None
 
+    def hint(self, prompt):
+        """The live line under the prompt box: words the tiny model will ignore."""
+        return vocabulary_hint(prompt if isinstance(prompt, str) else "", self.storyworld)
+
     def opened(self, request: gr.Request):
         """The page was opened in a browser (its load event): that story is never evicted for room."""
         key = getattr(request, "session_hash", None)
@@ -498,7 +505,19 @@ def example_stories(n: int = N_EXAMPLES) -> tuple[list[list[str]], list[str]]:
     return [["\n".join(s.captions), s.global_caption or ""] for s in stories], labels
 
 
-CSS = "#stats {font-variant-numeric: tabular-nums}"
+CSS = "#stats {font-variant-numeric: tabular-nums} #vocab-hint {color: var(--color-accent)}"
+
+
+def card_for(spec: ModelSpec) -> str:
+    """The model card of `spec`, read from its config.json (no weights loaded)."""
+    from shotstream.model.loading import read_config
+
+    try:
+        config, kind = read_config(spec.path)
+    except Exception as e:  # noqa: BLE001 -- a card must never stop the page; the model load reports errors
+        return f"**Model:** `{spec.path}` (its config could not be read: {as_text(str(e))})"
+    v = config.video
+    return model_card(spec.path, kind, v.width, v.height, v.frames_per_shot, v.fps, spec.device, spec.dtype, CHECKPOINTS)
 
 
 def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_WAITING,
@@ -507,6 +526,7 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
     with gr.Blocks(title="ShotStream") as demo:
         gr.Markdown("## ShotStream: streaming multi-shot video\nType a shot and press Enter. "
                     "Queue the next shot while this one plays: it continues the story from memory.")
+        gr.Markdown(card_for(spec), elem_id="model-card")
         with gr.Row():
             with gr.Column(scale=3):
                 video = gr.Video(label="now streaming", streaming=True, autoplay=True, elem_id="stream", height=360)
@@ -516,12 +536,16 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
                     prompt = gr.Textbox(label="next shot", placeholder="a red striped star walks left in a snowy field, wide shot",
                                         max_length=None, scale=5, elem_id="prompt", autofocus=True)
                     add = gr.Button("add shot", variant="primary", scale=1, elem_id="add")
+                hint = gr.Markdown("", elem_id="vocab-hint")
                 with gr.Row():
                     stop = gr.Button("stop shot", elem_id="stop")
                     new = gr.Button("new story", elem_id="new")
                     dl = gr.Button("download story (mp4)", elem_id="download")
                 file = gr.File(label="story mp4", elem_id="story-file", height=90)
             with gr.Column(scale=2):
+                if app.storyworld:
+                    with gr.Accordion("what it can draw (click a word to add it to the prompt)", open=True):
+                        gr.HTML(chips_html(), js_on_load=CHIPS_JS, css_template=CHIPS_CSS, elem_id="chips-box")
                 gallery = gr.Gallery(label="storyboard", columns=3, height=300, elem_id="storyboard")
                 with gr.Accordion("story settings", open=False):
                     global_caption = gr.Textbox(label="global story caption (optional, prefixed to every shot)")
@@ -533,6 +557,8 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
                     gr.Examples(examples, inputs=[story_box, global_caption], example_labels=labels)
 
         stream_outputs = [video, gallery, stats, status]
+        # Before Enter: which words the tiny model will ignore (cheap, so outside the queue).
+        prompt.change(app.hint, prompt, hint, queue=False, api_name=False, show_progress="hidden")
         # Named events are the API that scripts and tests drive with gradio_client:
         # /add_shot then /run streams it; /cancel, /new_story, /download.
         for trigger, name in ((prompt.submit, "add_shot"), (add.click, False)):

@@ -20,6 +20,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from demo import app as demo_app  # noqa: E402
 from demo.app import Busy, GenerationSlots, ModelSpec, as_text, check_prompt, stats_markdown  # noqa: E402
 from demo.devmodel import DEV_OVERRIDES, write_dev_checkpoint  # noqa: E402
+from demo.card import chips, chips_html, unknown_words, vocabulary_hint  # noqa: E402
 from demo.stories import Full, StoryRegistry  # noqa: E402
 from helpers import free_port  # noqa: E402
 
@@ -166,6 +167,56 @@ def test_story_registry_refuses_bad_bounds(kw, message):
         StoryRegistry(**kw)
 
 
+def test_the_vocabulary_covers_every_storyworld_caption():
+    from shotstream.world.story import sample_story
+
+    for seed in range(300):
+        story = sample_story(seed)
+        for text in [*story.captions, story.global_caption or ""]:
+            assert unknown_words(text) == [], (seed, text)
+
+
+def test_words_outside_the_tiny_models_vocabulary_are_flagged():
+    assert unknown_words("A golden retriever playing piano in Paris at sunset!") == ["retriever", "playing", "piano", "paris", "sunset"]
+    assert unknown_words("a red striped star walks to the left in a snowy field, wide shot") == []
+    assert unknown_words("Close-up of IT spinning, close-up") == []  # case and repeats
+    assert unknown_words("a red dog, a blue dog") == ["dog"]  # each once
+    hint = vocabulary_hint("a <script>x</script> star")
+    assert "script" in hint and "<script>" not in hint and "&lt;" not in hint  # words only, never markup
+    assert "ignored: <b>script, x</b>" in hint
+    assert vocabulary_hint("a red star spins") == "" and vocabulary_hint("") == ""
+    assert vocabulary_hint("a golden retriever", storyworld=False) == ""  # a released model reads any words
+
+
+def test_the_chips_are_the_vocabulary_and_cover_every_label():
+    from shotstream.world import vocab
+
+    kinds = chips()
+    for kind, labels in (("shapes", vocab.SHAPES), ("colours", vocab.COLOURS), ("patterns", vocab.PATTERNS),
+                         ("scenes", vocab.SCENES), ("framing", vocab.FRAMINGS), ("actions", vocab.ACTIONS)):
+        assert len(kinds[kind]) == len(labels), kind
+    assert all(unknown_words(w) == [] for words in kinds.values() for w in words)
+    page = chips_html()
+    assert page.count('class="chip"') == sum(map(len, kinds.values())) and 'data-word="walks to the left"' in page
+
+
+def test_the_model_card_names_the_model_its_limits_and_the_paper(tmp_path):
+    from demo.card import model_card, repository_url
+
+    shipped = tmp_path / "tiny"
+    card = model_card(shipped / "student", "causal", 128, 128, 33, 16, "cpu", "float32", shipped=shipped, environ={})
+    assert "shipped tiny **student**" in card and "128x128" in card and "33 frames (2.1 s)" in card
+    assert "trained on a CPU on StoryWorld" in card and "https://arxiv.org/abs/2603.25746" in card
+    released = tmp_path / "shotstream-1.3b"
+    released.mkdir()
+    (released / "components.json").write_text("{}")
+    card = model_card(released, "causal", 832, 480, 81, 16, "cuda", "bfloat16", shipped=shipped, environ={"SPACE_ID": "me/shotstream"})
+    assert f"model folder `{released}`" in card and "open-vocabulary" in card and "StoryWorld" not in card
+    assert "[source](https://huggingface.co/spaces/me/shotstream/tree/main)" in card
+    assert repository_url({"SHOTSTREAM_REPO_URL": "https://example.org/r", "SPACE_ID": "a/b"}) == "https://example.org/r"
+    assert repository_url({}) is None
+
+
 def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_app, "CHECKPOINTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="--model"):
@@ -233,7 +284,7 @@ def serve(spec: ModelSpec, **kw):
     width = demo_app.get_pipeline(spec).config.video.width
     demo = demo_app.build_app(spec, max_concurrent=1, max_waiting=4, **kw)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=demo_app.CSS)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=demo.shotstream, width=width)
     demo.close()
     demo.shotstream.shutdown()
@@ -294,6 +345,15 @@ def test_two_shots_stream_and_the_second_does_not_regenerate_the_first(server):
     assert np.array_equal(story.session.shots[0].frames, first)
     mp4 = c.predict(api_name="/download")
     assert mp4 and open(mp4, "rb").read(12)[4:8] == b"ftyp"
+
+
+def test_the_page_shows_the_model_card_and_the_words_it_knows(server):
+    import httpx
+
+    config = httpx.get(f"{server.url}config", timeout=30).json()
+    values = {c["props"].get("elem_id"): c["props"].get("value") for c in config["components"] if c["props"].get("elem_id")}
+    assert "**Model:** the model folder" in values["model-card"] and "arXiv 2603.25746" in values["model-card"]
+    assert 'data-word="triangle"' in values["chips-box"] and 'data-word="in a snowy field"' in values["chips-box"]
 
 
 def test_two_clients_see_only_their_own_story(server):

@@ -18,7 +18,7 @@ pytestmark = [
 ]
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
-from test_demo import server  # noqa: E402,F401  (the localhost server fixture on a tiny random model)
+from test_demo import model_spec, server  # noqa: E402,F401  (the localhost server fixture on a tiny random model)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "demo"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -37,6 +37,41 @@ def wait_for(page, js, predicate, timeout=60.0, step=0.05):
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout} s waiting on {js!r} (last value {value!r})")
+
+
+@pytest.fixture
+def page(server):  # noqa: F811
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(server.url)
+            page.locator("#prompt textarea, #prompt input").first.wait_for(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, name):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(RESULTS / name), scale="css")
+
+
+def test_the_model_card_its_words_and_the_unknown_word_hint(page):
+    card = page.locator("#model-card").inner_text()
+    assert "Model:" in card and "arXiv 2603.25746" in card
+    box = page.locator("#prompt textarea, #prompt input").first
+    for word in ("red", "triangle", "spins"):  # one click inserts a word
+        page.locator(f'#chips button.chip[data-word="{word}"]').click()
+    assert box.input_value() == "red triangle spins"
+    HINT = "() => document.querySelector('#vocab-hint .md').innerText"
+    wait_for(page, HINT, lambda t: t.strip() == "", timeout=20)  # every word known: no hint
+    box.press("End")
+    box.type(" with a golden retriever at sunset")  # typed: flagged before Enter
+    hint = wait_for(page, HINT, lambda t: "retriever" in t, timeout=20)
+    assert "retriever, sunset" in hint and "golden" not in hint and "with" in hint
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "model_card.png")
 
 
 def test_type_a_shot_watch_it_stream_queue_the_next(server):  # noqa: F811
