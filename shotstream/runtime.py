@@ -76,6 +76,25 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, dtype: str | None = "fp
                         help=f"CPU threads for torch (default: {default})")
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` multiplies bf16 natively: a CUDA GPU with bf16 support, a CPU with
+    AVX512-BF16 or AMX (4-10x its fp32 matmul peak). Elsewhere bf16 is emulated: on an AVX2-only
+    CPU a bf16 matmul runs at ~1 GFLOP/s against ~160 in fp32 (docs/experiments.md, "bf16")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private in torch 2.x
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """A training precision as run: "auto" is bf16 autocast where the device has native bf16
+    (`native_bf16`), else fp32; "fp32" and "bf16" are kept as asked."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)

@@ -40,3 +40,15 @@ def test_runtime_arguments_parse_and_refuse_in_one_line(capsys):
             parser.parse_args(argv)
         assert message in capsys.readouterr().err
     assert positive_int("4") == 4
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_native_bf16(monkeypatch):
+    """An AVX2-only CPU emulates bf16 (~100x slower than fp32): "auto" must not pick it there."""
+    from shotstream import runtime
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not runtime.native_bf16("cpu") and runtime.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert runtime.native_bf16("cpu") and runtime.resolve_precision("auto", "cpu") == "bf16"
+    assert [runtime.resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]

@@ -207,6 +207,57 @@ def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp
         resolve_config("teacher", "teacher_smoke", ["stage.story_pool=-1"], out=str(tmp_path / "neg"))
 
 
+def test_latent_cache_encodes_each_example_once_for_every_run(smoke_models, tmp_path, monkeypatch):
+    """A teacher with `latent_cache` reads back what it encoded: a second run (or stage) builds
+    the same batches bit for bit without encoding; the latents are those of the example encoded
+    alone; another codec gets a folder of its own; an unreadable entry is encoded again."""
+    import warnings
+
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.training.data import encode_example, next_shot_example
+    from shotstream.training.teacher import TeacherStage
+    from shotstream.world.story import sample_story
+
+    root, ae, _ = smoke_models
+    cfg = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={ae}", f"stage.latent_cache={tmp_path / 'latents'}"],
+                         out=str(tmp_path / "t"))
+    first = TeacherStage(cfg.stage, cfg)
+    batches = [first.batch(step, 0, 1)[0] for step in (1, 2)]
+    files = sorted((tmp_path / "latents").rglob("*.safetensors"))
+    assert len(files) == len({(e.story.seed, e.shot) for step in (1, 2) for e in first.examples(step, 0)})
+    second = TeacherStage(cfg.stage, cfg)
+    encodes = []
+    for name in ("encode", "encode_image"):
+        real = getattr(second.autoencoder, name)
+        monkeypatch.setattr(second.autoencoder, name, lambda *a, real=real: encodes.append(1) or real(*a))
+    for step, batch in zip((1, 2), batches):
+        again = second.batch(step, 0, 1)[0]
+        for field in dataclasses.fields(batch):
+            x, y = getattr(batch, field.name), getattr(again, field.name)
+            assert (x is None and y is None) or torch.equal(x, y), field.name
+    assert not encodes and sorted((tmp_path / "latents").rglob("*.safetensors")) == files
+    e = second.example(7)
+    fresh = next_shot_example(e.story, e.shot, second.config)
+    codec = TinyVideoAutoencoder.from_pretrained(ae)
+    assert all(torch.equal(a, b) for a, b in zip(e.latents, encode_example(fresh, codec, "cpu")))
+    assert e.context_shots == fresh.context_shots and np.array_equal(e.target_boxes, fresh.target_boxes, equal_nan=True)
+    # an entry cut short is encoded again, with a warning, and rewritten whole
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    story_seed, shot = (int(v) for v in files[0].stem.split("_"))
+    story = sample_story(story_seed, max_shots=cfg.stage.max_shots, frames_per_shot=second.config.video.frames_per_shot)
+    with pytest.warns(UserWarning, match="unreadable"):
+        second.latents.get(story, shot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second.latents.get(story, shot)
+    # another codec: another folder
+    other = tmp_path / "other_ae"
+    TinyVideoAutoencoder(second.config.video, base_channels=8).save_pretrained(other)
+    cfg_other = resolve_config("teacher", "teacher_smoke", [f"stage.autoencoder={other}", f"stage.latent_cache={tmp_path / 'latents'}"],
+                               out=str(tmp_path / "t2"))
+    assert TeacherStage(cfg_other.stage, cfg_other).latents.dir != second.latents.dir
+
+
 def test_context_use_compares_true_hidden_and_other_context(smoke_models, tmp_path, capsys):
     from benchmark import context_use
     from shotstream.world import vocab

@@ -213,12 +213,27 @@ def test_divergence_cli_exit_code_and_one_line_message(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_a_run_records_the_precision_auto_chose_and_trains_in_it(tmp_path, monkeypatch, native):
+    """"auto" is resolved once, before config.json is written (a resumed run keeps it), and the
+    losses run under bf16 autocast exactly when it chose bf16."""
+    from shotstream.training import trainer
+    from shotstream.training.toy import ToyStage
+
+    monkeypatch.setattr(trainer, "resolve_precision", lambda p, device: ("bf16" if native else "fp32") if p == "auto" else p)
+    autocast, loss = [], ToyStage.loss
+    monkeypatch.setattr(ToyStage, "loss", lambda self, *a: autocast.append(torch.is_autocast_enabled("cpu")) or loss(self, *a))
+    run(tmp_path / "run", "toy", ["steps=2", "precision=auto"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == ("bf16" if native else "fp32")
+    assert autocast == [native, native]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--override", "stepz=3"], "did you mean 'steps'"),
         (["--override", "stage.hiden=3"], "did you mean 'hidden'"),
-        (["--override", "precision=fp16"], "precision must be fp32 or bf16"),
+        (["--override", "precision=fp16"], "precision must be auto, fp32 or bf16"),
         (["--override", "batch_size=many"], "expected int"),
         (["--config", "no_such_config.json"], "no_such_config.json: config file not found"),
         (["--override", "device=cuda:9"], "device 'cuda:9'"),  # a config's device is checked too

@@ -8,12 +8,19 @@ training step's batch is reproducible from (seed, step, rank) and resume is exac
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save as safetensors_bytes
 
 from shotstream import flow_matching as fm
+from shotstream.checkpoint import CheckpointError, file_digest, load_tensors, write_atomic
 from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import FrameInfo
 from shotstream.model.memory import select_context_frames
@@ -127,9 +134,14 @@ def named_shot(seed: int, story: Story) -> int:
     return named[int(np.random.default_rng([seed, 0x1A6E]).integers(len(named)))]
 
 
+def training_story(seed: int, cfg: ShotStreamConfig, max_shots: int = 6) -> Story:
+    """The story an example seed draws from the training stream."""
+    return sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
+
+
 def sample_example(seed: int, cfg: ShotStreamConfig, max_shots: int = 6, pronoun_share: float = 0.0) -> NextShotExample:
     """A random story (seed in the training stream) and a target shot (`target_shot`)."""
-    story = sample_story(training_seed(seed), max_shots=max_shots, frames_per_shot=cfg.video.frames_per_shot)
+    story = training_story(seed, cfg, max_shots)
     return next_shot_example(story, target_shot(seed, story, pronoun_share), cfg)
 
 
@@ -165,6 +177,54 @@ def encode_example(e: NextShotExample, autoencoder, device) -> tuple[torch.Tenso
     return autoencoder.encode(to_model_video(e.target, device)[None])[0], encode_context(e, autoencoder, device)
 
 
+class LatentCache:
+    """Encoded next-shot examples on disk: each (story, shot) is rendered and encoded once, then
+    read back in milliseconds by every later step, run and stage that draws it (a retrain, the
+    fp32 / bf16 comparison, ODE pairs, the arms of a study). Encoding is about half of a teacher
+    step on a 2-core CPU (`python -m benchmark.train_speed`).
+
+    Entries live under a folder named by the codec's weights and the video geometry, so another
+    autoencoder never reads them. Each example is encoded alone, as `StoryPool` encodes it: its
+    latents do not depend on what else was drawn, and a resumed run reads what it would have
+    encoded. An entry is written through a rename (never half-written); an unreadable one is
+    encoded again. ~180 KB an example at the tiny preset (fp32, kept exact)."""
+
+    def __init__(self, root: str | Path, autoencoder_path: str | Path, autoencoder, cfg: ShotStreamConfig, device):
+        weights = sorted(Path(autoencoder_path).glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError(f"{autoencoder_path}: no autoencoder weights to key the latent cache by")
+        video = hashlib.sha256(json.dumps(dataclasses.asdict(cfg.video), sort_keys=True).encode()).hexdigest()[:8]
+        self.dir = Path(root) / f"{file_digest(*weights)}-{video}"
+        self.autoencoder, self.cfg, self.device = autoencoder, cfg, device
+
+    def path(self, story: Story, k: int) -> Path:
+        return self.dir / f"{story.seed % 997:03d}" / f"{story.seed}_{k}.safetensors"
+
+    @torch.no_grad()
+    def get(self, story: Story, k: int) -> NextShotExample:
+        """Shot k of `story` with its context, as latents (`encoded_example`)."""
+        path = self.path(story, k)
+        if path.is_file():
+            try:
+                t = load_tensors(path)
+                boxes = t["target_boxes"].numpy() if "target_boxes" in t else None
+                return encoded_example(story, k, t["context_shots"].tolist(), boxes, (t["target"], t["context"]), self.cfg)
+            except (CheckpointError, KeyError) as e:
+                warnings.warn(f"latent cache: {path} is unreadable ({e}); encoding it again", stacklevel=2)
+        e = next_shot_example(story, k, self.cfg)
+        target, context = (t.cpu().contiguous() for t in encode_example(e, self.autoencoder, self.device))
+        tensors = {"target": target, "context": context, "context_shots": torch.tensor(e.context_shots, dtype=torch.long)}
+        if e.target_boxes is not None:
+            tensors["target_boxes"] = torch.from_numpy(np.ascontiguousarray(e.target_boxes))
+        write_atomic(path, safetensors_bytes(tensors))
+        return encoded_example(story, k, e.context_shots, e.target_boxes, (target, context), self.cfg)
+
+    def example(self, seed: int, max_shots: int = 6, pronoun_share: float = 0.0) -> NextShotExample:
+        """As `sample_example`: the same story and target shot, from the cache."""
+        story = training_story(seed, self.cfg, max_shots)
+        return self.get(story, target_shot(seed, story, pronoun_share))
+
+
 class StoryPool:
     """A fixed pool of training stories whose examples are encoded once, on first use, and kept
     (DiT's latent caching). Encoding is some 40% of a teacher step on a 2-core CPU. A joint image
@@ -174,10 +234,12 @@ class StoryPool:
     Every example is encoded alone, so its latents do not depend on what was drawn before it and
     resume stays exact."""
 
-    def __init__(self, size: int, autoencoder, cfg: ShotStreamConfig, device, max_shots: int = 6):
+    def __init__(self, size: int, autoencoder, cfg: ShotStreamConfig, device, max_shots: int = 6,
+                 cache: LatentCache | None = None):
         if size < 1:
             raise ValueError(f"story pool size must be >= 1, got {size}")
         self.size, self.autoencoder, self.cfg, self.device, self.max_shots = size, autoencoder, cfg, device, max_shots
+        self.cache = cache  # where examples are encoded once for every run (else: here, once per run)
         self.encoded: dict[tuple[int, int], NextShotExample] = {}  # (story seed, shot) -> example
         self.first_frames: dict[tuple[int, int], tuple] = {}  # (story seed, shot) -> frame 0's latent [1, C, h, w], boxes
 
@@ -191,6 +253,8 @@ class StoryPool:
     @torch.no_grad()
     def get(self, story: Story, k: int) -> NextShotExample:
         key = (story.seed, k)
+        if key not in self.encoded and self.cache is not None:
+            self.encoded[key] = self.cache.get(story, k)
         if key not in self.encoded:
             e = next_shot_example(story, k, self.cfg)
             # kept in host memory (~250 KB an example at the tiny preset); collate moves them to the device

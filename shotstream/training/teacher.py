@@ -45,8 +45,8 @@ from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
 from shotstream.session import to_model_video
 from shotstream.text_encoder import TextEncoder, text_dropout
-from shotstream.training.data import (IDENTITY, NextShotBatch, NextShotExample, StoryPool, collate, first_latent_frames,
-                                     sample_example, sample_image_example)
+from shotstream.training.data import (IDENTITY, LatentCache, NextShotBatch, NextShotExample, StoryPool, collate,
+                                     first_latent_frames, sample_example, sample_image_example)
 from shotstream.training.shape_classifier import ShapeClassifier, prediction_shape_logits
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
@@ -96,6 +96,9 @@ class TeacherConfig:
     # (data.StoryPool; ~1 MB a story at the tiny preset): a batch whose examples are all encoded
     # already takes ~0.2 s instead of ~3.4 s (1 thread). 0 = a fresh story for every example.
     story_pool: int = 0
+    # Folder of the on-disk latent cache (data.LatentCache): each example is rendered and encoded
+    # once for every step, run and stage that draws it; "" = encode every batch's examples anew.
+    latent_cache: str = ""
     sample_story: int = 0  # evaluation-suite story drawn by sample()
     sample_shots: int = 3
     sample_steps: int = 20
@@ -158,8 +161,10 @@ class NextShotStage:
         self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
         null_states, null_mask = self.text_encoder.null_caption()
         self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
-        size = getattr(config, "story_pool", 0)  # a teacher option (ode-pairs inherits it, at 0)
-        self.pool = StoryPool(size, self.autoencoder, self.config, self.device, config.max_shots) if size else None
+        cache = getattr(config, "latent_cache", "")  # teacher options (ode-pairs inherits them)
+        self.latents = LatentCache(cache, config.autoencoder, self.autoencoder, self.config, self.device) if cache else None
+        size = getattr(config, "story_pool", 0)
+        self.pool = StoryPool(size, self.autoencoder, self.config, self.device, config.max_shots, self.latents) if size else None
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         return self.to_batch(self.examples(step, shard), step, shard)
@@ -180,6 +185,8 @@ class NextShotStage:
         frames = getattr(self.cfg, "target_frames", 0)
         if self.pool is not None:
             e = self.pool.example(seed, share)
+        elif self.latents is not None:
+            e = self.latents.example(seed, self.cfg.max_shots, share)
         else:
             e = sample_example(seed, self.config, self.cfg.max_shots, share)
         return first_latent_frames(e, frames, self.config) if frames else e

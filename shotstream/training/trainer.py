@@ -65,6 +65,7 @@ from shotstream.checkpoint import (
     load_tensors,
     save_checkpoint,
 )
+from shotstream.runtime import resolve_precision
 from shotstream.training import distributed
 from shotstream.training.metrics import MetricsCSV, MetricWindow
 from shotstream.training.state import (
@@ -107,7 +108,9 @@ class TrainConfig:
     # Until this step the EMA copies the weights (Self-Forcing's ema_start_step): a short fine-tuning
     # stage would otherwise export mostly its starting point (0.99^150 = 22% after 150 updates).
     ema_start_step: int = 0
-    precision: str = "fp32"  # "bf16": losses run under bf16 autocast; weights and AdamW stay fp32
+    # "bf16": losses run under bf16 autocast, weights and AdamW stay fp32. "auto": bf16 where the
+    # device multiplies bf16 natively, else fp32 (runtime.native_bf16); a run records what it chose.
+    precision: str = "auto"
     device: str = "cpu"  # "cpu", "cuda" (each torchrun process takes cuda:LOCAL_RANK), "cuda:1", ...
     seed: int = 0
     out_dir: str = ""  # "" = runs/<stage>
@@ -136,8 +139,8 @@ class TrainConfig:
             raise ValueError(f"train config: betas must be two numbers, got {self.betas}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train config: precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train config: precision must be auto, fp32 or bf16, got {self.precision!r}")
         return self
 
 
@@ -248,6 +251,8 @@ class Trainer:
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)  # explicit: oversubscribed cores waste most of their time
         self.world = distributed.setup(self.cfg.device)
+        # Resolved before config.json is written: a resumed run keeps the precision it started with.
+        self.cfg = dataclasses.replace(self.cfg, precision=resolve_precision(self.cfg.precision, self.world.device))
         try:
             self._build()
             self._resume_or_start()
