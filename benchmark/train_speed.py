@@ -30,6 +30,16 @@ from shotstream.training.cli import load_stage, resolve_config
 VARIANTS = ("fp32", "fp32+cache", "bf16", "bf16+cache")
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the vector units torch dispatches to (e.g. "AMD EPYC, AVX2")."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")), name)
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def time_step(stage, opt, precision: str, step: int, device: str) -> tuple[float, float]:
     """(batch s, update s) of one step: stage.batch, then loss, backward and an AdamW step."""
     t0 = time.perf_counter()
@@ -70,7 +80,7 @@ def main(argv=None) -> int:
     add_runtime_args(p, dtype=None, threads=2)
     args = p.parse_args(argv)
     set_threads(args.threads)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                "fp32": measure_matmul_flops(torch.float32, n=1024, device=args.device) / 1e9,
                "bf16": measure_matmul_flops(torch.bfloat16, n=1024, repeats=3, device=args.device) / 1e9,
                "native": native_bf16(args.device)}
