@@ -32,6 +32,8 @@ CORE_TESTS = ("tests/test_wiring.py", "tests/test_flow_matching.py", "tests/test
               "tests/test_model.py")
 # The DMD gradient's sign and the real score's guidance are pinned by test_distill.py alone.
 DMD_TESTS = tuple(dict.fromkeys(("tests/test_distill.py", *CORE_TESTS)))
+# The released model's behaviour (the wan2.1-1.3b preset's switches) is pinned there.
+RELEASE_TESTS = ("tests/test_release_behaviour.py",)
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,25 @@ MUTATIONS = [
     M("session: target reads the first caption slot", "shotstream/session.py",
       "target_slot=len(sources), shot=k,", "target_slot=0, shot=k,"),
     M("session: earlier captions without the global caption", "shotstream/session.py",
-      "[self._caption(self.shots[s].caption) for s in sources]", "[self.shots[s].caption for s in sources]"),
+      "[self.prompt(self.shots[s].caption, s) for s in sources]", "[self.shots[s].caption for s in sources]"),
     M("session: context frames all from each shot's first frame", "shotstream/session.py",
       "to_model_video(self.shots[s].frames[f:f + 1], device)", "to_model_video(self.shots[s].frames[0:1], device)"),
     M("session: student sigmas without the shift", "shotstream/session.py",
       "fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)", "fm.student_sigmas(cfg.sampler.student_timesteps, 1.0)"),
     M("session: teacher sigmas without the shift", "shotstream/session.py",
       "fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)", "fm.teacher_sigmas(cfg.sampler.teacher_steps, 1.0)"),
+    M("session: release first shot without its zero context", "shotstream/session.py",
+      "            if self._zero_first_context():\n                # The released",
+      "            if False:\n                # The released", RELEASE_TESTS),
+    M("session: release first shot's frames flagged 0", "shotstream/session.py",
+      "                target_flag = 1\n", "                target_flag = None\n", RELEASE_TESTS),
+    M("session: release prompt template ignored", "shotstream/session.py",
+      "return self.pipe.config.prompt.render(caption, shot, self.global_caption)",
+      "return f\"{self.global_caption} {caption}\" if self.global_caption else caption", RELEASE_TESTS),
+    M("session: release global caption cut at 2000 characters", "shotstream/session.py",
+      "clean_prompt(global_caption, cfg.prompt.max_chars)", "clean_prompt(global_caption)", RELEASE_TESTS),
+    M("model: release DiT masks the text padding", "shotstream/model/dit.py",
+      "text_mask = text_mask if self.cfg.text_mask else None", "text_mask = text_mask", RELEASE_TESTS),
     # -- training batches --------------------------------------------------------------------------
     M("batch: context frames flagged with the target's shot", "shotstream/training/data.py",
       "shot = torch.cat([self.context_shots.float(),", "shot = torch.cat([self.shot[:, None].float().expand(B, C),"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import string
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -86,6 +87,15 @@ class ModelConfig:
     # the window rolls; only long shots need them.
     local_window: int = 0
     sink_frames: int = 0
+    # Cross-attention ignores the caption's padding tokens (True), or attends to all `text_len`
+    # tokens, the zero padding included (False): Wan2.1 and the released ShotStream were trained
+    # that way, and masking their padding changes a released model's velocity by ~25%.
+    text_mask: bool = True
+    # What the first shot is conditioned on. False: nothing (positions from 0, flag 0). True: as
+    # the released ShotStream was trained, `context_frames` zero latents at positions 0..C-1 with
+    # flag 0, the shot's own frames after them with flag 1 (DESIGN.md section 6). Later shots
+    # are the same either way.
+    first_shot_zero_context: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -130,17 +140,52 @@ class SamplerConfig:
                              "(sampler.guidance_scale != 1)")
 
 
+PROMPT_FIELDS = ("global_caption", "shot", "caption")  # the placeholders of PromptConfig.template
+
+
+@dataclass
+class PromptConfig:
+    """How shot i's prompt (what the text encoder reads) is made from the story's global caption
+    and the shot's own caption."""
+
+    # Placeholders {global_caption}, {shot} (the shot's index from 0) and {caption}; the result
+    # is stripped, so a story without a global caption reads the caption alone. The tiny models
+    # were trained on "{global_caption} {caption}"; the released ShotStream on
+    # global_caption + "shot{i}:" + caption, with no space at either join.
+    template: str = "{global_caption} {caption}"
+    # The global caption and each shot's caption are cut to this many characters (with a
+    # warning) before the text encoder truncates to `model.text_len` tokens.
+    max_chars: int = 2000
+
+    def render(self, caption: str, shot: int, global_caption: str | None = None) -> str:
+        return self.template.format(global_caption=global_caption or "", shot=shot, caption=caption).strip()
+
+    def validate(self) -> None:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None]
+        except ValueError as e:  # e.g. an unmatched brace
+            raise ValueError(f"prompt.template={self.template!r}: {e}") from None
+        unknown = [n for n in names if n not in PROMPT_FIELDS]
+        if unknown or "caption" not in names:
+            allowed = ", ".join("{" + n + "}" for n in PROMPT_FIELDS)
+            raise ValueError(f"prompt.template={self.template!r}: its placeholders must be among {allowed} "
+                             "and include {caption}")
+        _check_positive("prompt", self, "max_chars")
+
+
 @dataclass
 class ShotStreamConfig:
     preset: str = "tiny"
     video: VideoConfig = field(default_factory=VideoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def validate(self) -> "ShotStreamConfig":
         self.video.validate()
         self.model.validate()
         self.sampler.validate()
+        self.prompt.validate()
         return self
 
     def to_dict(self) -> dict:
@@ -174,15 +219,25 @@ def tiny() -> ShotStreamConfig:
     that student got the character right a third as often (identity 0.07 against 0.20 on 10
     evaluation stories, both distilled from teacher v6: README, Status).
     """
-    return ShotStreamConfig(preset="tiny", video=VideoConfig())
+    return ShotStreamConfig(preset="tiny", video=VideoConfig(),
+                            model=ModelConfig(text_mask=True, first_shot_zero_context=False),
+                            prompt=PromptConfig(template="{global_caption} {caption}", max_chars=2000))
 
 
 def wan21_1_3b() -> ShotStreamConfig:
-    """Wan2.1-T2V-1.3B dimensions (480x832, 81 frames, umT5-XXL text states)."""
+    """Wan2.1-T2V-1.3B dimensions (480x832, 81 frames, umT5-XXL text states), with the released
+    ShotStream's behaviour: the first shot after 6 zero latents, no text padding mask, the
+    "shot{i}:" prompt template.
+
+    Its global captions run to ~2,100 characters and umT5 keeps 512 tokens (~2,300 characters of
+    English): prompts are cut at 8,000 characters only to bound the tokenizer's work, so the
+    encoder's own 512-token truncation is the one that applies."""
     return ShotStreamConfig(
         preset="wan2.1-1.3b",
         video=VideoConfig(height=480, width=832, fps=16, frames_per_shot=81, latent_channels=16),
-        model=ModelConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, text_dim=4096, text_len=512),
+        model=ModelConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, text_dim=4096, text_len=512,
+                          text_mask=False, first_shot_zero_context=True),
+        prompt=PromptConfig(template="{global_caption}shot{shot}:{caption}", max_chars=8000),
     )
 
 

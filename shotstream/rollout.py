@@ -36,6 +36,8 @@ class ShotConditioning:
     context_slots: [B, Cf] caption slot each conditional frame attends to.
     text, text_mask: embedded caption slots [B, S, L, D] / [B, S, L]; slot `target_slot` is shot k's.
     shot: k, the index of the shot being generated.
+    target_flag: the RoPE shot flag of shot k's frames, when not k (the released model's first
+        shot: flag 1 after its zero context, ModelConfig.first_shot_zero_context).
     """
 
     context: torch.Tensor
@@ -46,6 +48,7 @@ class ShotConditioning:
     target_slot: int
     shot: int | torch.Tensor  # or [B] when the items of a training batch are at different shots
     chunk_frames: int = 3  # the model's chunk size (the learned indicator marks the first chunk)
+    target_flag: int | None = None
 
     @property
     def num_context(self) -> int:
@@ -67,7 +70,7 @@ class ShotConditioning:
         idx = torch.arange(start, start + count, device=device)
         return FrameInfo(
             pos=pos,
-            shot=shot,
+            shot=shot if self.target_flag is None else torch.full_like(shot, self.target_flag),
             text_index=torch.full((B, count), self.target_slot, dtype=torch.long, device=device),
             # learned-indicator ablation: mark the first chunk after a cut
             cut=(idx[None] < self.chunk_frames) & (shot > 0),

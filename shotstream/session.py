@@ -37,7 +37,7 @@ from shotstream.model.memory import DualCache, select_context_frames
 from shotstream.rollout import ShotConditioning, generate_shot_bidirectional, rollout_shot, write_global_context
 from shotstream.text_encoder import check_caption
 
-MAX_PROMPT_CHARS = 2000  # longer prompts are cut (the text encoder keeps far fewer tokens anyway)
+MAX_PROMPT_CHARS = 2000  # default cut of clean_prompt; a session cuts at its config's prompt.max_chars
 MAX_SHOTS = 100  # per session; memory is bounded, this only bounds the stored history
 
 
@@ -233,8 +233,8 @@ class ShotStreamSession:
         # (`run_ahead`). Off by default: on a 2-core CPU the two threads fight for the same cores
         # and streaming gets slower (`python -m benchmark.stream_speed --overlap-decode`).
         self.overlap_decode = overlap_decode
-        self.global_caption = clean_prompt(global_caption) if global_caption else None
         cfg = pipe.config
+        self.global_caption = clean_prompt(global_caption, cfg.prompt.max_chars) if global_caption else None
         self.grid = pipe.model.grid(*cfg.video.latent_size)
         self.memory = DualCache(cfg.model, self.grid, cfg.video.latent_frames_per_shot, batch=1,
                                 device=pipe.device, dtype=pipe.model.dtype, rolling=pipe.kind == "rolling")
@@ -250,7 +250,7 @@ class ShotStreamSession:
     # -- control, callable from any thread ---------------------------------------------------
     def submit(self, prompt) -> int:
         """Queue the next shot's prompt; returns its shot index. Raises ValueError on bad input."""
-        caption = clean_prompt(prompt)
+        caption = clean_prompt(prompt, self.pipe.config.prompt.max_chars)
         with self._cond:
             if len(self.shots) + (self.in_progress is not None) + len(self._queue) >= self.max_shots:
                 raise ValueError(f"a story has at most {self.max_shots} shots")
@@ -315,17 +315,28 @@ class ShotStreamSession:
             return np.zeros((0, h, w, 3), np.uint8)
         return np.concatenate([s.frames for s in self.shots])
 
-    def _caption(self, caption: str) -> str:
-        return f"{self.global_caption} {caption}" if self.global_caption else caption
+    def prompt(self, caption: str, shot: int) -> str:
+        """What the text encoder reads for shot `shot` (the config's prompt.template)."""
+        return self.pipe.config.prompt.render(caption, shot, self.global_caption)
 
     def conditioning(self, caption: str) -> ShotConditioning:
         """Shot k's conditioning: the prepared history (`prepare_context`) plus the caption's slot."""
         ctx = self.prepare_context()
         with record_function("text_encoding"):
-            text, mask = self.pipe.embed_captions([self._caption(caption)])
+            text, mask = self.pipe.embed_captions([self.prompt(caption, len(self.shots))])
         if ctx.text.shape[1]:  # (the first shot has no history slots)
             text, mask = torch.cat([ctx.text, text], 1), torch.cat([ctx.text_mask, mask], 1)
-        return dataclasses.replace(ctx, text=text, text_mask=mask)
+        cond = dataclasses.replace(ctx, text=text, text_mask=mask)
+        if self._zero_first_context() and self.pipe.kind == "causal":
+            write_global_context(self.pipe.model, self.memory, cond)  # its frames read this caption
+        return cond
+
+    def _zero_first_context(self) -> bool:
+        """Whether shot k = len(shots) is a first shot conditioned on zero latents (the released
+        model's, ModelConfig.first_shot_zero_context). Their K/V depend on the shot's own caption,
+        so their cache is written once the prompt is known (`conditioning`), not ahead."""
+        cfg = self.pipe.config.model
+        return not self.shots and self.pipe.kind != "rolling" and cfg.first_shot_zero_context and cfg.context_frames > 0
 
     def prepare_context(self) -> ShotConditioning:
         """Everything shot k = len(shots) needs from the history, done once per shot: the
@@ -347,12 +358,21 @@ class ShotStreamSession:
                 images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
                 with record_function("context_encoding"):
                     context = pipe.autoencoder.encode_image(images)[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
-                text, mask = pipe.embed_captions([self._caption(self.shots[s].caption) for s in sources])
+                text, mask = pipe.embed_captions([self.prompt(self.shots[s].caption, s) for s in sources])
             shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
             slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
+            target_flag = None
+            if self._zero_first_context():
+                # The released model's first shot, as it was trained: zero latents at positions
+                # 0..C-1, flag 0, reading the shot's own caption (slot 0, the target's), then the
+                # shot's frames with flag 1.
+                n = pipe.config.model.context_frames
+                context = context.new_zeros(1, n, *context.shape[2:])
+                shots = slots = torch.zeros(1, n, device=device, dtype=torch.long)
+                target_flag = 1
             ctx = ShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
-                                   chunk_frames=pipe.config.model.chunk_frames)
-            if pipe.kind == "causal":
+                                   chunk_frames=pipe.config.model.chunk_frames, target_flag=target_flag)
+            if pipe.kind == "causal" and not self._zero_first_context():
                 write_global_context(pipe.model, self.memory, ctx)
         self._prepared = ctx
         return ctx

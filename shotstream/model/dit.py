@@ -125,20 +125,24 @@ class CrossAttention(Attention):
     """Each frame attends to the caption in its own slot: queries grouped per frame."""
 
     def forward(self, x, text, text_mask, text_index, frames: int):
-        # x [B, N, D]; text [B, S, L, D]; text_mask [B, S, L]; text_index [B, F]
+        # x [B, N, D]; text [B, S, L, D]; text_mask [B, S, L] or None (attend to every token);
+        # text_index [B, F]
         # Project only the slots these frames read: a streamed chunk reads one caption of the
         # session's up to C + 1, so its cost stays flat as the story's history fills the slots.
         slots, text_index = torch.unique(text_index, return_inverse=True)
-        text, text_mask = text[:, slots], text_mask[:, slots]
+        text = text[:, slots]
         B, S, L, _ = text.shape
         gather = lambda t: torch.gather(t, 1, text_index[:, :, None, None].expand(-1, -1, L, t.shape[-1]))  # noqa: E731
         k = gather(self.norm_k(self.k(text)))  # [B, F, L, D]
         v = gather(self.v(text))
-        mask = torch.gather(text_mask, 1, text_index[:, :, None].expand(-1, -1, L))  # [B, F, L]
+        mask = None
+        if text_mask is not None:
+            mask = torch.gather(text_mask[:, slots], 1, text_index[:, :, None].expand(-1, -1, L))  # [B, F, L]
+            mask = rearrange(mask, "b f l -> (b f) 1 1 l")
         q = rearrange(self.norm_q(self.q(x)), "b (f n) (h d) -> (b f) h n d", f=frames, h=self.num_heads)
         k = rearrange(k, "b f l (h d) -> (b f) h l d", h=self.num_heads)
         v = rearrange(v, "b f l (h d) -> (b f) h l d", h=self.num_heads)
-        out = F_.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(mask, "b f l -> (b f) 1 1 l"))
+        out = F_.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(rearrange(out, "(b f) h n d -> b (f n) (h d)", b=B))
 
 
@@ -246,7 +250,7 @@ class WanDiT(nn.Module):
 
         x: latents [B, F, C, H, W]; timestep: [B, F] on Wan's 0..1000 scale (0 = clean);
         text: [B, S, L, text_dim] caption slots (or [B, S, L, D] if `text_embedded`),
-        text_mask: [B, S, L] bool; frames: per-frame FrameInfo.
+        text_mask: [B, S, L] bool (not applied when cfg.text_mask is False); frames: per-frame FrameInfo.
         cache: attend to its prefix and stage this input after it (block-causal streaming).
         frame_mask: [F, F] bool, True where frame q may attend to frame k (None = full).
         key_mask: [B, F] bool, False for frames nobody may attend to (dropped context).
@@ -271,6 +275,7 @@ class WanDiT(nn.Module):
         cos, sin = rope_cos_sin(angles)  # [B, 1, N, Dh/2]
 
         ctx = text.to(self.dtype) if text_embedded else self.embed_text(text)  # [B, S, L, D]
+        text_mask = text_mask if self.cfg.text_mask else None  # (cfg.text_mask: the released model reads the padding)
         attn_mask = self._token_mask(frame_mask, key_mask, h * w, B, F)
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, e6, cos, sin, ctx, text_mask, frames.text_index, attn_mask, cache, i)
