@@ -5,14 +5,17 @@
 
 The folder holds config.json (the resolved ShotStreamConfig: the `wan2.1-1.3b` preset with
 every DiT size read from the weights, and the model kind), model.safetensors (the DiT in
-WanModel names, the wrappers of a training checkpoint stripped) and components.json, which
-names the VAE, the umT5 text encoder and its tokenizer: links into the Wan download, not copies.
+WanModel names, the wrappers of a training checkpoint stripped) and components.json, the index:
+the DiT's weights, the VAE, the umT5 text encoder and its tokenizer (links into the Wan
+download, not copies), and, for a reader, the sampler and the released model's behaviour as
+config.json sets them (prompt template, no text padding mask, the first shot's zero context);
+config.json is what loads.
 
 Either Wan download layout works:
 - original: config.json + diffusion_pytorch_model.safetensors (the base DiT), Wan2.1_VAE.pth,
   models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer);
-- Diffusers: model_index.json, transformer/, vae/, text_encoder/, tokenizer/. Its transformer/
-  uses diffusers' WanTransformer3DModel names, so the DiT must come from --checkpoint.
+- Diffusers: model_index.json, transformer/ (the base DiT in diffusers' WanTransformer3DModel
+  names, renamed to WanModel's on import), vae/, text_encoder/, tokenizer/.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class WanRelease:
     """Where each part of a Wan2.1 download lies."""
 
     layout: str  # "original" or "diffusers"
-    dit: Path | None  # WanModel-named DiT weights (original layout only)
+    dit: Path  # the base DiT's weights (a file or folder; read_official renames diffusers' names)
     dit_config: dict  # Wan-style sizes the weights cannot tell: num_heads, eps, text_len
     vae: Path
     text_encoder: Path
@@ -58,14 +61,14 @@ def find_release(folder: str | Path) -> WanRelease:
         if "num_attention_heads" not in t:
             raise CheckpointError(f"{folder / 'transformer' / 'config.json'}: no num_attention_heads")
         # The Diffusers pipeline pads prompts to 512 tokens, as Wan's own code does.
-        release = WanRelease("diffusers", None, {"num_heads": t["num_attention_heads"], "eps": t.get("eps", 1e-6),
-                                                 "text_len": 512},
+        release = WanRelease("diffusers", folder / "transformer",
+                             {"num_heads": t["num_attention_heads"], "eps": t.get("eps", 1e-6), "text_len": 512},
                              folder / "vae", folder / "text_encoder", folder / "tokenizer")
     else:
         config = read_json(folder / "config.json")
         release = WanRelease("original", folder, {k: config[k] for k in ("num_heads", "eps", "text_len") if k in config},
                              *(folder / WAN_PARTS[k] for k in ("vae", "text_encoder", "tokenizer")))
-    for part in ("vae", "text_encoder", "tokenizer"):
+    for part in ("dit", "vae", "text_encoder", "tokenizer"):
         if not getattr(release, part).exists():
             raise FileNotFoundError(f"{folder}: the {release.layout} layout's {part} is missing ({getattr(release, part)})")
     return release
@@ -76,7 +79,7 @@ def import_release(wan: str | Path, output: str | Path, checkpoint: str | Path |
     """Write the model folder `output` (see the module docstring); returns its path.
 
     checkpoint: the ShotStream DiT (.pt with its training wrappers, or safetensors); without it,
-    the Wan folder's own DiT (original layout). overrides: `key=value` config changes (e.g.
+    the Wan folder's own (base) DiT. overrides: `key=value` config changes (e.g.
     video.height=240). dtype: of the written DiT weights (None: as stored)."""
     from shotstream.config import apply_overrides, get_preset
     from shotstream.model.dit import WanDiT
@@ -85,9 +88,6 @@ def import_release(wan: str | Path, output: str | Path, checkpoint: str | Path |
     if kind not in ("causal", "bidirectional", "rolling"):
         raise ValueError(f"kind must be causal, bidirectional or rolling, got {kind!r}")
     release = find_release(wan)
-    if checkpoint is None and release.dit is None:
-        raise ValueError(f"{wan}: the Diffusers layout's transformer/ uses diffusers' names, not WanModel's; "
-                         "pass the ShotStream checkpoint (--checkpoint)")
     source = Path(checkpoint) if checkpoint is not None else release.dit
     state = read_official(source)
     sizes = model_config_from_wan(release.dit_config, state)
@@ -107,7 +107,11 @@ def import_release(wan: str | Path, output: str | Path, checkpoint: str | Path |
         name = part if target.is_dir() else target.name
         os.symlink(target, output / name, target_is_directory=target.is_dir())
         components[part] = name
-    (output / COMPONENTS).write_text(json.dumps({"layout": release.layout, **components}, indent=2), encoding="utf-8")
+    index = {"layout": release.layout, "dit": "model.safetensors", **components,
+             "sampler": {"student_timesteps": config.sampler.student_timesteps, "shift": config.sampler.shift},
+             "prompt_template": config.prompt.template, "prompt_max_chars": config.prompt.max_chars,
+             "text_mask": config.model.text_mask, "first_shot_zero_context": config.model.first_shot_zero_context}
+    (output / COMPONENTS).write_text(json.dumps(index, indent=2), encoding="utf-8")
     return output
 
 

@@ -31,6 +31,19 @@ def random_dit(seed: int) -> dict:
     return model.state_dict()
 
 
+def diffusers_dit(seed: int):
+    """random_dit's architecture as diffusers' WanTransformer3DModel (the Diffusers layout's transformer/)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+                                  out_channels=16, text_dim=D_MODEL, freq_dim=256, ffn_dim=64, num_layers=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 def write_release(root, layout: str):
     """A Wan2.1-T2V download at tiny size: 'original' or 'diffusers' layout."""
     from transformers import AutoTokenizer, UMT5EncoderModel
@@ -49,9 +62,7 @@ def write_release(root, layout: str):
         torch.save(random_wan_umt5(vocab), root / "models_t5_umt5-xxl-enc-bf16.pth")
     else:
         (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-        (root / "transformer").mkdir()
-        (root / "transformer" / "config.json").write_text(json.dumps({
-            "_class_name": "WanTransformer3DModel", "num_attention_heads": 2, "attention_head_dim": 16, "eps": 1e-06}))
+        diffusers_dit(1).save_pretrained(root / "transformer")
         vae.save_pretrained(root / "vae")
         vocab = write_tokenizer(root / "tokenizer")
         config, state = umt5_from_wan(random_wan_umt5(vocab))
@@ -76,7 +87,14 @@ def test_import_and_stream_a_two_shot_story(tmp_path, checkpoint, layout):
     file, state = checkpoint
     wan = write_release(tmp_path / f"Wan2.1-T2V-{layout}", layout)
     out = import_release(wan, tmp_path / "imported", checkpoint=file, overrides=SMALL_VIDEO)
-    assert json.loads((out / COMPONENTS).read_text())["layout"] == layout
+    index = json.loads((out / COMPONENTS).read_text())
+    assert index["layout"] == layout and index["dit"] == "model.safetensors"
+    # the released model's behaviour, in config.json (what loads) and in the index (for a reader)
+    model = json.loads((out / "config.json").read_text())
+    assert model["prompt"]["template"] == index["prompt_template"] == "{global_caption}shot{shot}:{caption}"
+    assert model["model"]["text_mask"] is index["text_mask"] is False
+    assert model["model"]["first_shot_zero_context"] is index["first_shot_zero_context"] is True
+    assert index["sampler"] == {"student_timesteps": [1000.0, 740.0, 500.0, 260.0], "shift": 8.0}
     pipe = ShotStreamPipeline.from_pretrained(out, device="cpu")
     assert type(pipe.autoencoder).__name__ == "WanVideoAutoencoder"
     assert type(pipe.text_encoder.model).__name__ == "UMT5EncoderModel" and pipe.text_encoder.max_len == 512
@@ -86,6 +104,7 @@ def test_import_and_stream_a_two_shot_story(tmp_path, checkpoint, layout):
     session.submit("walks to the left in a snowy field")
     session.submit("close up of the same character")
     chunks = list(session.stream())
+    assert session.prompt("close up", 1) == "a red striped starshot1:close up"
     assert [(c.shot, len(c.frames)) for c in chunks] == [(0, 9), (0, 8), (1, 9), (1, 8)]
     assert session.shots[1].frames.shape == (17, 16, 16, 3)
 
@@ -101,10 +120,20 @@ def test_generate_takes_an_imported_folder(tmp_path, checkpoint, capsys):
     assert "2 shots" in capsys.readouterr().err
 
 
-def test_import_without_the_dit_or_a_part_is_clear(tmp_path, checkpoint, capsys):
+def test_import_takes_the_diffusers_layouts_own_dit(tmp_path):
+    """Without --checkpoint, the base DiT of transformer/, renamed from diffusers' names."""
+    from shotstream.model.loading import wan_state_from_diffusers
+
+    wan = write_release(tmp_path / "diffusers", "diffusers")
+    out = import_release(wan, tmp_path / "base", overrides=SMALL_VIDEO, kind="bidirectional")
+    pipe = ShotStreamPipeline.from_pretrained(out, device="cpu")
+    expected = wan_state_from_diffusers(diffusers_dit(1).state_dict())
+    assert pipe.kind == "bidirectional" and pipe.model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(pipe.model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_import_without_a_part_is_clear(tmp_path, checkpoint, capsys):
     diffusers_layout = write_release(tmp_path / "diffusers", "diffusers")
-    with pytest.raises(ValueError, match="transformer/ uses diffusers' names.*--checkpoint"):
-        import_release(diffusers_layout, tmp_path / "out")
     original = write_release(tmp_path / "original", "original")
     (original / "Wan2.1_VAE.pth").unlink()
     assert main(["import", "--wan", str(original), "-o", str(tmp_path / "out")]) == 2

@@ -213,13 +213,36 @@ def checkpoint_files(path: str | Path) -> list[Path]:
 
 
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    """WanModel-named tensors of a checkpoint file or folder (see `checkpoint_files`)."""
+    """WanModel-named tensors of a checkpoint file or folder (see `checkpoint_files`); a
+    diffusers `WanTransformer3DModel` (the Diffusers layout's transformer/) is renamed to them."""
     state = {}
     for f in checkpoint_files(path):
         if not f.is_file():
             raise CheckpointError(f"{f}: shard not found")
         state.update(official_state_dict(f))
+    if any(k.startswith(DIFFUSERS_MARK) for k in state):
+        state = wan_state_from_diffusers(state)
     return state
+
+
+DIFFUSERS_MARK = "condition_embedder."  # every diffusers WanTransformer3DModel has it, no WanModel does
+
+
+def wan_state_from_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' WanTransformer3DModel tensors renamed to WanModel's (the same tensors: Wan's
+    layout and diffusers' differ only in names).
+
+    The names come from diffusers' own converter (`convert_wan_transformer_to_diffusers`, Wan ->
+    diffusers), run on this model's names and inverted, so they follow the pinned diffusers
+    version rather than a table kept here. Names it does not know are left for the strict key
+    check to report."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    with torch.device("meta"):  # names only: the layer count is all they depend on
+        names = WanDiT(ModelConfig(dim=16, ffn_dim=16, num_heads=2, num_layers=max(len(blocks), 1), text_dim=8)).state_dict()
+    wan_name = convert_wan_transformer_to_diffusers({k: k for k in names if k not in SHOTSTREAM_ONLY})  # diffusers -> Wan
+    return {wan_name.get(k, k): v for k, v in state.items()}
 
 
 def load_official(model: WanDiT, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> WanDiT:
