@@ -21,6 +21,7 @@ import ctypes
 import dataclasses
 import html
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -108,9 +109,17 @@ def seed_value(seed) -> int:
     return 0 if seed is None or seed == "" else check_seed(seed)
 
 
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")  # ANSI sequences, C0 controls
+# Every ASCII punctuation that Markdown (with GFM's autolinks: "http://", "www.", "a@b.c") reads.
+# (< > & are left to html.escape: a backslash before an entity would break it.)
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:@])")
+
+
 def as_text(text: str) -> str:
-    """User text for Markdown/HTML: escaped, so `<script>` shows as text and never runs."""
-    return html.escape(text, quote=True)
+    """User text for Markdown/HTML, shown exactly as typed: HTML escaped (`<script>` never runs),
+    Markdown punctuation backslash-escaped (`**bold**` and `![](url)` stay text, no image is
+    fetched), control characters and ANSI escapes dropped."""
+    return html.escape(_MARKDOWN.sub(r"\\\1", _CONTROL.sub("", text)), quote=False)
 
 
 def stats_markdown(shot: int | None, latency: float | None, fps: float | None, frames: int, pending: int) -> str:
@@ -223,10 +232,11 @@ class Story:
         # mid-stream (tab closed, idle timeout) never has its folder recreated by a late segment.
         self.files = threading.Lock()
         self.closed = False
+        self.stale_video = False  # the last run ended with the player holding a replaced story's chunks
         self.streaming: object | None = None  # ticket of the run() generator draining this story's queue
         self.segments = 0
         self.in_progress: int | None = None  # index of the shot being streamed
-        self.t_first: float | None = None  # latency to first frame of the latest shot, s
+        self.t_first: float | None = None  # latest shot: its first frame, s after it started generating
         self.generated_shots = 0  # shots whose frames were generated (never regenerated)
         self.session = self._new_session(seed, global_caption)
 
@@ -325,20 +335,23 @@ class App:
 
     # -- events ------------------------------------------------------------------------------
     def add_shot(self, prompt, global_caption, seed, request: gr.Request):
-        """Queue a shot; the run event that follows streams it. Returns (cleared box, status)."""
+        """Queue a shot; the run event that follows streams it. Returns (status, the prompt if it was
+        not queued): the page cleared the box when Enter was pressed and puts a refused prompt back
+        only if the box is still empty (SUBMIT_JS, RESTORE_JS), so nothing typed since is lost."""
+        text = prompt if isinstance(prompt, str) else ""
         try:
             prompt, note = check_prompt(prompt)
             caption, caption_note = check_prompt(global_caption) if (global_caption or "").strip() else (None, None)
             seed = seed_value(seed)
         except (ValueError, TypeError) as e:
             gr.Info(f"Nothing queued: {e}.")
-            return gr.skip(), f"Nothing queued: {as_text(str(e))}."
+            return f"Nothing queued: {as_text(str(e))}.", text
         freed = None if self.stories.get(session_key(request), touch=False) else self.freed_note(request)
         try:
             story = self.story(request, seed, caption)
         except Full as e:
             gr.Warning(f"Not queued: {e}.")
-            return gr.skip(), f"Not queued: {as_text(str(e))}."
+            return f"Not queued: {as_text(str(e))}.", text
         if freed:
             freed = f"{freed} This shot starts a new story."
             gr.Warning(freed)
@@ -352,10 +365,10 @@ class App:
             index = story.session.submit(prompt)
         except ValueError as e:  # the per-session queue is full (rapid submissions) or the story is at its maximum
             gr.Warning(f"Not queued: {e}.")
-            return gr.skip(), self.status(story, f"Not queued: {as_text(str(e))}.")
+            return self.status(story, f"Not queued: {as_text(str(e))}."), text
         unknown = unknown_words(prompt) if self.storyworld else []
         gr.Info(f"Shot {index + 1} queued." + (f" The tiny model ignores: {', '.join(unknown)}." if unknown else ""))
-        return "", self.status(story, as_text(freed) if freed else None)
+        return self.status(story, as_text(freed) if freed else None), ""
 
     def add_story(self, lines, global_caption, seed, request: gr.Request):
         """Queue every line of an example story (one shot per line)."""
@@ -365,7 +378,7 @@ class App:
             return gr.skip()
         status = gr.skip()
         for p in prompts:
-            _, status = self.add_shot(p, global_caption, seed, request)
+            status, _ = self.add_shot(p, global_caption, seed, request)
         return status
 
     def run(self, request: gr.Request):
@@ -403,13 +416,16 @@ class App:
                     story.streaming = None
 
     def _stream(self, story: Story, key):
-        fps = story.pipe.config.video.fps
+        """Stream queued shots of `story`, following "new story" to the new session. Gradio ends a
+        run by sending its last outputs again, so the last yield always states the story as it is
+        now: after "new story" or "stop", never the old chunk and stats (issue 31)."""
+        fps, shown_session = story.pipe.config.video.fps, None  # whose chunks this run showed last
         while True:
             session = story.session  # "new story" swaps it; the loop then follows the new one
             with story.lock:  # checked and released together, so a shot queued now starts a new run
                 if not session.pending or story.closed:
                     story.streaming = None
-                    return
+                    break
             frames_this_shot, stream, shown = 0, session.stream(), len(session.shots)
             try:
                 for chunk in stream:
@@ -418,8 +434,8 @@ class App:
                     if segment is None:  # freed meanwhile (tab closed, or the server's bound): nothing to show it to
                         return
                     self.stories.touch(key)  # a streamed chunk is activity
-                    if chunk.chunk == 0:
-                        story.t_first = chunk.t_ready - chunk.t_submit
+                    if chunk.chunk == 0:  # from when this shot started generating, not from its submit (time in the queue)
+                        story.t_first = chunk.t_ready - chunk.t_start
                     gen_fps = frames_this_shot / max(chunk.t_ready - chunk.t_start, 1e-6)
                     stats = stats_markdown(chunk.shot, story.t_first, gen_fps, sum(len(s.frames) for s in session.shots) + frames_this_shot, session.pending)
                     story.generated_shots += chunk.last
@@ -427,22 +443,59 @@ class App:
                     gallery = gr.skip()
                     if len(session.shots) != shown:  # the previous shot was just added to the history
                         gallery, shown = story.gallery(), len(session.shots)
-                    yield str(segment), gallery, stats, self.status(story, f"Shot {chunk.shot + 1}: {as_text(chunk.caption)}")
+                    if story.session is not session:  # "new story" meanwhile: a late chunk of the old one is never shown
+                        break
+                    shown_session = session
+                    yield str(segment), gallery, stats, self.status(story, f"Generating shot {chunk.shot + 1}: {as_text(chunk.caption)}")
             finally:
                 stream.close()  # releases the pipeline's lock even when the client went away
                 story.in_progress = None
-            yield gr.skip(), story.gallery(), gr.skip(), self.status(story)
+        if shown_session is None or story.closed:
+            return
+        if shown_session is not story.session:  # "new story" after this run showed chunks of the old one
+            story.stale_video = True  # gradio's streamed video keeps this run's segments: cleared by after_run
+            yield None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot."
+            return
+        shots = story.session.shots  # finished, or stopped: the stats count only the shots kept
+        stats = stats_markdown(len(shots) - 1 if shots else None, story.t_first if shots else None, None,
+                               sum(len(s.frames) for s in shots), story.session.pending)
+        yield gr.skip(), story.gallery(), stats, self.status(story)
+
+    def after_run(self, request: gr.Request):
+        """After a run: empty the player if it holds a replaced story's chunks. (A streamed gr.Video
+        keeps every segment of its run, whatever the run yields last; only an event after the run
+        resets it.)"""
+        story = self.story(request, create=False)
+        if story is not None and story.stale_video:
+            story.stale_video = False
+            return None
+        return gr.skip()
 
     def cancel(self, request: gr.Request):
+        """Stop the shot in progress. Returns (status, story box, stats): the prompts that were
+        queued behind it are not generated but handed back in the story box, to queue again."""
         story = self.story(request, create=False)
-        if story is not None:
-            story.session.cancel()
-            gr.Info("Stopped: the shot in progress was dropped, finished shots are kept.")
-            return self.status(story, "Stopped.")
-        note = self.freed_note(request)
-        return as_text(note) if note else gr.skip()
+        if story is None:
+            note = self.freed_note(request)
+            return (as_text(note) if note else gr.skip()), gr.skip(), gr.skip()
+        session = story.session
+        with session._cond:  # read and cleared together: a prompt submitted meanwhile is in one or the other
+            dropped = session.queued
+            session.cancel()
+        message = "Stopped: the shot in progress was dropped, finished shots are kept."
+        if dropped:
+            n = len(dropped)
+            message += (f" {n} queued prompt{'s were' if n > 1 else ' was'} not generated: "
+                        f"{'they are' if n > 1 else 'it is'} in the story box; 'queue this story' queues {'them' if n > 1 else 'it'} again.")
+        gr.Info(message)
+        frames = sum(len(s.frames) for s in session.shots)
+        stats = stats_markdown(len(session.shots) - 1 if session.shots else None, None, None, frames, 0)
+        return self.status(story, as_text(message)), ("\n".join(dropped) if dropped else gr.skip()), stats
 
-    def new_story(self, global_caption, seed, request: gr.Request):
+    def new_story(self, global_caption, seed, confirmed=True, request: gr.Request = None):
+        """Discard the story (the page asks first: `confirmed` is the answer) and start a new one."""
+        if confirmed is False:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         story = self.story(request, create=False)
         try:
             caption = check_prompt(global_caption)[0] if (global_caption or "").strip() else None
@@ -488,7 +541,8 @@ class App:
         if queued:
             lines.append("Up next: " + "; ".join(f"*{as_text(c)}*" for c in queued))
         if not lines:
-            lines.append(f"{len(story.session.shots)} shots in the story. Type the next one.")
+            n = len(story.session.shots)
+            lines.append(f"{n} shot{'s' * (n != 1)} in the story. Type the next one.")
         return "\n\n".join(lines)
 
 
@@ -505,6 +559,9 @@ def example_stories(n: int = N_EXAMPLES) -> tuple[list[list[str]], list[str]]:
     return [["\n".join(s.captions), s.global_caption or ""] for s in stories], labels
 
 
+SUBMIT_JS = "(text) => [text, '']"
+RESTORE_JS = "(refused, now) => (refused && !now.trim()) ? refused : now"
+CONFIRM_NEW_JS = "(caption, seed, _) => [caption, seed, window.confirm('Start a new story? This one and its shots are discarded.')]"
 CSS = "#stats {font-variant-numeric: tabular-nums} #vocab-hint {color: var(--color-accent)}"
 
 
@@ -561,13 +618,23 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         prompt.change(app.hint, prompt, hint, queue=False, api_name=False, show_progress="hidden")
         # Named events are the API that scripts and tests drive with gradio_client:
         # /add_shot then /run streams it; /cancel, /new_story, /download.
+        # The box is cleared in the page as Enter is pressed (its text moves to `submitted`), never by
+        # the server's answer, which would erase what was typed meanwhile; a refused prompt comes
+        # back only into an empty box.
+        submitted, refused = gr.Textbox(visible=False), gr.Textbox(visible=False)
         for trigger, name in ((prompt.submit, "add_shot"), (add.click, False)):
-            trigger(app.add_shot, [prompt, global_caption, seed], [prompt, status], concurrency_limit=None, api_name=name) \
-                .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden")
+            trigger(None, prompt, [submitted, prompt], js=SUBMIT_JS, queue=False, api_name=False) \
+                .then(app.add_shot, [submitted, global_caption, seed], [status, refused], concurrency_limit=None, api_name=name) \
+                .then(None, [refused, prompt], prompt, js=RESTORE_JS, queue=False, api_name=False) \
+                .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden") \
+                .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden")
         queue_story.click(app.add_story, [story_box, global_caption, seed], status, concurrency_limit=None, api_name=False) \
-            .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=False, show_progress="hidden")
-        stop.click(app.cancel, None, status, concurrency_limit=None, api_name="cancel")
-        new.click(app.new_story, [global_caption, seed], [video, gallery, stats, status, file], concurrency_limit=None, api_name="new_story")
+            .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=False, show_progress="hidden") \
+            .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden")
+        stop.click(app.cancel, None, [status, story_box, stats], concurrency_limit=None, api_name="cancel")
+        confirmed = gr.Checkbox(True, visible=False)  # the page's answer to "discard this story?" (API callers: True)
+        new.click(app.new_story, [global_caption, seed, confirmed], [video, gallery, stats, status, file],
+                  js=CONFIRM_NEW_JS, concurrency_limit=None, api_name="new_story")
         dl.click(app.download, None, file, concurrency_limit=None, api_name="download")
         # A browser fires load when the page opens (and holds a heartbeat that fires unload when it
         # closes); a plain REST call does neither, so its stories are the first to make room.

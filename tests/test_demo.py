@@ -46,9 +46,12 @@ def test_check_prompt_cleans_truncates_with_a_note_and_refuses_empty():
     assert check_prompt("caf\u00e9".encode())[0] == "caf\u00e9"
 
 
-def test_user_text_is_escaped_for_markdown():
-    assert as_text('<script>alert("x")</script> & <b>') == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;"
+def test_user_text_is_shown_as_plain_text_in_markdown():
+    assert as_text('<script>alert("x")</script> & <b>') == '&lt;script&gt;alert\\("x"\\)&lt;/script&gt; &amp; &lt;b&gt;'
+    assert as_text("it's #1 > 'two'") == "it's \\#1 &gt; 'two'"  # quotes as typed, no broken entity
     assert as_text("plain words") == "plain words"
+    assert as_text("**bold** ![x](http://h/x.png)") == "\\*\\*bold\\*\\* \\!\\[x\\]\\(http\\://h/x\\.png\\)"  # no emphasis, no image, no link
+    assert as_text("a\x00b\x1b[31mred\x1b[0m\x07c") == "abredc"  # NUL, ANSI colour codes and controls dropped
 
 
 def test_stats_markdown_shows_shot_latency_fps():
@@ -317,8 +320,8 @@ def run_outputs(c, during=None) -> list[tuple]:
 
 def test_two_shots_stream_and_the_second_does_not_regenerate_the_first(server):
     c = client(server)
-    box, status = c.predict("a red striped star walks left in a snowy field", "", 0, api_name="/add_shot")
-    assert box == "" and "Up next" in status
+    status, refused = c.predict("a red striped star walks left in a snowy field", "", 0, api_name="/add_shot")
+    assert refused == "" and "Up next" in status
     queued_second = []
 
     def queue_second(seen):  # the next prompt arrives while shot 1 is still streaming
@@ -393,16 +396,19 @@ def test_busy_users_wait_in_line_with_their_place_shown(server):
 
 def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
     c = client(server)
-    box, status = c.predict("   ", "", 0, api_name="/add_shot")
-    assert "Nothing queued" in status and "empty prompt" in status
-    box, status = c.predict("x" * 5000, "", 0, api_name="/add_shot")
-    assert box == "" and len(story_of(server, c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
+    status, refused = c.predict("   ", "", 0, api_name="/add_shot")
+    assert "Nothing queued" in status and "empty prompt" in status and refused == "   "  # handed back to the box
+    status, refused = c.predict("x" * 5000, "", 0, api_name="/add_shot")
+    assert refused == "" and len(story_of(server, c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
     for i in range(demo_app.MAX_PENDING - 1):  # rapid submissions fill the queue...
         c.predict(f"shot {i} it walks", "", 0, api_name="/add_shot")
-    box, status = c.predict("one too many", "", 0, api_name="/add_shot")
-    assert "Not queued" in status and "already waiting" in status  # ...then are refused politely
-    c.predict(api_name="/cancel")
+    status, refused = c.predict("one too many", "", 0, api_name="/add_shot")
+    assert "Not queued" in status and "already waiting" in status and refused == "one too many"  # ...then are refused politely
+    status, story_box, _ = c.predict(api_name="/cancel")
     assert story_of(server, c).session.pending == 0
+    # the queued prompts were not generated: said, and handed back in the story box to queue again
+    assert "8 queued prompts were not generated" in status
+    assert story_box.splitlines() == ["x" * demo_app.MAX_PROMPT_CHARS] + [f"shot {i} it walks" for i in range(7)]
     # a finished shot, then cancel in the middle of the next one: the story so far is kept
     c.predict("a red circle walks left", "", 0, api_name="/add_shot")
     run_outputs(c)
@@ -428,6 +434,29 @@ def test_a_freed_story_never_writes_into_its_removed_folder(server, tmp_path):
     story.close()  # the tab closed while a chunk was being made
     assert story.write_segment(frames, 8) is None and story.write_story() is None
     assert not story.dir.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_new_story_mid_stream_never_shows_a_chunk_of_the_old_story(server):
+    app, request = server.app, SimpleNamespace(session_hash="new-story-mid-stream")
+    app.add_shot("a red star walks left", "", 0, request)
+    story, written = app.stories.get(request.session_hash), []
+    write = story.write_segment
+
+    def write_then_press_new_story(frames, fps):  # "new story" pressed while chunk 2 is being made
+        written.append(write(frames, fps))
+        if len(written) == 2:
+            assert app.new_story("", 3, True, request)[3].startswith("New story")
+        return written[-1]
+
+    story.write_segment = write_then_press_new_story
+    outs = list(app.run(request))
+    assert [o[0] for o in outs if isinstance(o[0], str)] == [str(written[0])]  # chunk 2 of the old story: dropped
+    assert all("**shot** 1" not in str(o[2]) for o in outs[1:])  # nor its stats
+    assert story.session.shots == [] and story.seed == 3 and story.session.pending == 0
+    # "new story" asks first: a page whose user declined changes nothing
+    app.add_shot("a blue disc spins", "", 3, request)
+    assert all(out is not None for out in app.new_story("", 0, False, request)) and story.session.pending == 1
+    app.unload(request)
 
 
 def test_new_story_resets_and_closed_tab_frees_the_session(server):
@@ -497,7 +526,7 @@ def test_100_anonymous_rest_calls_stay_within_the_story_cap_and_a_page_keeps_its
 
     def hammer(worker):
         for i in range(worker, 100, 4):
-            statuses.append(rest_call(url, "add_shot", [f"a blue square jumps {i}", "", 0], session_hash=f"script-{i}")[1])
+            statuses.append(rest_call(url, "add_shot", [f"a blue square jumps {i}", "", 0], session_hash=f"script-{i}")[0])
             seen.append((len(app.stories), sum(1 for _ in app.root.iterdir())))
 
     workers = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
@@ -518,5 +547,5 @@ def test_100_anonymous_rest_calls_stay_within_the_story_cap_and_a_page_keeps_its
     assert [s.caption for s in mine.session.shots] == ["a red striped star walks left in a snowy field"]
     assert outs[-1][1][0]["caption"] == "1. a red striped star walks left in a snowy field"
     # a script whose story made room is told so when it comes back
-    status = rest_call(url, "add_shot", ["a green disc spins", "", 0], session_hash="script-0")[1]
+    status = rest_call(url, "add_shot", ["a green disc spins", "", 0], session_hash="script-0")[0]
     assert "freed because it was replaced by a newer story" in status and "Up next: *a green disc spins*" in status

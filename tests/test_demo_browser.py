@@ -5,6 +5,7 @@ and saves results/demo/browser.png. Prints the time from pressing Enter to the f
 played in the browser.
 """
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -52,9 +53,15 @@ def page(server):  # noqa: F811
             browser.close()
 
 
-def screenshot(page, name):
+def screenshot(page, name, full_page=False):
+    """results/demo/<name>, kept small for the repository: a 64-colour palette PNG."""
+    from io import BytesIO
+
+    from PIL import Image
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(RESULTS / name), scale="css")
+    png = page.screenshot(scale="css", full_page=full_page)
+    Image.open(BytesIO(png)).convert("RGB").quantize(colors=64).save(RESULTS / name, optimize=True)
 
 
 def test_the_model_card_its_words_and_the_unknown_word_hint(page):
@@ -99,7 +106,87 @@ def test_type_a_shot_watch_it_stream_queue_the_next(server):  # noqa: F811
             assert state["width"] == server.width  # frames of the model's size were decoded
             assert page.evaluate("() => window.__pwned") is None  # the prompt's HTML never ran
             assert "onerror" in page.locator("#storyboard").inner_text() or page.locator("#storyboard img").count() == 2
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(RESULTS / "browser.png"), full_page=True)
+            screenshot(page, "browser.png", full_page=True)
         finally:
             browser.close()
+
+
+BOX = "#prompt textarea, #prompt input"
+
+
+@contextlib.contextmanager
+def slot_taken(server):  # noqa: F811
+    """Another user generates: this page's shots wait in line (deterministically, however fast the model)."""
+    blocker, deadline = object(), time.monotonic() + 60
+    while server.app.slots.join(blocker) != 0:  # an earlier test's run is still finishing
+        server.app.slots.leave(blocker)
+        assert time.monotonic() < deadline, "the generation slot never came free"
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        server.app.slots.leave(blocker)
+
+
+STATUS = "() => document.querySelector('#status').innerText"
+
+
+def test_typing_right_after_enter_is_kept_and_prompts_show_as_text(page, server):  # noqa: F811
+    box = page.locator(BOX).first
+    with slot_taken(server):  # this shot waits in line, its prompt listed in the status
+        box.fill("**bold** red star ![x](http://127.0.0.1:9/x.png) walks left")
+        box.press("Enter")
+        box.type("close-up of it spinning", delay=40)  # typed while the server answers
+        wait_for(page, STATUS, lambda t: "Up next" in t, timeout=30)
+        time.sleep(0.5)  # (any late answer from the server would have landed by now)
+        assert box.input_value() == "close-up of it spinning"
+        status = page.locator("#status").inner_text()
+        assert "**bold** red star ![x](http://127.0.0.1:9/x.png) walks left" in status  # plain text: no bold, no image
+        assert page.locator("#status img, #status strong").count() == 0
+        screenshot(page, "typing.png")
+
+
+def test_stop_with_a_queue_hands_the_prompts_back(page, server):  # noqa: F811
+    box = page.locator(BOX).first
+    with slot_taken(server):  # the story waits in line with three prompts queued
+        prompts = ["a red star walks left", "close-up of it spinning", "it jumps in the city"]
+        for text in prompts:
+            box.fill(text)
+            box.press("Enter")
+            wait_for(page, STATUS, lambda t, text=text: text in t, timeout=30)
+        wait_for(page, STATUS, lambda t: "in line" in t, timeout=30)
+        page.locator("#stop").click()
+        status = wait_for(page, STATUS, lambda t: "Stopped" in t, timeout=30)
+        assert "3 queued prompts were not generated" in status
+        story_box = page.locator("#story-box textarea").first
+        assert story_box.input_value().splitlines() == prompts  # offered back, one per line
+        screenshot(page, "stop_queue.png")
+
+
+def test_new_story_mid_stream_shows_nothing_of_the_old_one(page, server, monkeypatch):  # noqa: F811
+    from demo import app as demo_app
+
+    write = demo_app.Story.write_segment
+
+    def slow_write(self, frames, fps):  # a shot takes seconds, as on the real model, so "new story" lands mid-shot
+        time.sleep(0.4)
+        return write(self, frames, fps)
+
+    monkeypatch.setattr(demo_app.Story, "write_segment", slow_write)
+    page.on("dialog", lambda dialog: dialog.accept())  # "discard this story?" -> yes
+    box = page.locator(BOX).first
+    box.fill("a red striped star walks left in the snow")
+    box.press("Enter")
+    wait_for(page, "() => document.querySelector('#stats').innerText", lambda t: "frames 0" not in t, timeout=60)
+    page.locator("#new").click()
+    wait_for(page, STATUS, lambda t: "New story" in t, timeout=30)
+    deadline = time.monotonic() + 3  # the old shot had chunks left: none of them may come back
+    while time.monotonic() < deadline:
+        stats = page.locator("#stats").inner_text()
+        assert "frames 0" in stats and page.locator("#storyboard img").count() == 0, stats
+        assert "New story" in page.locator("#status").inner_text()
+        time.sleep(0.1)
+    wait_for(page, VIDEO_STATE, lambda v: v is None, timeout=10)  # the player holds nothing of the old story
+    time.sleep(1)
+    assert page.evaluate(VIDEO_STATE) is None
+    screenshot(page, "new_story.png")
