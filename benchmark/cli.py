@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from shotstream.cli import CLIError
-from shotstream.runtime import add_runtime_args, set_threads
+from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads
 
 from benchmark.metrics import CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
     run.add_argument("--autoencoder", default=None,
                      help="codec folder that decodes every model method (default: the 'autoencoder' folder "
-                     "beside each model; a training run's final/ folder has none)")
+                     "beside each model; a training run's final/ folder has none; a folder from "
+                     "`shotstream import` always uses the VAE it names)")
+    run.add_argument("--text-device", type=as_arg(check_device),
+                     help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     _scoring_args(run, default_metrics="all")
     run.set_defaults(func=cmd_run)
 
@@ -201,7 +204,8 @@ def _run_shard(args, world) -> int:
                               # the flag ("cuda"): setup() made each rank's own GPU the current one
                               device=args.device, dtype=args.dtype, threads=cpu_threads(), seed=args.seed)
         check_protocol(store, name, metas[name])
-    generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps, autoencoder=args.autoencoder)
+    generate = StreamingGenerator(folders, teacher_steps=args.teacher_steps, autoencoder=args.autoencoder,
+                                  text_device=args.text_device)
     done = skipped = 0
     for name in folders:  # each method records its own protocol (steps, preset)
         counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate,

@@ -26,6 +26,7 @@ from benchmark.manifest import Manifest
 from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta
 from benchmark.timing import ChunkRecord, measure_peak_memory
+from shotstream.importer import COMPONENTS
 from shotstream.runtime import dtype_name, torch_dtype
 
 
@@ -108,10 +109,12 @@ class StreamingGenerator:
     """
 
     def __init__(self, folders: dict[str, Path | None] | None = None, *, teacher_steps: int | None = None,
-                 warmup: bool = True, autoencoder: Path | None = None):
+                 warmup: bool = True, autoencoder: Path | None = None, text_device: str | None = None):
         self.folders = dict(folders or {})
-        # one codec for every model, else each model's own (the `autoencoder` folder beside it)
+        # one codec for every tiny model, else each model's own (the `autoencoder` folder beside
+        # it); a folder from `shotstream import` always decodes with the VAE it names
         self.teacher_steps, self.warmup, self.autoencoder = teacher_steps, warmup, autoencoder
+        self.text_device = text_device  # (default: the model's device; "cpu" keeps umT5-XXL off a small GPU)
         self._pipes: dict[tuple, object] = {}
 
     def folder(self, method: str) -> Path | None:
@@ -132,8 +135,10 @@ class StreamingGenerator:
 
         key = (method, device, dtype_name(dtype))
         if key not in self._pipes:
-            pipe = ShotStreamPipeline.from_pretrained(self.folder(method), autoencoder=self.autoencoder, device=device,
-                                                      dtype=torch_dtype(dtype))
+            folder = self.folder(method)
+            own_components = (folder / COMPONENTS).is_file()
+            pipe = ShotStreamPipeline.from_pretrained(folder, autoencoder=None if own_components else self.autoencoder,
+                                                      device=device, dtype=torch_dtype(dtype), text_device=self.text_device)
             if self.teacher_steps is not None:
                 pipe.config.sampler.teacher_steps = self.teacher_steps
             if self.warmup:

@@ -1,5 +1,7 @@
-"""Plain helpers shared by test modules: ports and environments for `torchrun` subprocesses, and a
-small random pipeline (model, pixel-space codec stand-in, hashed captions) for streaming tests."""
+"""Plain helpers shared by test modules: ports and environments for `torchrun` subprocesses, a
+small random pipeline (model, pixel-space codec stand-in, hashed captions) for streaming tests,
+and tiny random "released" Wan2.1 / ShotStream downloads in both layouts, imported with
+`shotstream import` (test_import, the benchmark's and the demo's imported-folder tests)."""
 
 import os
 import socket
@@ -63,3 +65,88 @@ def make_pipe(kind="causal", text_len: int = 8, **model_kw) -> ShotStreamPipelin
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return ShotStreamPipeline(model, cfg, PixelSpaceStandIn(cfg.video), FakeTextEncoder(text_len), kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny random release, in the real download layouts
+
+SMALL_VIDEO = ["video.height=16", "video.width=16", "video.frames_per_shot=17"]  # 5 latent frames: chunks of 3, 2
+
+
+def random_dit(seed: int) -> dict:
+    """A 2-layer DiT in WanModel names, text_dim = the tiny umT5's width, 16 latent channels."""
+    from test_umt5 import D_MODEL
+
+    torch.manual_seed(seed)
+    model = WanDiT(ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=D_MODEL, text_len=512), 16)
+    with torch.no_grad():  # the zero-initialised head would make every output 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.state_dict()
+
+
+def diffusers_dit(seed: int):
+    """random_dit's architecture as diffusers' WanTransformer3DModel (the Diffusers layout's transformer/)."""
+    from diffusers import WanTransformer3DModel
+    from test_umt5 import D_MODEL
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+                                  out_channels=16, text_dim=D_MODEL, freq_dim=256, ffn_dim=64, num_layers=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def write_release(root, layout: str):
+    """A Wan2.1-T2V download at tiny size: 'original' or 'diffusers' layout."""
+    import json
+
+    from safetensors.torch import save_file
+    from test_umt5 import random_wan_umt5, write_tokenizer
+    from test_wan_vae import tiny_vae, wan_original_keys
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from shotstream.text_encoder import umt5_from_wan
+
+    root.mkdir()
+    vae = tiny_vae()
+    if layout == "original":
+        save_file(random_dit(1), str(root / "diffusion_pytorch_model.safetensors"))
+        (root / "config.json").write_text(json.dumps({
+            "_class_name": "WanModel", "dim": 32, "eps": 1e-06, "ffn_dim": 64, "freq_dim": 256, "in_dim": 16,
+            "model_type": "t2v", "num_heads": 2, "num_layers": 2, "out_dim": 16, "text_len": 512}))
+        torch.save(wan_original_keys(vae.state_dict()), root / "Wan2.1_VAE.pth")
+        vocab = write_tokenizer(root / "google" / "umt5-xxl")
+        torch.save(random_wan_umt5(vocab), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    else:
+        (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+        diffusers_dit(1).save_pretrained(root / "transformer")
+        vae.save_pretrained(root / "vae")
+        vocab = write_tokenizer(root / "tokenizer")
+        config, state = umt5_from_wan(random_wan_umt5(vocab))
+        text_encoder = UMT5EncoderModel(config)
+        text_encoder.load_state_dict(state)
+        text_encoder.save_pretrained(root / "text_encoder")
+        AutoTokenizer.from_pretrained(root / "tokenizer")  # loads offline
+    return root
+
+
+def write_shotstream_checkpoint(file, seed: int = 2) -> dict:
+    """A ShotStream training checkpoint, {"generator_ema": {"model.<WanModel key>": ...}}; returns
+    the DiT's state in WanModel names."""
+    state = random_dit(seed)
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in state.items()}}, file)
+    return state
+
+
+def import_tiny_release(root, layout: str = "original"):
+    """`shotstream import` of a tiny random release (Wan download + ShotStream checkpoint) into
+    root/model, at SMALL_VIDEO's 16x16, 17-frame shots; returns the model folder."""
+    from shotstream.importer import import_release
+
+    root.mkdir(parents=True, exist_ok=True)
+    wan = write_release(root / f"Wan2.1-T2V-{layout}", layout)
+    write_shotstream_checkpoint(root / "shotstream.pt")
+    return import_release(wan, root / "model", checkpoint=root / "shotstream.pt", overrides=SMALL_VIDEO)

@@ -5,81 +5,22 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import SMALL_VIDEO, diffusers_dit, write_release, write_shotstream_checkpoint
+from test_umt5 import D_MODEL
 
 from shotstream.checkpoint import CheckpointError
 from shotstream.cli import main
-from shotstream.config import ModelConfig
 from shotstream.importer import COMPONENTS, import_release
-from shotstream.model.dit import WanDiT
 from shotstream.session import ShotStreamPipeline
-from tests.test_umt5 import D_MODEL, random_wan_umt5, write_tokenizer
-from tests.test_wan_vae import tiny_vae, wan_original_keys
 
 pytest.importorskip("diffusers")
-
-SMALL_VIDEO = ["video.height=16", "video.width=16", "video.frames_per_shot=17"]  # 5 latent frames: chunks of 3, 2
-
-
-def random_dit(seed: int) -> dict:
-    """A 2-layer DiT in WanModel names, text_dim = the tiny umT5's width, 16 latent channels."""
-    torch.manual_seed(seed)
-    model = WanDiT(ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=D_MODEL, text_len=512), 16)
-    with torch.no_grad():  # the zero-initialised head would make every output 0
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.state_dict()
-
-
-def diffusers_dit(seed: int):
-    """random_dit's architecture as diffusers' WanTransformer3DModel (the Diffusers layout's transformer/)."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
-                                  out_channels=16, text_dim=D_MODEL, freq_dim=256, ffn_dim=64, num_layers=2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
-def write_release(root, layout: str):
-    """A Wan2.1-T2V download at tiny size: 'original' or 'diffusers' layout."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
-
-    from shotstream.text_encoder import umt5_from_wan
-
-    root.mkdir()
-    vae = tiny_vae()
-    if layout == "original":
-        save_file(random_dit(1), str(root / "diffusion_pytorch_model.safetensors"))
-        (root / "config.json").write_text(json.dumps({
-            "_class_name": "WanModel", "dim": 32, "eps": 1e-06, "ffn_dim": 64, "freq_dim": 256, "in_dim": 16,
-            "model_type": "t2v", "num_heads": 2, "num_layers": 2, "out_dim": 16, "text_len": 512}))
-        torch.save(wan_original_keys(vae.state_dict()), root / "Wan2.1_VAE.pth")
-        vocab = write_tokenizer(root / "google" / "umt5-xxl")
-        torch.save(random_wan_umt5(vocab), root / "models_t5_umt5-xxl-enc-bf16.pth")
-    else:
-        (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-        diffusers_dit(1).save_pretrained(root / "transformer")
-        vae.save_pretrained(root / "vae")
-        vocab = write_tokenizer(root / "tokenizer")
-        config, state = umt5_from_wan(random_wan_umt5(vocab))
-        text_encoder = UMT5EncoderModel(config)
-        text_encoder.load_state_dict(state)
-        text_encoder.save_pretrained(root / "text_encoder")
-        AutoTokenizer.from_pretrained(root / "tokenizer")  # loads offline
-    return root
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A ShotStream training checkpoint: {"generator_ema": {"model.<WanModel key>": ...}}."""
     file = tmp_path_factory.mktemp("shotstream") / "shotstream.pt"
-    state = random_dit(2)
-    torch.save({"generator_ema": {f"model.{k}": v for k, v in state.items()}}, file)
-    return file, state
+    return file, write_shotstream_checkpoint(file)
 
 
 @pytest.mark.parametrize("layout", ["original", "diffusers"])
