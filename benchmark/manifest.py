@@ -19,7 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from shotstream.video import _looks_like_mp4
 from shotstream.video import read_mp4 as _read_mp4
+
+# Fewest frames a shot may have. intra_shot_consistency compares each frame with the first and
+# the previous one, so a one-frame shot has nothing to compare and its NaN would be listed as a
+# model failure; a shot that short is a cutting or export error in the input, refused up front.
+MIN_SHOT_FRAMES = 2
+
+# Leading bytes of image formats that are sometimes renamed .mp4 by mistake (ffmpeg decodes them
+# as a one-frame "video", so only the header tells them apart).
+_IMAGE_SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
 
 
 class ManifestError(ValueError):
@@ -41,11 +51,20 @@ def read_mp4(path: Path) -> np.ndarray:
 
 
 def count_frames(path: Path) -> int:
-    """Frame count of a video without decoding it to memory (a cheap validity check)."""
+    """Frame count of a video without decoding it to memory (a cheap validity check).
+
+    The ISO-BMFF header is checked first, as `read_mp4` does when scoring: an image renamed .mp4
+    counts as one frame with ffmpeg and would only fail later, after earlier stories were written."""
     import imageio_ffmpeg
 
     if not Path(path).is_file():
         raise VideoError(f"{path}: video file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if not _looks_like_mp4(head):
+        kind = next((name for sig, name in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+        raise VideoError(f"{path}: unreadable video (" + (f"{kind} named as a video" if kind else
+                                                          "not an mp4 file: no ISO-BMFF header") + ")")
     try:
         n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except Exception as e:  # imageio-ffmpeg raises RuntimeError/OSError/... depending on the failure
@@ -72,17 +91,24 @@ class ManifestStory:
         return len(self.captions)
 
     def check_videos(self) -> None:
-        """Open every video (frame count only); a missing/unreadable file or too short a story
-        video is a ManifestError naming this entry."""
+        """Open every video (frame count only); a missing/unreadable file, a shot of fewer than
+        MIN_SHOT_FRAMES frames or too short a story video is a ManifestError naming this entry."""
         try:
             if self.shot_videos is not None:
-                for v in self.shot_videos:
-                    count_frames(v)
+                for k, v in enumerate(self.shot_videos):
+                    n = count_frames(v)
+                    if n < MIN_SHOT_FRAMES:
+                        raise ManifestError(f"{self.where}: shots[{k}].video {v.name!r} has {n} frame(s); a shot "
+                                            f"needs at least {MIN_SHOT_FRAMES} ({v})")
             else:
                 n = count_frames(self.story_video)
                 if self.shot_starts[-1] >= n:
                     raise ManifestError(f"{self.where}: shot_starts {self.shot_starts} go past the "
                                         f"video's {n} frames ({self.story_video})")
+                if n - self.shot_starts[-1] < MIN_SHOT_FRAMES:
+                    raise ManifestError(f"{self.where}: the last shot (frames {self.shot_starts[-1]}..{n - 1} of "
+                                        f"{self.story_video.name!r}) has {n - self.shot_starts[-1]} frame(s); a shot "
+                                        f"needs at least {MIN_SHOT_FRAMES}")
         except VideoError as e:
             raise ManifestError(f"{self.where}: {e}") from None
 
@@ -190,6 +216,10 @@ def _parse_story(entry, i: int, manifest: Path, root: Path) -> ManifestStory:
         if (not isinstance(starts, list) or not starts or not all(isinstance(s, int) and not isinstance(s, bool) for s in starts)
                 or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:]))):
             raise ManifestError(f"{where}: 'shot_starts' must be increasing frame indices starting at 0, got {starts!r}")
+        short = [k for k, (a, b) in enumerate(zip(starts, starts[1:])) if b - a < MIN_SHOT_FRAMES]
+        if short:
+            raise ManifestError(f"{where}: shot {short[0]} of shot_starts {starts} has {starts[short[0] + 1] - starts[short[0]]} "
+                                f"frame(s); a shot needs at least {MIN_SHOT_FRAMES}")
         captions = entry.get("captions")
         if captions is not None and (not isinstance(captions, list) or len(captions) != len(starts)):
             raise ManifestError(f"{where}: {len(starts)} shots in shot_starts but "
@@ -212,6 +242,10 @@ def _merge_captions(captions: list, prompts: list[str] | None, where: str) -> li
     missing = [k for k, c in enumerate(captions) if not isinstance(c, str)]
     if missing:
         raise ManifestError(f"{where}: no caption for shot(s) {missing} (give 'caption'/'captions' or 'prompts')")
+    # An empty caption would be scored (clip_text 0 against nothing): nothing missing is ever scored.
+    empty = [k for k, c in enumerate(captions) if not c.strip()]
+    if empty:
+        raise ManifestError(f"{where}: empty caption for shot(s) {empty}")
     return captions
 
 

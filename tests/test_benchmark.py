@@ -521,7 +521,7 @@ def test_score_external_mp4s_through_the_cli(tiny_clip, external, tmp_path, caps
 
 
 BAD_MANIFESTS = {
-    "missing file": ({"id": "x", "shots": [{"video": "nope.mp4", "caption": "c"}]}, r"stories\[0\] \(id 'x'\).*nope.mp4.*not found"),
+    "missing file": ({"id": "x", "shots": [{"video": "nope.mp4", "caption": "c"}]}, r"stories\[\d\] \(id 'x'\).*nope.mp4.*not found"),
     "shot count vs prompts": ({"id": "x", "video": "b.mp4", "shot_starts": [0, 4], "prompts": "b_prompts.json"},
                               r"id 'x'.*2 shots but the prompts file has 3"),
     "shot count vs captions": ({"id": "x", "video": "b.mp4", "shot_starts": [0, 4], "captions": ["a", "b", "c"]},
@@ -531,7 +531,24 @@ BAD_MANIFESTS = {
     "unreadable video": ({"id": "x", "shots": [{"video": "junk.mp4", "caption": "c"}]}, r"id 'x'.*junk.mp4: unreadable video"),
     "escaping with ..": ({"id": "x", "shots": [{"video": "../outside.mp4", "caption": "c"}]}, r"id 'x'.*escapes the manifest folder"),
     "escaping absolute": ({"id": "x", "shots": [{"video": "ABS", "caption": "c"}]}, r"id 'x'.*escapes the manifest folder"),
+    "empty caption": ({"id": "x", "shots": [{"video": "a/shot0.mp4", "caption": "a"}, {"video": "a/shot1.mp4", "caption": " "}]},
+                      r"id 'x'.*empty caption for shot\(s\) \[1\]"),
+    "one-frame shot": ({"id": "x", "shots": [{"video": "a/shot0.mp4", "caption": "a"}, {"video": "one.mp4", "caption": "b"}]},
+                       r"id 'x'.*shots\[1\]\.video 'one.mp4' has 1 frame\(s\); a shot needs at least 2"),
+    "one-frame shot in shot_starts": ({"id": "x", "video": "b.mp4", "shot_starts": [0, 1, 4], "captions": ["a", "b", "c"]},
+                                      r"id 'x'.*shot 0 of shot_starts \[0, 1, 4\] has 1 frame\(s\)"),
+    "one-frame last shot": ({"id": "x", "video": "b.mp4", "shot_starts": [0, 4, 11], "captions": ["a", "b", "c"]},
+                            r"id 'x'.*the last shot \(frames 11..11 of 'b.mp4'\) has 1 frame\(s\)"),
+    "PNG renamed .mp4": ({"id": "x", "shots": [{"video": "shot0.mp4", "caption": "c"}]},
+                         r"id 'x'.*shot0.mp4: unreadable video \(a PNG image named as a video\)"),
 }
+
+
+def write_bad_inputs(root: Path) -> None:
+    """The broken files BAD_MANIFESTS points at, beside the good external videos."""
+    (root / "junk.mp4").write_text("this is not a video")
+    write_video(root / "one.mp4", solid("red", frames=1, size=64))
+    (root / "shot0.mp4").write_bytes(iio.imwrite("<bytes>", solid("red", frames=1, size=64)[0], extension=".png"))
 
 
 @pytest.fixture(scope="module")
@@ -546,8 +563,9 @@ def scored_results(tiny_clip, tmp_path_factory):
     return results
 
 
+@pytest.mark.parametrize("last", [False, True], ids=["bad-first", "bad-last"])
 @pytest.mark.parametrize("case", list(BAD_MANIFESTS))
-def test_bad_manifest_is_one_clear_error_and_leaves_results_untouched(case, tiny_clip, scored_results, external,
+def test_bad_manifest_is_one_clear_error_and_leaves_results_untouched(case, last, tiny_clip, scored_results, external,
                                                                        tmp_path, capsys):
     _, clip_dir = tiny_clip
     results = tmp_path / "results"
@@ -556,17 +574,20 @@ def test_bad_manifest_is_one_clear_error_and_leaves_results_untouched(case, tiny
     assert (results / "leaderboard.csv").is_file()
     before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
     write_video(tmp_path / "outside.mp4", solid("red", 3, 64))
-    (external / "junk.mp4").write_text("this is not a video")
+    write_bad_inputs(external)
     entry, pattern = BAD_MANIFESTS[case]
     entry = json.loads(json.dumps(entry).replace("ABS", str(tmp_path / "outside.mp4")))
     good = json.loads((external / "manifest.json").read_text())["stories"]
     bad = external / "bad.json"
-    bad.write_text(json.dumps({"method": "other-system", "stories": [entry, *good]}))  # bad entry first
+    # bad entry first, or last: after the good stories, which must not be scored before it is seen
+    stories = [*good, entry] if last else [entry, *good]
+    bad.write_text(json.dumps({"method": "other-system", "stories": stories}))
     capsys.readouterr()
     assert bench_main(["score", "--manifest", str(bad), "--method", "third", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert re.search(pattern, err), err
+    assert f"stories[{len(good) if last else 0}]" in err  # names the entry by its position
     after = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
     assert after == before
 
