@@ -40,17 +40,24 @@ def wait_for(page, js, predicate, timeout=60.0, step=0.05):
     raise AssertionError(f"timed out after {timeout} s waiting on {js!r} (last value {value!r})")
 
 
-@pytest.fixture
-def page(server):  # noqa: F811
+@contextlib.contextmanager
+def open_page(server, width=1100, height=900):  # noqa: F811
+    """The app in a fresh headless Chromium, once its prompt box is there."""
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(server.url)
             page.locator("#prompt textarea, #prompt input").first.wait_for(timeout=60_000)
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(server):  # noqa: F811
+    with open_page(server) as page:
+        yield page
 
 
 def screenshot(page, name, full_page=False):
@@ -82,33 +89,26 @@ def test_the_model_card_its_words_and_the_unknown_word_hint(page):
 
 
 def test_type_a_shot_watch_it_stream_queue_the_next(server):  # noqa: F811
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.goto(server.url)
-            box = page.locator("#prompt textarea, #prompt input").first
-            box.wait_for(timeout=60_000)
-            box.fill('a red striped star <img src=x onerror="window.__pwned=1"> walks left in the snow')
-            t_enter = time.perf_counter()
-            box.press("Enter")
-            wait_for(page, VIDEO_STATE, lambda v: v is not None and v["time"] > 0)
-            first_frame = time.perf_counter() - t_enter
-            stats = page.locator("#stats").inner_text()
-            print(f"\nEnter to first frame playing in chromium: {first_frame:.2f} s (server stats: {stats})")
-            t_played = page.evaluate(VIDEO_STATE)["time"]
+    with open_page(server, 1280, 860) as page:
+        box = page.locator("#prompt textarea, #prompt input").first
+        box.fill('a red striped star <img src=x onerror="window.__pwned=1"> walks left in the snow')
+        t_enter = time.perf_counter()
+        box.press("Enter")
+        wait_for(page, VIDEO_STATE, lambda v: v is not None and v["time"] > 0)
+        first_frame = time.perf_counter() - t_enter
+        stats = page.locator("#stats").inner_text()
+        print(f"\nEnter to first frame playing in chromium: {first_frame:.2f} s (server stats: {stats})")
+        t_played = page.evaluate(VIDEO_STATE)["time"]
 
-            # the next shot, typed while the first one plays
-            box.fill("close-up of the same character spinning on the beach")
-            box.press("Enter")
-            wait_for(page, THUMBS, lambda n: n >= 2, timeout=90)
-            state = wait_for(page, VIDEO_STATE, lambda v: v["time"] > t_played)  # the video kept playing
-            assert state["width"] == server.width  # frames of the model's size were decoded
-            assert page.evaluate("() => window.__pwned") is None  # the prompt's HTML never ran
-            assert "onerror" in page.locator("#storyboard").inner_text() or page.locator("#storyboard img").count() == 2
-            screenshot(page, "browser.png", full_page=True)
-        finally:
-            browser.close()
+        # the next shot, typed while the first one plays
+        box.fill("close-up of the same character spinning on the beach")
+        box.press("Enter")
+        wait_for(page, THUMBS, lambda n: n >= 2, timeout=90)
+        state = wait_for(page, VIDEO_STATE, lambda v: v["time"] > t_played)  # the video kept playing
+        assert state["width"] == server.width  # frames of the model's size were decoded
+        assert page.evaluate("() => window.__pwned") is None  # the prompt's HTML never ran
+        assert "onerror" in page.locator("#storyboard").inner_text() or page.locator("#storyboard img").count() == 2
+        screenshot(page, "browser.png", full_page=True)
 
 
 BOX = "#prompt textarea, #prompt input"
