@@ -112,6 +112,15 @@ class ManifestStory:
         except VideoError as e:
             raise ManifestError(f"{self.where}: {e}") from None
 
+    def inputs(self) -> str:
+        """Digest of everything scored: the videos' bytes, cut points, captions and labels (the
+        resume key: a re-encoded video or an edited caption is scored again)."""
+        from benchmark.rows import digest, file_digest
+
+        videos = self.shot_videos if self.shot_videos is not None else [self.story_video]
+        return digest({"videos": [file_digest(v) for v in videos], "shot_starts": self.shot_starts,
+                       "global_caption": self.global_caption, "captions": self.captions, "labels": self.labels})
+
     def load_frames(self) -> list[np.ndarray]:
         """Per-shot frames, uint8 [F, H, W, 3]."""
         try:

@@ -5,11 +5,17 @@ written to a temporary file, fsync'ed and renamed into place: a story's rows app
 not at all, so an interrupted run loses nothing already written, and `done(method, story)`
 lets the same command resume where it stopped. `read()` gives all rows as one DataFrame; the
 report writes the merged `<results>/rows.csv` from it.
+
+Every row carries `inputs`, a digest of what was scored (videos, captions, labels, the method's
+model folder): resume skips a story only when its stored digest equals the current one, so a
+re-encoded video or an edited caption is scored again and its rows replaced.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +31,14 @@ from shotstream.checkpoint import write_atomic
 # run may not mix seeds, dtypes or devices); the others record the environment.
 PROTOCOL_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "seed"]
 META_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "threads", "seed", "git_commit", "date"]
-ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS]
+# Columns added after rows were first committed, with the value an older rows file gets when read
+# (so old results still load). inputs "": the digest was not recorded, so resume cannot trust them.
+ADDED_COLUMNS = {"inputs": ""}
+ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS,
+               *ADDED_COLUMNS]
 _DTYPES = {"method": str, "story": str, "shot": "int64", "metric": str, "value": "float64", "subset": str,
            "note": str, "metric_version": "int64", "suite": str, "encoder": str, "steps": str, "preset": str,
-           "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str}
+           "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str, "inputs": str}
 
 
 @dataclass
@@ -61,6 +71,21 @@ def git_commit(repo: Path | None = None) -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def digest(obj) -> str:
+    """Short sha256 of a JSON-able object (keys sorted): the `inputs` key of a story's rows."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (read in blocks: videos and weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class RowStore:
     """The rows of one results folder."""
 
@@ -74,14 +99,19 @@ class RowStore:
         # Names are percent-encoded, so any story id ("suite/0003", "a b") maps to one safe file.
         return self.rows_dir / quote(method, safe="") / f"{quote(story, safe='')}.csv"
 
-    def done(self, method: str, story: str, metrics: Sequence[Metric] | None = None) -> bool:
+    def done(self, method: str, story: str, metrics: Sequence[Metric] | None = None, inputs: str | None = None) -> bool:
         """Are the rows of (method, story) stored, with every metric of `metrics` at its current
-        version? A story scored before a metric changed, or by a run asked for fewer metrics, is
-        generated again. Timing metrics may be absent: references (ground truth, external videos)
-        have none."""
+        version, and (given `inputs`) scored from the same inputs? A story scored before a metric
+        changed, by a run asked for fewer metrics, or from other inputs (or from inputs never
+        recorded: rows older than the column) is generated again. Timing metrics may be absent:
+        references (ground truth, external videos) have none."""
         path = self.story_file(method, story)
         if not path.is_file():
             return False
+        if inputs is not None:
+            stored = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "inputs" not in stored.columns or set(stored["inputs"]) != {inputs}:
+                return False
         if metrics is None:
             return True
         stored = pd.read_csv(path, usecols=["metric", "metric_version"]).drop_duplicates()
@@ -94,10 +124,12 @@ class RowStore:
                 return False
         return True
 
-    def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta) -> Path:
-        """Write (or replace) the rows of (method, story) atomically."""
+    def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta, *,
+                    inputs: str = "") -> Path:
+        """Write (or replace) the rows of (method, story) atomically; `inputs`: the digest of what was scored."""
         records = [{"method": method, "story": story, "shot": r.shot, "metric": r.metric, "value": r.value,
-                    "subset": r.subset, "note": r.note, "metric_version": r.metric_version, **asdict(meta)}
+                    "subset": r.subset, "note": r.note, "metric_version": r.metric_version, **asdict(meta),
+                    "inputs": inputs}
                    for r in rows]
         if not records:
             raise ValueError(f"no rows to write for method {method!r}, story {story!r}")
@@ -117,6 +149,9 @@ class RowStore:
                 df = pd.read_csv(f, dtype=_DTYPES, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
             except (ValueError, pd.errors.ParserError) as e:
                 raise ValueError(f"{f}: unreadable rows file ({e})") from None
+            for c, default in ADDED_COLUMNS.items():
+                if c not in df.columns:
+                    df[c] = default
             missing = [c for c in ROW_COLUMNS if c not in df.columns]
             if missing:
                 raise ValueError(f"{f}: rows file lacks columns {missing}")

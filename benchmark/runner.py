@@ -13,6 +13,7 @@ optional `labels` dict, optional `frames`), as attributes or dict keys, plus an 
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from benchmark.manifest import Manifest
 from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
-from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta
+from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta, digest, file_digest
 from benchmark.timing import ChunkRecord, measure_peak_memory
 from shotstream.importer import COMPONENTS
 from shotstream.runtime import dtype_name, torch_dtype
@@ -285,6 +286,31 @@ def check_prompts(view: StoryView) -> None:
         check_caption(caption, f"story {view.id}, {where}")  # (the session's own check; long captions are cut, not refused)
 
 
+def method_inputs(generate: GenerateFn, method: str) -> str:
+    """Digest of the model a method generates with: its folder's config and weights (and the
+    codec every model decodes through, when one is given); "" for ground truth and fakes."""
+    folder = generate.folder(method) if hasattr(generate, "folder") else None
+    if folder is None:
+        return ""
+    folders = [Path(folder)] + ([Path(generate.autoencoder)] if getattr(generate, "autoencoder", None) else [])
+    files = [f for d in folders for f in sorted(d.iterdir())
+             if f.is_file() and (f.suffix == ".safetensors" or f.name in ("config.json", COMPONENTS))]
+    return digest({f"{f.parent.name}/{f.name}": file_digest(f) for f in files})
+
+
+def story_inputs(view: StoryView, method_digest: str) -> str:
+    """Digest of one (method, story): the method's model and everything the story gives it
+    (captions, global caption, labels, ground-truth frames, the StoryWorld story it renders)."""
+    from shotstream.world.storage import story_to_dict
+    from shotstream.world.story import Story
+
+    frames = None if view.frames is None else [hashlib.sha256(np.ascontiguousarray(f).tobytes()).hexdigest()
+                                               for f in view.frames]
+    world = story_to_dict(view.source) if isinstance(view.source, Story) else None
+    return digest({"method": method_digest, "global_caption": view.global_caption, "captions": view.captions,
+                   "labels": view.labels, "frames": frames, "world": world})
+
+
 def story_seed(seed: int, story_id: str) -> int:
     """Per-story seed that does not depend on the story's position (resume-safe)."""
     return (seed * 1_000_003 + zlib.crc32(story_id.encode("utf-8"))) % 2**31
@@ -324,11 +350,13 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         check_protocol(store, method, meta)
     metrics = scoring.metrics if scoring.metrics is not None else get_metrics()
     counts = {"done": 0, "skipped": 0}
+    models = {m: method_inputs(generate, m) for m in methods}  # once: weights can be gigabytes
     pairs = [(m, v) for m in methods for v in views]
     bar = tqdm(pairs, desc="benchmark", unit="story", disable=not progress)
     for method, view in bar:
         bar.set_postfix_str(f"{method} {view.id}")
-        if store.done(method, view.id, metrics):
+        inputs = story_inputs(view, models[method])
+        if store.done(method, view.id, metrics, inputs=inputs):
             counts["skipped"] += 1
             continue
         call = lambda: generate(method, view, seed=story_seed(meta.seed, view.id), device=meta.device,  # noqa: E731
@@ -340,7 +368,7 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         # A reference (ground truth) has no generation time: its timing rows are absent, not NaN.
         scored = metrics if gen.timed else [m for m in metrics if m.name not in TIMING_METRICS]
         rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
-        store.write_story(method, view.id, rows, meta)
+        store.write_story(method, view.id, rows, meta, inputs=inputs)
         counts["done"] += 1
     return counts
 
@@ -355,11 +383,12 @@ def score_manifest(manifest: Manifest, method: str, store: RowStore, meta: RunMe
     manifest.check_videos()
     counts = {"done": 0, "skipped": 0}
     for story in tqdm(manifest.stories, desc="score", unit="story", disable=not progress):
-        if store.done(method, story.id, metrics):
+        inputs = story.inputs()
+        if store.done(method, story.id, metrics, inputs=inputs):
             counts["skipped"] += 1
             continue
         output = StoryOutput(story.id, story.captions, story.load_frames(), story.labels, story.global_caption)
         rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
-        store.write_story(method, story.id, rows, meta)
+        store.write_story(method, story.id, rows, meta, inputs=inputs)
         counts["done"] += 1
     return counts

@@ -442,6 +442,65 @@ def test_resume_after_interrupted_run_matches_uninterrupted(tmp_path):
     assert again.calls == []
 
 
+class FakeModel(FakeMethod):
+    """FakeMethod with a model folder, as StreamingGenerator has: its files key the resume."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.model = folder
+
+    def folder(self, method):
+        return self.model
+
+
+def test_resume_regenerates_only_stories_whose_inputs_changed(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"steps": 4}')
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    store, stories = RowStore(tmp_path / "results"), make_stories(3)
+    scoring = Scoring(metrics=get_metrics(["fps", "identity_acc"]), probe=ColourProbe())
+    run_benchmark(["fake"], stories, store, META, scoring, generate=FakeModel(model), progress=False)
+    before = store.read()
+    stories[1]["shots"][2]["caption"] = "a green square"  # shot 2 of story-1 edited (was red)
+    edited = FakeModel(model)
+    assert run_benchmark(["fake"], stories, store, META, scoring, generate=edited, progress=False) == {"done": 1, "skipped": 2}
+    assert edited.calls == ["story-1"]
+    after = store.read()
+    assert len(after) == len(before)  # replaced, not appended
+    changed = after[after["story"] == "story-1"]["inputs"].unique()
+    assert len(changed) == 1 and changed[0] not in set(before["inputs"])
+    kept = lambda df: df[df["story"] != "story-1"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(kept(after), kept(before))
+    stories[2]["shots"][0]["labels"]["identity"] = "green"  # a label edited: scored against new truth
+    relabelled = FakeModel(model)
+    run_benchmark(["fake"], stories, store, META, scoring, generate=relabelled, progress=False)
+    assert relabelled.calls == ["story-2"]
+    (model / "model.safetensors").write_bytes(b"weights v2")  # retrained in place: every story is stale
+    retrained = FakeModel(model)
+    run_benchmark(["fake"], stories, store, META, scoring, generate=retrained, progress=False)
+    assert retrained.calls == ["story-0", "story-1", "story-2"]
+    again = FakeModel(model)
+    assert run_benchmark(["fake"], stories, store, META, scoring, generate=again, progress=False)["done"] == 0
+
+
+def test_rows_written_before_the_inputs_column_still_load_and_are_scored_again(tmp_path):
+    store = RowStore(tmp_path)
+    scoring = Scoring(metrics=get_metrics(["fps"]))
+    run_benchmark(["fake"], make_stories(1), store, META, scoring, generate=FakeMethod(), progress=False)
+    path = store.story_file("fake", "story-0")
+    old = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["inputs"])
+    path.write_text(old.to_csv(index=False))  # a rows file as committed before the column existed
+    rows = store.read()
+    assert list(rows["inputs"]) == [""] and rows["value"].notna().all()
+    write_report(tmp_path)
+    assert pd.read_csv(tmp_path / "leaderboard.csv").loc[0, "fps"] == pytest.approx(rows.loc[0, "value"])
+    # its inputs were never recorded, so resume cannot vouch for them: scored again, now keyed
+    rerun = FakeMethod()
+    assert run_benchmark(["fake"], make_stories(1), store, META, scoring, generate=rerun, progress=False)["done"] == 1
+    assert rerun.calls == ["story-0"] and store.read().loc[0, "inputs"] != ""
+
+
 @pytest.mark.parametrize("change", [{"steps": "8"}, {"seed": 1}, {"dtype": "bfloat16"}, {"device": "cuda"}])
 def test_run_refuses_to_mix_protocols(tmp_path, change):
     store = RowStore(tmp_path)
@@ -602,6 +661,46 @@ def test_bad_manifest_is_refused_before_any_row_when_a_later_entry_is_bad(extern
         score_manifest(load_manifest(bad), "m", store, META, Scoring(metrics=get_metrics(["intra_shot_consistency"]),
                                                                       embed=pixel_embed), progress=False)
     assert store.read().empty
+
+
+@pytest.mark.parametrize("change", ["video re-encoded", "caption edited", "labels edited"])
+def test_score_rescores_only_the_story_whose_shot_4_changed_and_replaces_its_rows(change, tmp_path):
+    root = tmp_path / "videos"
+    colours = ["red", "green", "blue", "yellow", "red"]
+    for k, c in enumerate(colours):
+        write_video(root / "a" / f"shot{k}.mp4", solid(c, frames=3, size=32, seed=k))
+    write_video(root / "b.mp4", np.concatenate([solid("blue", 3, 32), solid("red", 3, 32)]))
+    manifest = {"method": "m", "stories": [
+        {"id": "a", "shots": [{"video": f"a/shot{k}.mp4", "caption": f"a {c} square"} for k, c in enumerate(colours)]},
+        {"id": "b", "video": "b.mp4", "shot_starts": [0, 3], "captions": ["a blue square", "it turns red"]}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    store = RowStore(tmp_path / "results")
+    scoring = Scoring(metrics=get_metrics(["inter_shot_identity", "intra_shot_consistency"]), embed=pixel_embed)
+    score = lambda: score_manifest(load_manifest(root / "manifest.json"), "m", store, META, scoring, progress=False)  # noqa: E731
+    assert score() == {"done": 2, "skipped": 0}
+    before, b_file = store.read(), store.story_file("m", "b").read_bytes()
+    if change == "video re-encoded":
+        write_video(root / "a" / "shot4.mp4", solid((255, 255, 255), frames=3, size=32, seed=9))
+    elif change == "caption edited":
+        manifest["stories"][0]["shots"][4]["caption"] = "it is a red square again"
+    else:
+        manifest["stories"][0]["shots"][4]["labels"] = {"pronoun": True}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert score() == {"done": 1, "skipped": 1}
+    after = store.read()
+    assert store.story_file("m", "b").read_bytes() == b_file  # the unchanged story is untouched
+    a_before, a_after = before[before["story"] == "a"], after[after["story"] == "a"]
+    assert len(a_after) == len(a_before) and not a_after.duplicated(["shot", "metric"]).any()
+    assert a_after["inputs"].nunique() == 1 and a_after["inputs"].iloc[0] != a_before["inputs"].iloc[0]
+    shot4 = lambda df: df[(df["shot"] == 4) & (df["metric"] == "inter_shot_identity")].iloc[0]  # noqa: E731
+    if change == "video re-encoded":  # the stored score is the new video's, and it moved
+        fresh = score_story(StoryOutput("a", ["c"] * 5, load_manifest(root / "manifest.json").stories[0].load_frames(),
+                                        [None] * 5), get_metrics(["inter_shot_identity"]), embed=pixel_embed)
+        assert shot4(a_after)["value"] == pytest.approx(values(fresh, "inter_shot_identity")[(4, "")], abs=1e-6)
+        assert shot4(a_after)["value"] != pytest.approx(shot4(a_before)["value"], abs=1e-2)
+    if change == "labels edited":
+        assert (shot4(a_before)["subset"], shot4(a_after)["subset"]) == ("", "pronoun")
+    assert score() == {"done": 0, "skipped": 2}  # and nothing more to do
 
 
 # --- report -------------------------------------------------------------------------------------
