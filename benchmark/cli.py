@@ -136,8 +136,10 @@ def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
 
 
 def _load_stories(path: str) -> tuple[list[dict], str]:
-    """Stories for `run`: a manifest's stories or one official prompt file; returns (stories, suite)."""
-    from benchmark.manifest import load_manifest, load_prompts
+    """Stories for `run`: a manifest's stories, or official prompt JSON (one story or a list, read by
+    shotstream.world.load_stories like `generate --story`); returns (stories, suite)."""
+    from benchmark.manifest import load_manifest
+    from shotstream.world import load_stories
 
     p = Path(path)
     if not p.is_file():
@@ -152,8 +154,11 @@ def _load_stories(path: str) -> tuple[list[dict], str]:
                     "shots": [{"caption": c, "labels": lab} for c, lab in zip(s.captions, s.labels)]}
                    for s in m.stories]
         return stories, m.suite or p.stem
-    global_caption, captions = load_prompts(p)
-    return [{"id": p.stem, "global_caption": global_caption, "shots": [{"caption": c} for c in captions]}], p.stem
+    stories = load_stories(p)
+    # one story is named after its file (as before); a list's stories as `generate --story file.json:N` names them
+    ids = [p.stem] if len(stories) == 1 else [f"{p.stem}:{i}" for i in range(len(stories))]
+    return [{"id": sid, "global_caption": s.global_caption or "", "shots": [{"caption": c} for c in s.captions]}
+            for sid, s in zip(ids, stories)], p.stem
 
 
 def cmd_run(args) -> int:

@@ -13,7 +13,6 @@ a bad entry is reported (naming it) before anything is scored or written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,18 +170,19 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def load_prompts(path: str | Path) -> tuple[str, list[str]]:
-    """The official ShotStream test-story JSON: {"global_caption": ..., "shot1": ..., "shotN": ...}."""
-    path = Path(path)
-    data = _read_json(path, path)
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path}: expected a JSON object with 'global_caption' and 'shot1'..'shotN'")
-    shots = {int(m.group(1)): v for k, v in data.items() if (m := re.fullmatch(r"shot(\d+)", k))}
-    if not shots or sorted(shots) != list(range(1, len(shots) + 1)):
-        raise ManifestError(f"{path}: shot keys must be shot1..shotN without gaps, got {sorted(shots)}")
-    captions = [shots[k] for k in range(1, len(shots) + 1)]
-    if not all(isinstance(c, str) for c in captions) or not isinstance(data.get("global_caption", ""), str):
-        raise ManifestError(f"{path}: captions must be strings")
-    return data.get("global_caption", ""), captions
+    """(global caption, shot captions) of one story in the official ShotStream test-story JSON
+    ({"global_caption": ..., "shot1": ..., "shotN": ...}), read by the project's one story reader
+    (shotstream.world.load_stories), so `score` accepts what `generate` and `run` accept. The
+    global caption is "" when there is none."""
+    from shotstream.world.storage import StoryFormatError, load_stories
+
+    try:
+        stories = load_stories(path)
+    except StoryFormatError as e:
+        raise ManifestError(str(e)) from None
+    if len(stories) != 1:
+        raise ManifestError(f"{path}: holds {len(stories)} stories; a manifest entry's prompts file gives one")
+    return stories[0].global_caption or "", stories[0].captions
 
 
 def _parse_story(entry, i: int, manifest: Path, root: Path) -> ManifestStory:
@@ -193,7 +193,11 @@ def _parse_story(entry, i: int, manifest: Path, root: Path) -> ManifestStory:
     if not isinstance(sid, str) or not sid:
         raise ManifestError(f"{where}: missing 'id' (a non-empty string)")
     where = f"{where} (id {sid!r})"
-    global_caption = entry.get("global_caption", "")
+    global_caption = entry.get("global_caption") or ""
+    if not isinstance(global_caption, str):
+        raise ManifestError(f"{where}: 'global_caption' must be a string")
+    if not global_caption.strip():
+        global_caption = ""  # as in the official format: an empty global caption means none
     prompts = None
     if "prompts" in entry:
         prompts_path = _resolve(entry["prompts"], root, f"{where}: prompts")

@@ -703,6 +703,43 @@ def test_score_rescores_only_the_story_whose_shot_4_changed_and_replaces_its_row
     assert score() == {"done": 0, "skipped": 2}  # and nothing more to do
 
 
+def test_official_prompt_json_empty_global_caption_and_list_form_in_every_command(tmp_path):
+    """One reader (shotstream.world.load_stories) behind generate --story, run --suite, run --stories
+    and a manifest's prompts: the same file means the same story everywhere."""
+    from benchmark.cli import _load_stories
+    from benchmark.runner import check_prompts, story_view
+    from benchmark.suite import load_suite
+    from shotstream.generate import resolve_story
+
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"global_caption": "", "shot1": "a red square", "shot2": "it jumps"}))
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps([{"global_caption": " ", "shot1": "a"}, {"global_caption": "a tale", "shot1": "b", "shot2": "c"}]))
+    stories, suite = _load_stories(str(one))  # run --stories
+    assert suite == "one" and stories == [{"id": "one", "global_caption": "",
+                                           "shots": [{"caption": "a red square"}, {"caption": "it jumps"}]}]
+    stories, _ = _load_stories(str(many))
+    assert [(s["id"], s["global_caption"], len(s["shots"])) for s in stories] == [("many:0", "", 1), ("many:1", "a tale", 2)]
+    for i, s in enumerate(stories):
+        check_prompts(story_view(s, i))  # what run checks before generating: no empty global caption left
+    views, _ = load_suite(str(many))  # run --suite
+    assert [(v.global_caption, v.captions) for v in views] == [("", ["a"]), ("a tale", ["b", "c"])]
+    assert resolve_story(str(one)).global_caption is None  # generate --story
+    assert resolve_story(f"{many}:1").captions == ["b", "c"]
+    write_video(tmp_path / "v.mp4", solid("red", 4, 32))  # score: a manifest entry's prompts
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"stories": [{"id": "s", "video": "v.mp4", "shot_starts": [0, 2], "prompts": "one.json"}]}))
+    (story,) = load_manifest(manifest).stories
+    assert (story.global_caption, story.captions) == ("", ["a red square", "it jumps"])
+    manifest.write_text(json.dumps({"stories": [{"id": "s", "video": "v.mp4", "shot_starts": [0, 2], "prompts": "many.json"}]}))
+    with pytest.raises(ManifestError, match=r"id 's'.*many.json: holds 2 stories"):
+        load_manifest(manifest)
+    many.write_text(json.dumps([{"global_caption": "g", "shot1": " "}]))  # the reader's own checks apply too
+    manifest.write_text(json.dumps({"stories": [{"id": "s", "video": "v.mp4", "shot_starts": [0], "prompts": "many.json"}]}))
+    with pytest.raises(ManifestError, match=r"id 's'.*many.json: \[0\]\.shot1: empty caption"):
+        load_manifest(manifest)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 

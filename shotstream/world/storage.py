@@ -11,6 +11,9 @@ A bare list of story objects, or a single story object, is accepted too.
 
 Official ShotStream test format (captions only, so labels are None):
     {"global_caption": "...", "shot1": "...", "shot2": "...", ...}   or a list of such objects.
+An empty (or missing, or null) global caption means the story has none, in either format.
+This is the one reader of story files: `generate --story`, `run --suite`, `run --stories` and a
+scoring manifest's `prompts` all go through `load_stories`.
 
 Every problem raises StoryFormatError (a ValueError) as one line naming the file and the field,
 e.g. `suite.json: stories[2].shots[0].labels.colour: unknown colour 'redd' (did you mean 'red'?)`.
@@ -154,6 +157,12 @@ class _Parser:
             self.fail(where, "empty caption")
         return value
 
+    def global_caption(self, value, where: str) -> str | None:
+        # The official test stories write "global_caption": "" for a story without one: empty means none.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return self.caption(value, where)
+
     def word(self, value, space: str, where: str) -> str:
         options = vocab.LABEL_SPACES[space]
         self.typed(value, str, where)
@@ -174,8 +183,7 @@ class _Parser:
         seed = self.typed(obj.get("seed"), int, _join(where, "seed"), allow_none=True)
         if seed is not None and seed < 0:
             self.fail(_join(where, "seed"), f"must be >= 0, got {seed}")
-        gc = obj.get("global_caption")
-        gc = None if gc is None else self.caption(gc, _join(where, "global_caption"))
+        gc = self.global_caption(obj.get("global_caption"), _join(where, "global_caption"))
         shots_where = _join(where, "shots")
         shots = self.typed(obj["shots"], list, shots_where)
         if not shots:
@@ -236,7 +244,6 @@ class _Parser:
         missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
         if missing:
             self.fail(_join(where, f"shot{missing[0]}"), f"missing (shots must be numbered shot1 .. shot{max(numbered)})")
-        gc = obj.get("global_caption")
-        gc = None if gc is None else self.caption(gc, _join(where, "global_caption"))
+        gc = self.global_caption(obj.get("global_caption"), _join(where, "global_caption"))
         shots = [Shot(caption=self.caption(obj[numbered[n]], _join(where, numbered[n])), num_frames=self.frames) for n in sorted(numbered)]
         return Story(shots=shots, global_caption=gc, seed=None)
