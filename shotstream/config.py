@@ -125,6 +125,17 @@ class SamplerConfig:
     # ... and on the earlier shots (fm.unconditional_fn; 1 = none): an "it" caption names no
     # character, the context does.
     context_scale: float = 1.0
+    # How a bidirectional teacher sees its context frames: "clean" at t = 0 (the tiny teacher, as
+    # it was trained), or "target": noised to the target's level at every step, as the official
+    # ShotStream teacher samples (DESIGN.md section 6), with one noise draw per shot.
+    teacher_context_noise: str = "clean"
+    # Which caption slots the unconditional branch of the teacher's guidance replaces by the
+    # negative prompt: "target" (the shot's own; the tiny teacher, as text dropout trained it) or
+    # "all" (every slot, the context's captions too: the official teacher).
+    teacher_null_slots: str = "target"
+    # The unconditional branch's caption; "" = the text encoder's null caption. The official
+    # teacher uses Wan2.1's negative prompt (its `sample_neg_prompt`): set it here to match.
+    negative_prompt: str = ""
 
     @property
     def teacher_forwards_per_step(self) -> int:
@@ -135,6 +146,10 @@ class SamplerConfig:
         return 2 if self.context_scale in (1.0, self.guidance_scale) else 3
 
     def validate(self) -> None:
+        if self.teacher_context_noise not in ("clean", "target"):
+            raise ValueError(f"sampler.teacher_context_noise must be clean or target, got {self.teacher_context_noise!r}")
+        if self.teacher_null_slots not in ("target", "all"):
+            raise ValueError(f"sampler.teacher_null_slots must be target or all, got {self.teacher_null_slots!r}")
         if self.guidance_scale == 1.0 and self.context_scale != 1.0:
             raise ValueError(f"sampler.context_scale={self.context_scale} needs guidance on the caption "
                              "(sampler.guidance_scale != 1)")
@@ -227,7 +242,7 @@ def tiny() -> ShotStreamConfig:
 def wan21_1_3b() -> ShotStreamConfig:
     """Wan2.1-T2V-1.3B dimensions (480x832, 81 frames, umT5-XXL text states), with the released
     ShotStream's behaviour: the first shot after 6 zero latents, no text padding mask, the
-    "shot{i}:" prompt template.
+    "shot{i}:" prompt template, and the official teacher's sampling for a bidirectional model.
 
     Its global captions run to ~2,100 characters and umT5 keeps 512 tokens (~2,300 characters of
     English): prompts are cut at 8,000 characters only to bound the tokenizer's work, so the
@@ -237,6 +252,10 @@ def wan21_1_3b() -> ShotStreamConfig:
         video=VideoConfig(height=480, width=832, fps=16, frames_per_shot=81, latent_channels=16),
         model=ModelConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, text_dim=4096, text_len=512,
                           text_mask=False, first_shot_zero_context=True),
+        # A released bidirectional teacher as a baseline samples as the official one: shift 8,
+        # guidance 6, context at the target's noise level, the negative prompt in every slot.
+        sampler=SamplerConfig(teacher_shift=8.0, guidance_scale=6.0, teacher_context_noise="target",
+                              teacher_null_slots="all"),
         prompt=PromptConfig(template="{global_caption}shot{shot}:{caption}", max_chars=8000),
     )
 

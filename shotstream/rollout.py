@@ -149,23 +149,35 @@ def generate_shot_bidirectional(
     null_text: tuple[torch.Tensor, torch.Tensor] | None = None,
     callback=None,
     context_scale: float = 1.0,
+    context_noise: torch.Tensor | None = None,
+    null_all_slots: bool = False,
 ) -> torch.Tensor:
-    """Teacher / baseline: Euler ODE over the whole shot, clean context concatenated before it.
+    """Teacher / baseline: Euler ODE over the whole shot, context concatenated before it.
 
-    Context frames sit at t = 0 and are not updated; only the target's velocity is used. With
+    Context frames are never updated; only the target's velocity is used. They sit clean at t = 0,
+    or, given `context_noise` [B, Cf, C, h, w], at the target's level at every step,
+    (1 - sigma) * context + sigma * context_noise (the official teacher's sampling). With
     guidance, the unconditional branch replaces the target's caption by `null_text` (embedded
-    [B, 1, L, D] + mask), as text dropout did in training; `context_scale` != 1 also guides on
-    the earlier shots, whose frames are hidden as context dropout did (fm.unconditional_fn).
-    Returns x0 [B, F, C, h, w].
+    [B, 1, L, D] + mask), as text dropout did in training, or every caption slot with
+    `null_all_slots` (the official teacher: the negative prompt everywhere); `context_scale` != 1
+    also guides on the earlier shots, whose frames are hidden as context dropout did
+    (fm.unconditional_fn). Returns x0 [B, F, C, h, w].
     """
     B, F = noise.shape[:2]
     Cf = cond.num_context
+    if context_noise is not None and context_noise.shape != cond.context.shape:
+        raise ValueError(f"context_noise has shape {tuple(context_noise.shape)}, the context {tuple(cond.context.shape)}")
     frames = _concat_frames(cond.context_frames(), cond.target_frames(0, F))
 
     def velocity(text, text_mask, key_mask=None):
         def fn(x, sigma):
-            seq = torch.cat([cond.context.to(x.dtype), x], dim=1)  # [B, Cf + F, C, h, w]
-            s = torch.cat([torch.zeros(B, Cf, device=x.device), sigma[:, None].expand(B, F)], dim=1)
+            ctx, ctx_sigma = cond.context.to(x.dtype), torch.zeros(B, Cf, device=x.device)
+            if context_noise is not None:  # the context at the target's level: one flow-matching mix
+                level = sigma.to(x.dtype)[:, None, None, None, None]
+                ctx = (1 - level) * ctx + level * context_noise.to(x.dtype)
+                ctx_sigma = sigma[:, None].expand(B, Cf).to(ctx_sigma.dtype)
+            seq = torch.cat([ctx, x], dim=1)  # [B, Cf + F, C, h, w]
+            s = torch.cat([ctx_sigma, sigma[:, None].expand(B, F)], dim=1)
             c = dataclasses.replace(cond, text=text, text_mask=text_mask)
             return _velocity(model, seq, s, c, frames, key_mask=key_mask)[:, Cf:]
         return fn
@@ -175,7 +187,10 @@ def generate_shot_bidirectional(
         if null_text is None:
             raise ValueError("classifier-free guidance needs the null caption embedding")
         text, mask = cond.text.clone(), cond.text_mask.clone()
-        text[:, cond.target_slot], mask[:, cond.target_slot] = null_text[0][:, 0], null_text[1][:, 0]
+        if null_all_slots:
+            text[:], mask[:] = null_text[0], null_text[1]  # [B, 1, ...] over every slot
+        else:
+            text[:, cond.target_slot], mask[:, cond.target_slot] = null_text[0][:, 0], null_text[1][:, 0]
         no_caption = velocity(text, mask)
         no_context = no_caption
         if Cf:

@@ -213,6 +213,11 @@ class ShotStreamPipeline:
         return text, mask
 
     def null_caption(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional branch's caption, embedded [1, 1, L, D] + mask [1, 1, L]: the sampler's
+        negative prompt, or the text encoder's null caption when it is empty."""
+        if self.config.sampler.negative_prompt:
+            text, mask = self.embed_captions([self.config.sampler.negative_prompt])
+            return text, mask
         states, mask = self.text_encoder.null_caption()
         with torch.no_grad():
             return self.model.embed_text(states.to(self.device)[:, None]), mask.to(self.device)[:, None]
@@ -418,9 +423,14 @@ class ShotStreamSession:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
         if pipe.kind == "bidirectional":
             sigmas = fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)
-            guided = cfg.sampler.guidance_scale != 1.0 or cfg.sampler.context_scale != 1.0
-            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, cfg.sampler.guidance_scale,
-                                             pipe.null_caption() if guided else None, context_scale=cfg.sampler.context_scale)
+            sampler = cfg.sampler
+            guided = sampler.guidance_scale != 1.0 or sampler.context_scale != 1.0
+            context_noise = None
+            if sampler.teacher_context_noise == "target":  # one draw per shot, on CPU like the target's
+                context_noise = torch.randn(cond.context.shape, generator=g).to(cond.context)
+            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, sampler.guidance_scale,
+                                             pipe.null_caption() if guided else None, context_scale=sampler.context_scale,
+                                             context_noise=context_noise, null_all_slots=sampler.teacher_null_slots == "all")
             yield from x0.split(cfg.model.chunk_frames, dim=1)
             return
         sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)
