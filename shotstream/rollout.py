@@ -7,7 +7,8 @@ Causal (student):  write_global_context() once per shot, then rollout_shot() chu
     a chunk of noise is denoised in a few steps against [global K/V, local K/V, itself], then its
     clean prediction is run once more at t = 0 to write its K/V into the local cache.
 Bidirectional (teacher, baselines): generate_shot_bidirectional() denoises the whole shot at
-    once, attending to the clean context frames concatenated before it, with CFG.
+    once, attending to the context frames concatenated before it (clean, or at the target's noise
+    level as the official teacher samples), with CFG.
 
 The phases carry `torch.profiler.record_function` labels (free unless a profiler is running):
 benchmark/profile.py times them.
