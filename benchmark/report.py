@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 
 from benchmark.metrics import IDENTITY_PARTS, LABEL_KEYS, METRICS, STORY_LEVEL  # noqa: E402
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore  # noqa: E402
+from benchmark.timing import BUSY_LOAD_PER_CORE, is_busy  # noqa: E402
 from shotstream.world.vocab import LABEL_SPACES  # noqa: E402
 
 ENV_COLUMNS = ["threads", "git_commit"]  # (device and dtype are protocol columns)
@@ -72,8 +73,24 @@ def build_leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
                 for subset in SUBSETS:
                     rec[f"{name}[{subset}]"] = strict_mean(g.loc[(g["metric"] == name) & (g["subset"] == subset), "value"])
         rec["failures"] = int(g["value"].isna().sum())
+        if recorded_load(rows):  # (a column only once some story recorded it: older results render as before)
+            rec["busy_stories"] = int(busy_stories(g)["story"].nunique())
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def recorded_load(rows: pd.DataFrame) -> bool:
+    return "load_before" in rows and bool(rows[["load_before", "load_after"]].notna().any().any())
+
+
+def busy_stories(rows: pd.DataFrame) -> pd.DataFrame:
+    """(method, story, load, threads, cores) of the timed stories run on a busy machine (timing.is_busy)."""
+    cols = ["method", "story", "load_before", "load_after", "threads", "cores"]
+    if not recorded_load(rows):
+        return pd.DataFrame(columns=cols)
+    stories = rows[cols].drop_duplicates(["method", "story"])
+    busy = [is_busy(*r) for r in stories[["load_before", "load_after", "threads", "cores"]].itertuples(index=False)]
+    return stories[busy].reset_index(drop=True)
 
 
 def failures(rows: pd.DataFrame) -> pd.DataFrame:
@@ -296,6 +313,13 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
         version = ", ".join(map(str, versions)) + (" (mixed!)" if len(versions) > 1 else "")
         lines.append(f"| {name} | {m.unit} | {m.level} | {m.range[0]:g}..{m.range[1]:g} | "
                      f"{'higher' if m.higher_is_better else 'lower'} | {version} | {m.doc} |")
+    busy = busy_stories(rows)
+    if not busy.empty:
+        lines += ["", "## Timed on a busy machine", "",
+                  f"Other processes' 1-minute load average (less the run's own threads) above {BUSY_LOAD_PER_CORE:g} "
+                  "per CPU core before or after the story: their threads queued for a core, so these stories' "
+                  "latency, FPS and chunk times are not the model's alone (counted in the leaderboard's "
+                  "`busy_stories`; re-run them on a quiet machine).", "", _md_table(busy)]
     fails = failures(rows)
     lines += ["", "## Failures (missing values)", ""]
     lines += ["None."] if fails.empty else [_md_table(fails)]

@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 import pandas as pd
 
 from benchmark.metrics import TIMING_METRICS, Metric, MetricRow
+from benchmark.timing import MachineLoad
 from shotstream.checkpoint import write_atomic
 
 # Run metadata of every row. The protocol columns must agree across a method's rows (a resumed
@@ -33,12 +34,16 @@ PROTOCOL_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "s
 META_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "threads", "seed", "git_commit", "date"]
 # Columns added after rows were first committed, with the value an older rows file gets when read
 # (so old results still load). inputs "": the digest was not recorded, so resume cannot trust them.
-ADDED_COLUMNS = {"inputs": ""}
+# load_before / load_after / cores: the machine's 1-minute load average around a timed story and
+# its CPU cores (benchmark.timing.MachineLoad; NaN / 0 for untimed stories and older rows).
+ADDED_COLUMNS = {"inputs": "", "load_before": float("nan"), "load_after": float("nan"), "cores": 0}
 ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS,
                *ADDED_COLUMNS]
 _DTYPES = {"method": str, "story": str, "shot": "int64", "metric": str, "value": "float64", "subset": str,
            "note": str, "metric_version": "int64", "suite": str, "encoder": str, "steps": str, "preset": str,
-           "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str, "inputs": str}
+           "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str, "inputs": str,
+           "load_before": "float64", "load_after": "float64", "cores": "int64"}
+_NA = ["", "nan", "NaN"]
 
 
 @dataclass
@@ -125,11 +130,13 @@ class RowStore:
         return True
 
     def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta, *,
-                    inputs: str = "") -> Path:
-        """Write (or replace) the rows of (method, story) atomically; `inputs`: the digest of what was scored."""
+                    inputs: str = "", load: MachineLoad | None = None) -> Path:
+        """Write (or replace) the rows of (method, story) atomically; `inputs`: the digest of what was
+        scored; `load`: the machine's load around a timed story's generation."""
+        load = load or MachineLoad(float("nan"), float("nan"), 0)
         records = [{"method": method, "story": story, "shot": r.shot, "metric": r.metric, "value": r.value,
                     "subset": r.subset, "note": r.note, "metric_version": r.metric_version, **asdict(meta),
-                    "inputs": inputs}
+                    "inputs": inputs, "load_before": load.before, "load_after": load.after, "cores": load.cores}
                    for r in rows]
         if not records:
             raise ValueError(f"no rows to write for method {method!r}, story {story!r}")
@@ -146,7 +153,8 @@ class RowStore:
         frames = []
         for f in files:
             try:
-                df = pd.read_csv(f, dtype=_DTYPES, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+                df = pd.read_csv(f, dtype=_DTYPES, keep_default_na=False,
+                                 na_values={"value": _NA, "load_before": _NA, "load_after": _NA})
             except (ValueError, pd.errors.ParserError) as e:
                 raise ValueError(f"{f}: unreadable rows file ({e})") from None
             for c, default in ADDED_COLUMNS.items():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmark.manifest import Manifest
 from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
 from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta, digest, file_digest
-from benchmark.timing import ChunkRecord, measure_peak_memory
+from benchmark.timing import ChunkRecord, MachineLoad, cpu_cores, load_average, measure_peak_memory
 from shotstream.importer import COMPONENTS
 from shotstream.runtime import dtype_name, torch_dtype
 
@@ -361,14 +361,17 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
             continue
         call = lambda: generate(method, view, seed=story_seed(meta.seed, view.id), device=meta.device,  # noqa: E731
                                 dtype=meta.dtype, steps=meta.steps, preset=meta.preset)
+        load_before = load_average()
         gen, measured = measure_peak_memory(call, device=meta.device)
+        # recorded with the timed rows, so the report can tell a busy machine's latency from the model's
+        load = MachineLoad(load_before, load_average(), cpu_cores()) if gen.timed else None
         output = StoryOutput(view.id, view.captions, list(gen.frames), view.labels, view.global_caption,
                              records=gen.records,
                              peak_mem_mb=gen.peak_mem_mb if gen.peak_mem_mb is not None else measured)
         # A reference (ground truth) has no generation time: its timing rows are absent, not NaN.
         scored = metrics if gen.timed else [m for m in metrics if m.name not in TIMING_METRICS]
         rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
-        store.write_story(method, view.id, rows, meta, inputs=inputs)
+        store.write_story(method, view.id, rows, meta, inputs=inputs, load=load)
         counts["done"] += 1
     return counts
 

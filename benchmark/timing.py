@@ -145,3 +145,42 @@ def cpu_threads() -> int:
     import torch
 
     return torch.get_num_threads() or os.cpu_count() or 1
+
+
+# A timed story ran on a busy machine when other processes' load (the 1-minute load average
+# before or after it, less the run's own threads, which the average still holds from the previous
+# story) exceeds this many runnable processes per CPU core: then the run's threads queued for a
+# core, and its latency and FPS measured the queue as much as the model. (Observed: a 2-core
+# machine at load 5-6 recorded 11.5 s latency and 1.4 FPS.)
+BUSY_LOAD_PER_CORE = 0.5
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """The machine's 1-minute load average around one timed story, and its CPU cores."""
+
+    before: float
+    after: float
+    cores: int
+
+    def busy(self, threads: int) -> bool:
+        return is_busy(self.before, self.after, threads, self.cores)
+
+
+def load_average() -> float:
+    """1-minute load average (runnable processes); NaN where the OS keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the whole machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def is_busy(before: float, after: float, threads: int, cores: int) -> bool:
+    """Other processes' load above BUSY_LOAD_PER_CORE per core, before or after; unknown load is not busy."""
+    loads = [x for x in (before, after) if x == x]  # (x == x: not NaN)
+    return bool(loads) and cores > 0 and max(loads) - threads > BUSY_LOAD_PER_CORE * cores

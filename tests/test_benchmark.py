@@ -23,7 +23,7 @@ from benchmark.clip import ClipEncoder, load_clip
 from benchmark.manifest import ManifestError, load_manifest
 from benchmark.metrics import METRICS, STORY_LEVEL, StoryOutput, Value, get_metrics, register_metric, score_story
 from benchmark.report import breakdown, build_leaderboard, confusions, write_report
-from benchmark.rows import RowStore, RunMeta
+from benchmark.rows import ADDED_COLUMNS, RowStore, RunMeta
 from benchmark.runner import Generation, Scoring, run_benchmark, score_manifest
 from benchmark.timing import ChunkRecord, StreamRecorder, measure_peak_memory
 from benchmark.train_clip import train_clip
@@ -187,6 +187,16 @@ def test_stream_recorder_produces_records_with_its_clock():
     assert rec.records == [ChunkRecord(0, 0, 0.0, 0.5, 9), ChunkRecord(0, 1, 0.0, 1.0, 8), ChunkRecord(1, 0, 1.25, 2.0, 9)]
     with pytest.raises(ValueError, match="before the shot was submitted"):
         rec.chunk_ready(5, 1)
+
+
+def test_busy_machine_threshold():
+    from benchmark.timing import BUSY_LOAD_PER_CORE, is_busy
+
+    assert BUSY_LOAD_PER_CORE == 0.5
+    # 2 cores, the run's own 2 threads: others may hold up to 1 runnable process (0.5 per core)
+    assert not is_busy(3.0, 2.0, threads=2, cores=2) and is_busy(3.1, 2.0, threads=2, cores=2)
+    assert is_busy(0.0, 3.5, threads=2, cores=2)  # busy after is enough
+    assert is_busy(float("nan"), 6.0, threads=1, cores=4) and not is_busy(float("nan"), float("nan"), 1, 4)
 
 
 def test_latency_p95_in_leaderboard():
@@ -434,7 +444,8 @@ def test_resume_after_interrupted_run_matches_uninterrupted(tmp_path):
 
     full = RowStore(tmp_path / "full")
     run_benchmark(["fake"], stories, full, META, scoring, generate=FakeMethod(), progress=False)
-    pd.testing.assert_frame_equal(store.read(), full.read())
+    machine = ["load_before", "load_after"]  # the environment at the time, like the date: not a result
+    pd.testing.assert_frame_equal(store.read().drop(columns=machine), full.read().drop(columns=machine))
     assert not full.read()[full.read()["metric"] == "fps"]["value"].isna().any()
     # A re-run of the finished command does nothing.
     again = FakeMethod()
@@ -489,16 +500,47 @@ def test_rows_written_before_the_inputs_column_still_load_and_are_scored_again(t
     scoring = Scoring(metrics=get_metrics(["fps"]))
     run_benchmark(["fake"], make_stories(1), store, META, scoring, generate=FakeMethod(), progress=False)
     path = store.story_file("fake", "story-0")
-    old = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["inputs"])
+    old = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=list(ADDED_COLUMNS))
     path.write_text(old.to_csv(index=False))  # a rows file as committed before the column existed
     rows = store.read()
     assert list(rows["inputs"]) == [""] and rows["value"].notna().all()
     write_report(tmp_path)
-    assert pd.read_csv(tmp_path / "leaderboard.csv").loc[0, "fps"] == pytest.approx(rows.loc[0, "value"])
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert board.loc[0, "fps"] == pytest.approx(rows.loc[0, "value"])
+    assert "busy_stories" not in board and "busy machine" not in (tmp_path / "REPORT.md").read_text()
     # its inputs were never recorded, so resume cannot vouch for them: scored again, now keyed
     rerun = FakeMethod()
     assert run_benchmark(["fake"], make_stories(1), store, META, scoring, generate=rerun, progress=False)["done"] == 1
     assert rerun.calls == ["story-0"] and store.read().loc[0, "inputs"] != ""
+
+
+def test_timed_rows_record_the_machine_load_and_the_report_flags_busy_stories(tmp_path, monkeypatch):
+    import benchmark.runner as runner_mod
+
+    loads = iter([0.4, 0.6, 5.0, 4.0, 0.4, 0.5])  # (before, after) of story-0, story-1 (busy), the reference
+    monkeypatch.setattr(runner_mod, "load_average", lambda: next(loads))
+    monkeypatch.setattr(runner_mod, "cpu_cores", lambda: 2)
+    store = RowStore(tmp_path)
+    scoring = Scoring(metrics=get_metrics(["fps", "identity_acc"]), probe=ColourProbe())
+    run_benchmark(["fake"], make_stories(2), store, META, scoring, generate=FakeMethod(), progress=False)
+
+    def reference(method, story, **kw):  # untimed, as ground truth: no timing rows, no load
+        return dataclasses.replace(FakeMethod()(method, story, **kw), records=None, timed=False)
+
+    run_benchmark(["ref"], make_stories(1), store, META, scoring, generate=reference, progress=False)
+    rows = store.read()
+    load = lambda m, s: {tuple(r) for r in rows.query("method == @m and story == @s")[  # noqa: E731
+        ["load_before", "load_after", "cores"]].itertuples(index=False)}
+    assert load("fake", "story-0") == {(0.4, 0.6, 2)} and load("fake", "story-1") == {(5.0, 4.0, 2)}  # every row
+    ref = rows[rows["method"] == "ref"]
+    assert ref[["load_before", "load_after"]].isna().all().all() and (ref["cores"] == 0).all()
+    write_report(tmp_path)
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("method")
+    assert board.loc["fake", "busy_stories"] == 1 and board.loc["ref", "busy_stories"] == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    section = report.split("## Timed on a busy machine")[1].split("## Failures")[0]
+    assert "above 0.5 per CPU core" in section and "| fake | story-1 | 5 | 4 | 1 | 2 |" in section
+    assert "story-0" not in section
 
 
 @pytest.mark.parametrize("change", [{"steps": "8"}, {"seed": 1}, {"dtype": "bfloat16"}, {"device": "cuda"}])
