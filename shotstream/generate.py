@@ -58,7 +58,7 @@ def check_output(path: Path) -> None:
 
 
 def cmd_generate(args) -> int:
-    from shotstream.session import ShotStreamPipeline
+    from shotstream.session import ShotStreamPipeline, clean_prompt
     from shotstream.video import contact_sheet, save_png, write_mp4
 
     if bool(args.story) == bool(args.prompt):
@@ -73,15 +73,23 @@ def cmd_generate(args) -> int:
     pipe = ShotStreamPipeline.from_pretrained(resolve_model(args.model), autoencoder=args.autoencoder,
                                               device=args.device, dtype=torch_dtype(args.dtype),
                                               text_device=args.text_device)
+    for p in prompts:  # every prompt is checked before the first shot is generated
+        clean_prompt(p, pipe.config.prompt.max_chars)
     session = pipe.session(seed=args.seed, global_caption=global_caption, max_queue=max(8, len(prompts)))
-    for p in prompts:
-        session.submit(p)
+    if len(prompts) > session.max_shots:
+        raise ValueError(f"{len(prompts)} prompts; a story has at most {session.max_shots} shots")
     print(f"{pipe.kind} model {args.model}: {len(prompts)} shots, seed {args.seed}", file=sys.stderr)
     t0 = time.perf_counter()
-    for c in session.stream():
-        if c.chunk == 0:
-            print(f"shot {c.shot}: {c.caption}", file=sys.stderr)
-            print(f"  first frames after {c.t_ready - c.t_submit:.2f} s", file=sys.stderr)
+    for p in prompts:
+        # Each prompt is submitted once the previous shot has streamed, as a user would type it, so
+        # "first frames after" is that shot's own latency (submitted all at once, shot k's figure
+        # would include the k shots it waited behind). The session prepares the next shot's
+        # history as soon as a shot ends, so that work is not in the next shot's figure either.
+        session.submit(p)
+        for c in session.stream():
+            if c.chunk == 0:
+                print(f"shot {c.shot}: {c.caption}", file=sys.stderr)
+                print(f"  first frames after {c.t_ready - c.t_submit:.2f} s", file=sys.stderr)
     wall = time.perf_counter() - t0
     frames = session.story_frames()
     out = write_mp4(args.output, frames, pipe.config.video.fps)
