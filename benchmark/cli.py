@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--stories", help="a scoring manifest or an official ShotStream prompt JSON "
                      "(global_caption, shot1..shotN) giving the captions (no labels: label metrics are missing)")
     run.add_argument("--limit", type=int, default=None, help="only the first N stories")
+    run.add_argument("--memory-only", action="store_true",
+                     help="the memory-only protocol: every story with its global caption removed, so an 'it' shot's "
+                     "identity can only come from the earlier shots in memory; rows kept beside the normal run's "
+                     "and reported as their own columns (identity_acc[pronoun, memory-only])")
     run.add_argument("--seed", type=int, default=0)
     add_runtime_args(run, dtype="float32")
     run.add_argument("--teacher-steps", type=int, default=None,
@@ -177,7 +181,7 @@ def cmd_run(args) -> int:
 
 
 def _run_shard(args, world) -> int:
-    from benchmark.rows import RowStore, RunMeta
+    from benchmark.rows import MEMORY_ONLY, RowStore, RunMeta
     from benchmark.runner import (StreamingGenerator, check_prompts, check_protocol, is_autoencoder, method_protocol,
                                   parse_method, run_benchmark, story_view)
     from benchmark.suite import load_suite
@@ -214,7 +218,8 @@ def _run_shard(args, world) -> int:
     done = skipped = 0
     for name in folders:  # each method records its own protocol (steps, preset)
         counts = run_benchmark([name], stories, store, metas[name], scoring, generate=generate,
-                               progress=not args.quiet and world.is_main)
+                               progress=not args.quiet and world.is_main,
+                               variant=MEMORY_ONLY if args.memory_only else "")
         done, skipped = done + counts["done"], skipped + counts["skipped"]
         generate.release(name)  # the next method's peak memory must not include this one's model
     shard = f" (rank {world.rank} of {world.world_size})" if world.world_size > 1 else ""

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark.metrics import IDENTITY_PARTS, LABEL_KEYS, METRICS, STORY_LEVEL  # noqa: E402
-from benchmark.rows import PROTOCOL_COLUMNS, RowStore  # noqa: E402
+from benchmark.rows import ADDED_COLUMNS, PROTOCOL_COLUMNS, RowStore  # noqa: E402
 from benchmark.timing import BUSY_LOAD_PER_CORE, is_busy  # noqa: E402
 from shotstream.world.vocab import LABEL_SPACES  # noqa: E402
 
@@ -59,10 +59,13 @@ def build_leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per method: protocol, environment, aggregates of every metric, failure count."""
     out = []
     metrics = metric_order(rows)
-    for method, g in rows.groupby("method", sort=True):
+    # rows from before a column was added (another tool's frame) take its default, as read() does
+    rows = rows.assign(**{c: default for c, default in ADDED_COLUMNS.items() if c not in rows})
+    for method, g_all in rows.groupby("method", sort=True):
+        g = g_all[g_all["variant"] == ""]  # the suite as given; a variant's rows are its own columns (below)
         rec: dict = {"method": method, "stories": g["story"].nunique()}
         for col in PROTOCOL_COLUMNS + ENV_COLUMNS:
-            rec[col] = ";".join(sorted(g[col].astype(str).unique()))
+            rec[col] = ";".join(sorted(g_all[col].astype(str).unique()))
         for name in metrics:
             m = METRICS.get(name)
             vals = g.loc[g["metric"] == name, "value"]
@@ -72,7 +75,16 @@ def build_leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             if m is not None and m.by_subset:
                 for subset in SUBSETS:
                     rec[f"{name}[{subset}]"] = strict_mean(g.loc[(g["metric"] == name) & (g["subset"] == subset), "value"])
-        rec["failures"] = int(g["value"].isna().sum())
+        for variant in sorted(set(g_all["variant"]) - {""}):
+            v = g_all[g_all["variant"] == variant]
+            for name in metrics:  # e.g. identity_acc[pronoun, memory-only]: what the caches carry without the caption
+                m = METRICS.get(name)
+                if m is not None and m.by_subset and (v["metric"] == name).any():
+                    rec[f"{name}[{variant}]"] = strict_mean(v.loc[v["metric"] == name, "value"])
+                    for subset in SUBSETS:
+                        rec[f"{name}[{subset}, {variant}]"] = strict_mean(
+                            v.loc[(v["metric"] == name) & (v["subset"] == subset), "value"])
+        rec["failures"] = int(g_all["value"].isna().sum())
         if recorded_load(rows):  # (a column only once some story recorded it: older results render as before)
             rec["busy_stories"] = int(busy_stories(g)["story"].nunique())
         out.append(rec)
@@ -85,10 +97,10 @@ def recorded_load(rows: pd.DataFrame) -> bool:
 
 def busy_stories(rows: pd.DataFrame) -> pd.DataFrame:
     """(method, story, load, threads, cores) of the timed stories run on a busy machine (timing.is_busy)."""
-    cols = ["method", "story", "load_before", "load_after", "threads", "cores"]
+    cols = ["method", "story", "variant", "load_before", "load_after", "threads", "cores"]
     if not recorded_load(rows):
         return pd.DataFrame(columns=cols)
-    stories = rows[cols].drop_duplicates(["method", "story"])
+    stories = rows[cols].drop_duplicates(["method", "story", "variant"])
     busy = [is_busy(*r) for r in stories[["load_before", "load_after", "threads", "cores"]].itertuples(index=False)]
     return stories[busy].reset_index(drop=True)
 
@@ -116,8 +128,9 @@ def write_report(results_dir: str | Path) -> dict[str, Path]:
         rows.to_csv(tmp / "rows.csv", index=False)
         board.to_csv(tmp / "leaderboard.csv", index=False)
         (tmp / "plots").mkdir()
-        tables = breakdowns(rows)
-        plots = make_plots(rows, tmp / "plots", tables)
+        suite_rows = rows[rows["variant"] == ""]  # plots and breakdowns: the suite as given
+        tables = breakdowns(suite_rows)
+        plots = make_plots(suite_rows, tmp / "plots", tables)
         report = render_markdown(rows, board, plots, tables) + "\n".join(perf_sections(results_dir))
         (tmp / "REPORT.md").write_text(report, encoding="utf-8")
         written = {}

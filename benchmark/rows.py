@@ -14,6 +14,7 @@ re-encoded video or an edited caption is scored again and its rows replaced.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import json
 import subprocess
@@ -36,13 +37,16 @@ META_COLUMNS = ["suite", "encoder", "steps", "preset", "device", "dtype", "threa
 # (so old results still load). inputs "": the digest was not recorded, so resume cannot trust them.
 # load_before / load_after / cores: the machine's 1-minute load average around a timed story and
 # its CPU cores (benchmark.timing.MachineLoad; NaN / 0 for untimed stories and older rows).
-ADDED_COLUMNS = {"inputs": "", "load_before": float("nan"), "load_after": float("nan"), "cores": 0}
+# variant: "" for the suite as given, MEMORY_ONLY for the same stories with their global captions
+# removed (`run --memory-only`); a variant's rows live in rows/<method>@<variant>/.
+ADDED_COLUMNS = {"inputs": "", "load_before": float("nan"), "load_after": float("nan"), "cores": 0, "variant": ""}
+MEMORY_ONLY = "memory-only"
 ROW_COLUMNS = ["method", "story", "shot", "metric", "value", "subset", "note", "metric_version", *META_COLUMNS,
                *ADDED_COLUMNS]
 _DTYPES = {"method": str, "story": str, "shot": "int64", "metric": str, "value": "float64", "subset": str,
            "note": str, "metric_version": "int64", "suite": str, "encoder": str, "steps": str, "preset": str,
            "device": str, "dtype": str, "threads": "int64", "seed": "int64", "git_commit": str, "date": str, "inputs": str,
-           "load_before": "float64", "load_after": "float64", "cores": "int64"}
+           "load_before": "float64", "load_after": "float64", "cores": "int64", "variant": str}
 _NA = ["", "nan", "NaN"]
 
 
@@ -98,19 +102,24 @@ class RowStore:
         self.results_dir = Path(results_dir)
         self.rows_dir = self.results_dir / "rows"
 
-    def story_file(self, method: str, story: str) -> Path:
+    def method_dir(self, method: str, variant: str = "") -> Path:
+        # Names are percent-encoded ('@' too), so the '@' before a variant cannot come from a name.
+        return self.rows_dir / (quote(method, safe="") + (f"@{quote(variant, safe='')}" if variant else ""))
+
+    def story_file(self, method: str, story: str, variant: str = "") -> Path:
         if not method or not story:
             raise ValueError(f"method and story names must be non-empty (got {method!r}, {story!r})")
         # Names are percent-encoded, so any story id ("suite/0003", "a b") maps to one safe file.
-        return self.rows_dir / quote(method, safe="") / f"{quote(story, safe='')}.csv"
+        return self.method_dir(method, variant) / f"{quote(story, safe='')}.csv"
 
-    def done(self, method: str, story: str, metrics: Sequence[Metric] | None = None, inputs: str | None = None) -> bool:
+    def done(self, method: str, story: str, metrics: Sequence[Metric] | None = None, inputs: str | None = None,
+             variant: str = "") -> bool:
         """Are the rows of (method, story) stored, with every metric of `metrics` at its current
         version, and (given `inputs`) scored from the same inputs? A story scored before a metric
         changed, by a run asked for fewer metrics, or from other inputs (or from inputs never
         recorded: rows older than the column) is generated again. Timing metrics may be absent:
         references (ground truth, external videos) have none."""
-        path = self.story_file(method, story)
+        path = self.story_file(method, story, variant)
         if not path.is_file():
             return False
         if inputs is not None:
@@ -130,18 +139,19 @@ class RowStore:
         return True
 
     def write_story(self, method: str, story: str, rows: Iterable[MetricRow], meta: RunMeta, *,
-                    inputs: str = "", load: MachineLoad | None = None) -> Path:
+                    inputs: str = "", load: MachineLoad | None = None, variant: str = "") -> Path:
         """Write (or replace) the rows of (method, story) atomically; `inputs`: the digest of what was
         scored; `load`: the machine's load around a timed story's generation."""
         load = load or MachineLoad(float("nan"), float("nan"), 0)
         records = [{"method": method, "story": story, "shot": r.shot, "metric": r.metric, "value": r.value,
                     "subset": r.subset, "note": r.note, "metric_version": r.metric_version, **asdict(meta),
-                    "inputs": inputs, "load_before": load.before, "load_after": load.after, "cores": load.cores}
+                    "inputs": inputs, "load_before": load.before, "load_after": load.after, "cores": load.cores,
+                    "variant": variant}
                    for r in rows]
         if not records:
             raise ValueError(f"no rows to write for method {method!r}, story {story!r}")
         df = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
-        path = self.story_file(method, story)
+        path = self.story_file(method, story, variant)
         write_atomic(path, df.to_csv(index=False))
         return path
 
@@ -168,15 +178,17 @@ class RowStore:
         return rows.sort_values(["method", "story", "metric", "subset", "shot"], kind="stable").reset_index(drop=True)
 
     def protocol_of(self, method: str) -> dict[str, set[str]]:
-        """The protocol values already recorded for `method` (to refuse mixing protocols)."""
-        d = self.rows_dir / quote(method, safe="")
+        """The protocol values already recorded for `method`, its variants included (to refuse mixing
+        protocols: a memory-only run is compared with the normal one)."""
+        d = self.method_dir(method)
         out: dict[str, set[str]] = {k: set() for k in PROTOCOL_COLUMNS}
-        for f in sorted(d.glob("*.csv")) if d.is_dir() else []:
+        files = sorted(d.glob("*.csv")) + sorted(self.rows_dir.glob(f"{glob.escape(d.name)}@*/*.csv"))
+        for f in files:
             df = pd.read_csv(f, dtype=str, keep_default_na=False, usecols=PROTOCOL_COLUMNS)
             for k in PROTOCOL_COLUMNS:
                 out[k].update(df[k].unique())
         return out
 
-    def stories(self, method: str) -> list[str]:
-        d = self.rows_dir / quote(method, safe="")
+    def stories(self, method: str, variant: str = "") -> list[str]:
+        d = self.method_dir(method, variant)
         return sorted(unquote(f.stem) for f in d.glob("*.csv")) if d.is_dir() else []

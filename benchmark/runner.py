@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from benchmark.manifest import Manifest
 from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
-from benchmark.rows import PROTOCOL_COLUMNS, RowStore, RunMeta, digest, file_digest
+from benchmark.rows import MEMORY_ONLY, PROTOCOL_COLUMNS, RowStore, RunMeta, digest, file_digest
 from benchmark.timing import ChunkRecord, MachineLoad, cpu_cores, load_average, measure_peak_memory
 from shotstream.importer import COMPONENTS
 from shotstream.runtime import dtype_name, torch_dtype
@@ -339,10 +339,19 @@ def check_protocol(store: RowStore, method: str, meta: RunMeta) -> None:
 
 def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStore, meta: RunMeta,
                   scoring: Scoring | None = None, *, generate: GenerateFn = generate_story,
-                  progress: bool = True) -> dict[str, int]:
-    """Generate + score every (method, story) pair not already stored. Returns counts."""
+                  progress: bool = True, variant: str = "") -> dict[str, int]:
+    """Generate + score every (method, story) pair not already stored. Returns counts.
+
+    variant MEMORY_ONLY: every story without its global caption, rows kept beside the normal run's.
+    In official-format stories the global caption often names the character, so an "it" shot can
+    take its identity from the caption instead of from the shots in memory; without it, identity
+    on those shots measures what the caches carry."""
+    if variant not in ("", MEMORY_ONLY):
+        raise ValueError(f"unknown variant {variant!r} (expected '' or {MEMORY_ONLY!r})")
     scoring = scoring or Scoring()
     views = [story_view(s, i) for i, s in enumerate(stories)]
+    if variant == MEMORY_ONLY:
+        views = [replace(v, global_caption="") for v in views]
     ids = [v.id for v in views]
     if len(set(ids)) != len(ids):
         raise ValueError("story ids must be unique within a suite")
@@ -356,7 +365,7 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
     for method, view in bar:
         bar.set_postfix_str(f"{method} {view.id}")
         inputs = story_inputs(view, models[method])
-        if store.done(method, view.id, metrics, inputs=inputs):
+        if store.done(method, view.id, metrics, inputs=inputs, variant=variant):
             counts["skipped"] += 1
             continue
         call = lambda: generate(method, view, seed=story_seed(meta.seed, view.id), device=meta.device,  # noqa: E731
@@ -371,7 +380,7 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
         # A reference (ground truth) has no generation time: its timing rows are absent, not NaN.
         scored = metrics if gen.timed else [m for m in metrics if m.name not in TIMING_METRICS]
         rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
-        store.write_story(method, view.id, rows, meta, inputs=inputs, load=load)
+        store.write_story(method, view.id, rows, meta, inputs=inputs, load=load, variant=variant)
         counts["done"] += 1
     return counts
 

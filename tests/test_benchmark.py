@@ -539,8 +539,71 @@ def test_timed_rows_record_the_machine_load_and_the_report_flags_busy_stories(tm
     assert board.loc["fake", "busy_stories"] == 1 and board.loc["ref", "busy_stories"] == 0
     report = (tmp_path / "REPORT.md").read_text()
     section = report.split("## Timed on a busy machine")[1].split("## Failures")[0]
-    assert "above 0.5 per CPU core" in section and "| fake | story-1 | 5 | 4 | 1 | 2 |" in section
+    assert "above 0.5 per CPU core" in section and "| fake | story-1 |  | 5 | 4 | 1 | 2 |" in section
     assert "story-0" not in section
+
+
+class CaptionReader:
+    """Draws an "it" shot's character from the global caption ("a tale of a <colour> square"), else
+    from nothing it remembers (always green): identity on pronoun shots comes from the caption alone."""
+
+    def __init__(self):
+        self.global_captions = []
+
+    def __call__(self, method, story, **kw):
+        self.global_captions.append(story.global_caption)
+        named = story.global_caption.split()[-2] if story.global_caption else "green"
+        first = story.captions[0].split()[1]  # the first shot names its character
+        return Generation([solid(first if k == 0 else named, frames=6) for k in range(len(story.captions))], None,
+                          timed=False)
+
+
+def caption_stories(n=2):
+    names = ["red", "blue"]
+    return [{"id": f"story-{i}", "global_caption": f"a tale of a {names[i % 2]} square",
+             "shots": [{"caption": f"a {names[i % 2]} square" if k == 0 else "it walks",
+                        "labels": {"identity": names[i % 2], "pronoun": k > 0}} for k in range(3)]} for i in range(n)]
+
+
+def test_memory_only_variant_runs_without_global_captions_beside_the_normal_run(tmp_path):
+    from benchmark.rows import MEMORY_ONLY
+
+    store, scoring = RowStore(tmp_path), Scoring(metrics=get_metrics(["identity_acc"]), probe=ColourProbe())
+    normal, memory = CaptionReader(), CaptionReader()
+    run_benchmark(["fake"], caption_stories(), store, META, scoring, generate=normal, progress=False)
+    counts = run_benchmark(["fake"], caption_stories(), store, META, scoring, generate=memory, progress=False,
+                           variant=MEMORY_ONLY)
+    assert counts == {"done": 2, "skipped": 0}  # its own rows: the normal run's do not count as done
+    assert normal.global_captions == ["a tale of a red square", "a tale of a blue square"]
+    assert memory.global_captions == ["", ""]
+    assert store.stories("fake") == store.stories("fake", MEMORY_ONLY) == ["story-0", "story-1"]
+    write_report(tmp_path)
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("method")
+    assert board.loc["fake", "identity_acc[pronoun]"] == 1.0  # the caption named it
+    assert board.loc["fake", "identity_acc[pronoun, memory-only]"] == 0.0  # nothing in memory did
+    assert board.loc["fake", "identity_acc[named, memory-only]"] == 1.0 and board.loc["fake", "stories"] == 2
+    assert board.loc["fake", "identity_acc"] == 1.0  # the normal columns hold the normal run only
+    again = CaptionReader()
+    assert run_benchmark(["fake"], caption_stories(), store, META, scoring, generate=again, progress=False,
+                         variant=MEMORY_ONLY)["done"] == 0
+    # a variant is comparable with the normal run, or refused: one protocol across both folders
+    first = RowStore(tmp_path / "memory-first")
+    run_benchmark(["fake"], caption_stories(1), first, META, scoring, generate=again, progress=False, variant=MEMORY_ONLY)
+    with pytest.raises(ValueError, match="another protocol"):
+        run_benchmark(["fake"], caption_stories(1), first, RunMeta(**{**META.__dict__, "seed": 1}), scoring,
+                      generate=again, progress=False)
+
+
+def test_run_memory_only_flag_reaches_the_runner(tmp_path, monkeypatch):
+    import benchmark.runner as runner_mod
+
+    seen = []
+    monkeypatch.setattr(runner_mod, "run_benchmark", lambda *a, **k: seen.append(k["variant"]) or {"done": 0, "skipped": 0})
+    for flag, variant in (([], ""), (["--memory-only"], "memory-only")):
+        argv = ["run", "--method", "ground_truth", "--limit", "1", "--metrics", "fps", "--results", str(tmp_path),
+                "--quiet", "--no-report", *flag]
+        assert bench_main(argv) == 0
+        assert seen[-1] == variant
 
 
 @pytest.mark.parametrize("change", [{"steps": "8"}, {"seed": 1}, {"dtype": "bfloat16"}, {"device": "cuda"}])
