@@ -71,6 +71,22 @@ def test_teacher_finetune_starts_from_the_teacher_it_continues(smoke_models, tmp
         resolve_config("teacher", "teacher_smoke", ["stage.shift=-1"], out=str(tmp_path / "neg"))
 
 
+def test_autoencoder_continues_its_init_and_takes_the_studys_stride(smoke_models, tmp_path):
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.training.autoencoder import AutoencoderStage
+
+    _, ae, _ = smoke_models
+    cfg = resolve_config("autoencoder", "autoencoder_smoke", [f"stage.init={ae}"], out=str(tmp_path / "cont"))
+    stage = AutoencoderStage(cfg.stage, cfg)
+    start = TinyVideoAutoencoder.from_pretrained(ae).state_dict()
+    assert all(torch.equal(start[k].float(), v) and v.dtype == torch.float32 for k, v in stage.ae.state_dict().items())
+    cfg = resolve_config("autoencoder", "autoencoder_smoke", ["stage.spatial_stride=4", "stage.channel_mults=1,2"],
+                         out=str(tmp_path / "s4"))
+    stage = AutoencoderStage(cfg.stage, cfg)
+    z = stage.ae.encode_raw(stage.batch(0, 0, 1))
+    assert stage.video.spatial_stride == 4 and z.shape[-2:] == (16, 16)  # 64-pixel crops -> 16x16 latents
+
+
 def test_character_weight_starts_after_its_step():
     from types import SimpleNamespace
     from shotstream.training.teacher import TeacherConfig, TeacherStage

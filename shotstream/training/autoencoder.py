@@ -12,7 +12,7 @@ loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ from shotstream.world.story import sample_story
 @dataclass
 class AutoencoderConfig:
     preset: str = "tiny"  # video geometry (size, strides, latent channels) comes from the preset
+    # 0 = the preset's; 4 gives the DiT twice the tokens per side (docs/experiments.md, the #32 study)
+    spatial_stride: int = 0
+    init: str = ""  # a model folder to continue from (its architecture wins over the fields below)
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
@@ -48,6 +51,8 @@ class AutoencoderConfig:
             raise ValueError(f"stage.clip_frames must be 4k+1, got {self.clip_frames}")
         if self.crop_size < 0 or self.crop_size % 8:
             raise ValueError(f"stage.crop_size must be 0 or a multiple of 8, got {self.crop_size}")
+        if self.spatial_stride < 0:
+            raise ValueError(f"stage.spatial_stride must be 0 (the preset's) or a power of 2, got {self.spatial_stride}")
 
 
 def training_clip(seed: int, video_cfg, clip_frames: int, crop_size: int = 0) -> np.ndarray:
@@ -70,9 +75,17 @@ class AutoencoderStage:
     def __init__(self, config: AutoencoderConfig, train: TrainConfig):
         self.cfg, self.train = config, train
         self.device = torch.device(train.device)
-        self.video = get_preset(config.preset).video
-        self.ae = TinyVideoAutoencoder(self.video, base_channels=config.base_channels, channel_mults=config.channel_mults,
-                                       num_res_blocks=config.num_res_blocks).to(self.device)
+        if config.init:
+            # weights in fp32 whatever the folder's dtype: the optimizer keeps fp32 masters
+            self.ae = TinyVideoAutoencoder.from_pretrained(config.init, self.device).float().train()
+            self.video = self.ae.cfg
+        else:
+            self.video = get_preset(config.preset).video
+            if config.spatial_stride:
+                self.video = replace(self.video, spatial_stride=config.spatial_stride)
+            self.ae = TinyVideoAutoencoder(self.video, base_channels=config.base_channels,
+                                           channel_mults=config.channel_mults,
+                                           num_res_blocks=config.num_res_blocks).to(self.device)
 
     def modules(self):
         return {"autoencoder": self.ae}
