@@ -1,8 +1,11 @@
 """CLIP encoders for the benchmark: any open_clip architecture, weights from a local file only.
 
 Nothing here downloads. `ClipEncoder.from_arch("ViT-B-32", "/path/weights.safetensors")` builds the
-architecture with `pretrained=None` and loads the state dict from the path; a missing or
-mismatched file is a clear error. The in-domain default (`ShotStream-CLIP-tiny`, config in
+architecture with `pretrained=None` and loads the weights from the path, in any of the layouts
+open_clip reads (`read_clip_weights`): a state dict (.safetensors / .pt / .bin), OpenAI's
+TorchScript release (ViT-B-32.pt: pass the `-quickgelu` architecture it was trained with), or a
+wrapped training checkpoint ({"state_dict": {"module.visual...": ...}, "epoch": ...}); a missing
+or mismatched file is a clear error. The in-domain default (`ShotStream-CLIP-tiny`, config in
 `clip_configs/ShotStream-CLIP-tiny.json`, the one place its sizes live) is trained by
 `benchmark/train_clip.py` and saved as a checkpoint folder, loaded with `load_clip(folder)`.
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +27,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from open_clip.model import convert_to_custom_text_state_dict
 
 from shotstream.checkpoint import CheckpointError, check_keys, file_digest, load_checkpoint, load_tensors
 
@@ -65,7 +71,10 @@ class ClipEncoder:
                 f".safetensors/.pt file, or train the in-domain one with `shotstream-bench train-clip`)"
             )
         model = _create_untrained(arch, device)
-        _load_state(model, load_tensors(weights), str(weights))
+        if is_torchscript(weights) and not (open_clip.get_model_config(arch) or {}).get("quick_gelu"):
+            print(f"shotstream-bench: warning: {weights.name} is a TorchScript CLIP (OpenAI's release), trained with "
+                  f"QuickGELU; {arch!r} uses GELU: pass --clip-arch {arch}-quickgelu", file=sys.stderr)
+        _load_state(model, read_clip_weights(weights), str(weights))
         return cls(model, open_clip.get_tokenizer(arch), name=f"{arch}@{file_digest(weights)}")
 
     @classmethod
@@ -156,9 +165,47 @@ def _quiet_open_clip():
         root.removeFilter(drop)
 
 
+def is_torchscript(file: Path) -> bool:
+    """A TorchScript archive (torch.jit.save): a zip holding the module's code beside its tensors."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_clip_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """A CLIP state dict from any local open_clip file: safetensors, a torch state dict, OpenAI's
+    TorchScript release, or a wrapped training checkpoint ("state_dict" / "model" key, "module."
+    prefix of DistributedDataParallel). Errors name the file and what it is."""
+    file = Path(file)
+    if is_torchscript(file):
+        try:
+            state = torch.jit.load(str(file), map_location="cpu").state_dict()
+        except RuntimeError as e:
+            raise CheckpointError(f"{file}: unreadable TorchScript archive ({str(e).splitlines()[0]})") from None
+        # OpenAI's archive keeps its sizes as tensors beside the weights (as open_clip drops them)
+        state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    else:
+        state = load_tensors(file)  # (unwraps "state_dict" / "model")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
 def _load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    check_keys(model.state_dict(), tensors, source)
-    model.load_state_dict(tensors, strict=True)
+    expected = model.state_dict()
+    # Non-persistent buffers (the text tower's causal attn_mask) are rebuilt by the model; a
+    # traced archive stores them, so they are not weights to compare.
+    rebuilt = {name for name, _ in model.named_buffers()} - set(expected)
+    tensors = {k: v for k, v in tensors.items() if k not in rebuilt}
+    if "positional_embedding" in tensors and "positional_embedding" not in expected:
+        tensors = convert_to_custom_text_state_dict(tensors)  # CLIP layout into a CustomTextCLIP
+    for k in ("logit_scale", "logit_bias"):  # a scalar or a 1-element vector, by open_clip version
+        if k in tensors and k in expected and tensors[k].numel() == expected[k].numel() == 1:
+            tensors[k] = tensors[k].reshape(expected[k].shape)
+    check_keys(expected, tensors, source)
+    model.load_state_dict(tensors, strict=True)  # (copies cast OpenAI's fp16 weights to the model's dtype)
 
 
 def _resize_center_crop(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
