@@ -165,4 +165,6 @@ class WanVideoAutoencoder(CausalVideoAutoencoder):
             raise CheckpointError(f"{source}: bad AutoencoderKLWan config ({e})") from None
         check_keys(vae.state_dict(), state, str(source))
         vae.load_state_dict(state)
-        return cls(vae.to(device=device, dtype=dtype))
+        # nn.Module's own to(): AutoencoderKLWan keeps no module in fp32, but diffusers' to() warns
+        # that it might whenever a dtype is passed
+        return cls(torch.nn.Module.to(vae, device=device, dtype=dtype))
