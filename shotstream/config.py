@@ -171,9 +171,20 @@ class PromptConfig:
     # The global caption and each shot's caption are cut to this many characters (with a
     # warning) before the text encoder truncates to `model.text_len` tokens.
     max_chars: int = 2000
+    # The release's text cleaning before its tokenizer: mojibake repaired (ftfy) and HTML
+    # entities unescaped twice ("&amp;amp;" -> "&"), so a caption pasted from a web page reads
+    # as it was meant. The tiny models were trained on prompts as typed.
+    fix_text: bool = False
 
     def render(self, caption: str, shot: int, global_caption: str | None = None) -> str:
-        return self.template.format(global_caption=global_caption or "", shot=shot, caption=caption).strip()
+        text = self.template.format(global_caption=global_caption or "", shot=shot, caption=caption).strip()
+        if self.fix_text:
+            import html
+
+            import ftfy
+
+            text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split())
+        return text
 
     def validate(self) -> None:
         try:
@@ -256,7 +267,7 @@ def wan21_1_3b() -> ShotStreamConfig:
         # guidance 6, context at the target's noise level, the negative prompt in every slot.
         sampler=SamplerConfig(teacher_shift=8.0, guidance_scale=6.0, teacher_context_noise="target",
                               teacher_null_slots="all"),
-        prompt=PromptConfig(template="{global_caption}shot{shot}:{caption}", max_chars=8000),
+        prompt=PromptConfig(template="{global_caption}shot{shot}:{caption}", max_chars=8000, fix_text=True),
     )
 
 

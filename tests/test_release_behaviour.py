@@ -5,7 +5,8 @@ the tiny preset's own, each asserted directly on what the session feeds the mode
   and its frames come after them, from position 6, with flag 1;
 - the DiT attends to every one of the caption's `text_len` tokens, the zero padding included;
 - shot i's prompt is global_caption + "shot{i}:" + caption, with no space;
-- a ~2,100-character global caption reaches the text encoder whole.
+- a ~2,100-character global caption reaches the text encoder whole;
+- a prompt is cleaned before tokenising (ftfy, HTML entities), as Wan's tokenizer wrapper does.
 """
 
 import warnings
@@ -121,6 +122,15 @@ def test_the_release_dit_attends_to_the_padding_tokens(text_mask):
     with torch.no_grad():
         masked, unmasked = (model(x, t, text, m, frames) for m in (padded, torch.ones_like(padded)))
     assert torch.equal(masked, unmasked) != text_mask
+
+
+def test_the_release_cleans_a_pasted_prompt_as_its_tokenizer_wrapper_does():
+    session = release_pipe().session(global_caption="Tom &amp;amp; Jerry\u2019s\n\n chase. ")
+    # mojibake repaired, curly quotes straightened (ftfy), HTML entities unescaped twice,
+    # whitespace runs collapsed
+    assert session.prompt("The cat\u00e2\u20ac\u2122s   tail &lt;3", 1) == "Tom & Jerry's chase.shot1:The cat's tail <3"
+    tiny = make_pipe().session(global_caption="Tom &amp; Jerry.")
+    assert tiny.prompt("It walks.", 1) == "Tom &amp; Jerry. It walks."  # the tiny models read prompts as typed
 
 
 def test_a_bad_prompt_template_is_a_clear_error():
