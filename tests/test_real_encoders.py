@@ -76,3 +76,100 @@ def test_clip_file_errors_say_what_is_wrong(clip_model, tmp_path):
     save_file({"visual.conv1.weight": torch.zeros(2, 2)}, other)
     with pytest.raises(CheckpointError, match="missing keys"):
         ClipEncoder.from_arch(ARCH, other)
+
+
+# --- DINOv2 and OWLv2 as transformers folders -------------------------------------------------------
+
+
+def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
+    """A random DINOv2 in the hub's layout: config.json, model.safetensors, preprocessor_config.json."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             patch_size=8, image_size=32)).save_pretrained(folder)
+    # facebook/dinov2-*'s preprocessing (resize the short side, centre crop), at the tiny model's size
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """A random OWLv2 in the hub's layout: model, image processor and a CLIP BPE tokenizer built offline."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=64,
+                max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # boxes near each patch's prior box (random heads saturate the sigmoid at the image edge)
+        model.box_head.dense2.weight.mul_(0.01)
+    model.save_pretrained(folder)
+    # OWLv2 skips a query whose first token id is 0: "!" is id 0, as in CLIP's vocabulary (the padding)
+    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dino_dir(tmp_path_factory) -> Path:
+    return write_tiny_dinov2(tmp_path_factory.mktemp("dinov2") / "dinov2-tiny")
+
+
+@pytest.fixture(scope="module")
+def owl_dir(tmp_path_factory) -> Path:
+    return write_tiny_owlv2(tmp_path_factory.mktemp("owlv2") / "owlv2-tiny")
+
+
+def test_dinov2_embeds_crops_of_any_size_as_its_pooled_cls_token(dino_dir, tmp_path):
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    from benchmark.encoders import IdentityEncoder
+
+    enc = IdentityEncoder.from_pretrained(dino_dir)
+    crops = [frames(1, 1, 48)[0], frames(2, 1, 20)[0][:, :12]]  # a square and a thin crop
+    got = enc.encode_images(crops)
+    model, proc = Dinov2Model.from_pretrained(dino_dir).eval(), AutoImageProcessor.from_pretrained(dino_dir)
+    with torch.no_grad():
+        ref = torch.cat([model(**proc(images=[c], return_tensors="pt")).pooler_output for c in crops])
+    assert got.shape == (2, 32) and torch.allclose(got, torch.nn.functional.normalize(ref, dim=-1), atol=1e-6)
+    assert enc.name.startswith("dinov2:dinov2-tiny@")
+    other = IdentityEncoder.from_pretrained(write_tiny_dinov2(tmp_path / "dinov2-tiny", seed=1))
+    assert other.name != enc.name  # the checksum tells weights apart
+
+
+def test_owlv2_gives_each_frame_the_querys_best_box_in_pixels(owl_dir):
+    from transformers import AutoProcessor, Owlv2ForObjectDetection
+
+    from benchmark.encoders import CharacterDetector
+
+    det = CharacterDetector.from_pretrained(owl_dir, query="a fox")
+    video = frames(3, 5)[:, :, :40]  # [5, 48, 40, 3]: not square, so OWLv2 pads it
+    boxes = det.locate(video)
+    assert boxes.shape == (5, 4)
+    assert (boxes[:, 2] <= 40).all() and (boxes[:, 3] <= 48).all() and (boxes >= 0).all()
+    assert "[a fox]" in det.name and det.name.startswith("owlv2:owlv2-tiny@")
+    # the same box as transformers' own post-processing, scaled to the padded square's side
+    model, proc = Owlv2ForObjectDetection.from_pretrained(owl_dir).eval(), AutoProcessor.from_pretrained(owl_dir)
+    with torch.no_grad():
+        out = model(**proc(text=[["a fox"]], images=[video[2]], return_tensors="pt"))
+    ref = proc.image_processor.post_process_object_detection(out, threshold=-1.0, target_sizes=[(48, 48)])[0]
+    best = ref["boxes"][ref["scores"].argmax()].numpy()
+    assert np.allclose(boxes[2], np.clip(best, 0, [40, 48, 40, 48]), atol=1e-4)
+
+
+def test_folders_of_the_wrong_kind_are_clear_errors(dino_dir, owl_dir, tmp_path):
+    from benchmark.encoders import CharacterDetector, IdentityEncoder
+
+    with pytest.raises(CheckpointError, match="'owlv2' model; --identity-encoder takes a DINOv2 folder"):
+        IdentityEncoder.from_pretrained(owl_dir)
+    with pytest.raises(CheckpointError, match="'dinov2' model; --detector takes an OWLv2 folder"):
+        CharacterDetector.from_pretrained(dino_dir)
+    with pytest.raises(CheckpointError, match="no config.json.*never downloaded"):
+        IdentityEncoder.from_pretrained(tmp_path / "facebook/dinov2-base")
