@@ -6,9 +6,10 @@
     results/plots/*.png       one plot per metric (per method) + chunk time vs shot index + one
                               confusion matrix per label (probe's answer against the truth, per method)
                               + identity by the shot's framing and the character's pattern
-    results/REPORT.md         the above as a readable page, with each metric's formula, the
-                              speed ratios against the teacher, and the machine's performance
-                              pages (results/perf/*.md: profile, FLOP model) when present
+    results/REPORT.md         the above as a readable page (one leaderboard table per suite), with
+                              each metric's formula, the speed ratios against the teacher, and the
+                              machine's performance pages (results/perf/*.md: profile, FLOP model)
+                              when present
 
 Every file is rendered into a temporary folder first and renamed into place only when all of
 them are ready, so a failure never leaves a partial leaderboard.
@@ -89,6 +90,12 @@ def build_leaderboard(rows: pd.DataFrame) -> pd.DataFrame:
             rec["busy_stories"] = int(busy_stories(g)["story"].nunique())
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def suite_leaderboards(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The leaderboard of each suite's rows, by suite name: methods are ranked only beside the
+    methods scored on the same stories."""
+    return {suite: build_leaderboard(g) for suite, g in rows.groupby("suite", sort=True)}
 
 
 def recorded_load(rows: pd.DataFrame) -> bool:
@@ -306,8 +313,13 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
         "shots that say \"it\". A missing value (NaN) in any row makes the aggregate `missing`.",
         "",
     ]
-    score_cols = [c for c in board.columns if c not in ("method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS)]
-    lines += [_md_table(board[["method", *score_cols]]), ""]
+    lines += ["One table per suite: only methods scored on the same stories are compared (an external set of",
+              "videos is not ranked beside the evaluation suite); a table has the columns its suite's rows fill.", ""]
+    for suite, suite_board in suite_leaderboards(rows).items():
+        score_cols = [c for c in suite_board.columns if c not in ("method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS)]
+        stories = rows.loc[rows["suite"] == suite, "story"].nunique()
+        lines += [f"### {suite or '(no suite)'} ({stories} {'story' if stories == 1 else 'stories'})", "",
+                  _md_table(suite_board[["method", *score_cols]]), ""]
     ratios = speed_ratios(board)
     if not ratios.empty:
         lines += [f"## Speed against the {REFERENCE}", "", "From the rows above: compare methods measured on the "
