@@ -3,6 +3,8 @@
     shotstream-bench run --method student teacher ground_truth --limit 10  # eval suite: generate + score (resumable)
     torchrun --nproc-per-node 4 -m benchmark run --method student teacher --device cuda  # stories sharded by rank
     shotstream-bench score --manifest videos/manifest.json --method other  # score any system's mp4s
+    shotstream-bench score --manifest films/manifest.json --clip-arch ViT-B-32-quickgelu --clip-weights ViT-B-32.pt \
+        --identity-encoder dinov2-base/ --detector owlv2-base/ --detector-query "a woman" --device cuda  # real videos
     shotstream-bench report                                                # results/leaderboard.csv, REPORT.md
     shotstream-bench train-probe / train-clip                              # the StoryWorld judges (checkpoints/)
 """
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--method", default=None, help="method name for the rows (default: the manifest's 'method')")
     score.add_argument("--suite", default=None, help="suite name recorded in the rows (default: manifest's 'suite' or file name)")
     score.add_argument("--seed", type=int, default=0)
+    add_runtime_args(score, dtype=None)
     _scoring_args(score, default_metrics="all but timing")
     score.set_defaults(func=cmd_score)
 
@@ -101,6 +104,17 @@ def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
     p.add_argument("--clip-arch", default=None, help="any open_clip architecture, with --clip-weights")
     p.add_argument("--clip-weights", default=None, help="local weights file for --clip-arch (never downloaded)")
     p.add_argument("--probe", default=None, help=f"label probe folder (default: {DEFAULT_PROBE.relative_to(REPO)} if present)")
+    p.add_argument("--in-domain-clip", action="store_true",
+                   help=f"score videos from outside StoryWorld with the in-domain CLIP ({DEFAULT_CLIP.relative_to(REPO)}) "
+                   "anyway; without it (or --clip / --clip-arch) `score` refuses them")
+    p.add_argument("--identity-encoder", default=None, metavar="FOLDER",
+                   help="a local DINOv2 transformers folder: embeds the character crops of the identity metrics "
+                   "(real videos; default: the CLIP)")
+    p.add_argument("--detector", default=None, metavar="FOLDER",
+                   help="a local OWLv2 transformers folder: the main character's box in every frame, the one that "
+                   "best matches --detector-query (real videos; boxes in the labels come first)")
+    p.add_argument("--detector-query", default="a person", help="what the main character is, for --detector "
+                   "(default: 'a person')")
     p.add_argument("--no-report", action="store_true", help="do not regenerate the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -137,6 +151,36 @@ def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
             print(f"shotstream-bench: warning: no label probe ({DEFAULT_PROBE} not found; train one with "
                   "`shotstream-bench train-probe`); label metrics will be missing", file=sys.stderr)
     return Scoring(metrics=metrics, clip=clip, probe=probe), (clip.name if clip is not None else "none")
+
+
+def _real_encoders(args, scoring, encoder: str, device: str):
+    """--identity-encoder and --detector into `scoring`; each model's name (with its checksum) joins
+    the rows' encoder."""
+    from benchmark.encoders import CharacterDetector, IdentityEncoder
+
+    names = [encoder]
+    if args.identity_encoder:
+        identity = IdentityEncoder.from_pretrained(args.identity_encoder, device=device)
+        scoring.embed = identity.encode_images
+        names.append(f"identity={identity.name}")
+    if args.detector:
+        detector = CharacterDetector.from_pretrained(args.detector, args.detector_query, device=device)
+        scoring.localiser = detector  # (a CharacterLocator: frames -> one box per frame)
+        names.append(f"detector={detector.name}")
+    return scoring, " + ".join(names)
+
+
+def _check_clip_domain(args, manifest, default_names: list[str]) -> None:
+    """The in-domain CLIP knows StoryWorld only: on other videos its scores are noise (0-59 on correctly
+    captioned test patterns), so it scores them only when asked for by name."""
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else default_names
+    if args.clip or args.clip_arch or args.clip_weights or args.in_domain_clip or not set(names) & set(CLIP_METRICS):
+        return
+    if all(labels and set(LABEL_KEYS.values()) <= set(labels) for s in manifest.stories for labels in s.labels):
+        return  # every shot carries StoryWorld's labels: the in-domain CLIP's own renders
+    raise CLIError(f"{manifest.path}: these videos are not StoryWorld renders (their shots lack StoryWorld's labels) "
+                   f"and the default CLIP ({DEFAULT_CLIP.relative_to(REPO)}) knows only StoryWorld: pass a real CLIP "
+                   "with --clip-arch ARCH --clip-weights FILE, or --in-domain-clip to score them with it anyway")
 
 
 def _load_stories(path: str) -> tuple[list[dict], str]:
@@ -206,6 +250,7 @@ def _run_shard(args, world) -> int:
         check_prompts(story)
     stories = stories[world.rank::world.world_size]
     scoring, encoder = _scoring(args, None, device=str(world.device))
+    scoring, encoder = _real_encoders(args, scoring, encoder, str(world.device))
     store = RowStore(args.results)
     metas = {}
     for name, folder in folders.items():
@@ -239,9 +284,12 @@ def cmd_score(args) -> int:
     if not method:
         raise CLIError(f"{args.manifest}: no method name (pass --method or set 'method' in the manifest)")
     default = [n for n in (m.name for m in get_metrics()) if n not in TIMING_METRICS]
-    scoring, encoder = _scoring(args, default)
+    _check_clip_domain(args, manifest, default)
+    set_threads(args.threads)
+    scoring, encoder = _scoring(args, default, device=args.device)
+    scoring, encoder = _real_encoders(args, scoring, encoder, args.device)
     meta = RunMeta(suite=args.suite or manifest.suite or Path(args.manifest).stem, encoder=encoder, steps="",
-                   preset="", device="cpu", dtype="", threads=cpu_threads(), seed=args.seed)
+                   preset="", device=args.device, dtype="", threads=cpu_threads(), seed=args.seed)
     counts = score_manifest(manifest, method, RowStore(args.results), meta, scoring, progress=not args.quiet)
     print(f"score: {counts['done']} stories scored, {counts['skipped']} already done (resumed)")
     return _maybe_report(args)
