@@ -41,14 +41,15 @@ class Transitions:
     matched: dict[int, int]  # shot start -> its cut (within CUT_TOLERANCE)
 
 
-def detect_cuts(frames: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """PySceneDetect's AdaptiveDetector on uint8 RGB frames [N, H, W, 3]: (cut frames, content_val [N])."""
+def detect_cuts(frames: np.ndarray, adaptive: bool = True) -> tuple[list[int], np.ndarray]:
+    """PySceneDetect's AdaptiveDetector (else its fixed-threshold ContentDetector, for comparison) on
+    uint8 RGB frames [N, H, W, 3]: (cut frames, content_val [N])."""
     import cv2
     from scenedetect.common import FrameTimecode
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
     from scenedetect.stats_manager import StatsManager
 
-    detector = AdaptiveDetector(min_scene_len=MIN_CUT_GAP)
+    detector = (AdaptiveDetector if adaptive else ContentDetector)(min_scene_len=MIN_CUT_GAP)
     detector.stats_manager = stats = StatsManager()
     fps = 16.0  # (timecodes need a rate; every length here is in frames)
     cuts = []
@@ -131,3 +132,25 @@ def cut_time_error(story: StoryOutput, ctx: MetricContext) -> list[Value]:
         f = lo + int(np.argmax(t.scores[lo : hi + 1]))
         out.append(Value(k, float(abs(f - s)), f"sharpest change at {f - s:+d}"))
     return out
+
+
+def compare_detectors() -> None:
+    """Both PySceneDetect detectors on the evaluation suite's ground truth: boundaries found, extra cuts
+    (`python -c "from benchmark.transitions import compare_detectors; compare_detectors()"`, ~1 min)."""
+    from benchmark.suite import EVAL_SUITE, load_suite
+    from shotstream.world import render_shot
+
+    stories = [v.source for v in load_suite(EVAL_SUITE)[0]]
+    found, extra, total = {True: 0, False: 0}, {True: 0, False: 0}, 0
+    for story in stories:
+        shots = [render_shot(story, k)[0] for k in range(story.num_shots)]
+        starts = np.cumsum([len(f) for f in shots])[:-1].tolist()
+        total += len(starts)
+        for adaptive in (True, False):
+            cuts = detect_cuts(np.concatenate(shots), adaptive)[0]
+            matched = match_cuts(starts, cuts)
+            found[adaptive] += len(matched)
+            extra[adaptive] += len(cuts) - len(matched)
+    print(f"{EVAL_SUITE} ground truth, {len(stories)} stories, {total} shot boundaries (cut within {CUT_TOLERANCE} frames):")
+    for adaptive, name in ((True, "AdaptiveDetector (used)"), (False, "ContentDetector (threshold 27)")):
+        print(f"  {name}: {found[adaptive]} boundaries found, {extra[adaptive]} cuts inside shots")
