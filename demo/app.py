@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # `python demo/app.py` (how a Hugging Face Space 
 import gradio as gr
 
 from demo.card import CHIPS_CSS, CHIPS_JS, chips_html, is_storyworld_model, model_card, unknown_words, vocabulary_hint
+from demo.playback import PLAYBACK_CSS, PLAYBACK_HTML, PLAYBACK_JS, Timeline, plain_text
 from demo.stories import IDLE_TIMEOUT, MAX_STORIES, Full, StoryRegistry, Sweeper
 from shotstream.checkpoint import CheckpointError
 from shotstream.generate import CHECKPOINTS, resolve_model
@@ -109,7 +110,6 @@ def seed_value(seed) -> int:
     return 0 if seed is None or seed == "" else check_seed(seed)
 
 
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")  # ANSI sequences, C0 controls
 # Every ASCII punctuation that Markdown (with GFM's autolinks: "http://", "www.", "a@b.c") reads.
 # (< > & are left to html.escape: a backslash before an entity would break it.)
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:@])")
@@ -119,7 +119,7 @@ def as_text(text: str) -> str:
     """User text for Markdown/HTML, shown exactly as typed: HTML escaped (`<script>` never runs),
     Markdown punctuation backslash-escaped (`**bold**` and `![](url)` stay text, no image is
     fetched), control characters and ANSI escapes dropped."""
-    return html.escape(_MARKDOWN.sub(r"\\\1", _CONTROL.sub("", text)), quote=False)
+    return html.escape(_MARKDOWN.sub(r"\\\1", plain_text(text)), quote=False)
 
 
 def stats_markdown(shot: int | None, latency: float | None, fps: float | None, frames: int, pending: int) -> str:
@@ -382,12 +382,13 @@ class App:
         return status
 
     def run(self, request: gr.Request):
-        """Stream every queued shot of this session: yields (video segment, storyboard, stats, status)."""
+        """Stream every queued shot of this session: yields (video segment, storyboard, stats, status,
+        playback state for the page's player: Timeline.state)."""
         story = self.story(request, create=False)
         if story is None:
             note = self.freed_note(request)
             if note:
-                yield gr.skip(), gr.skip(), gr.skip(), as_text(note)
+                yield gr.skip(), gr.skip(), gr.skip(), as_text(note), gr.skip()
             return
         key, ticket = session_key(request), object()
         with story.lock:
@@ -400,10 +401,10 @@ class App:
             except Busy as e:
                 story.session.cancel()
                 gr.Warning(f"Not generated: {e}.")
-                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {e}.")
+                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {e}."), gr.skip()
                 return
             while place:
-                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {len(self.slots.running)} generating; you are {place} in line.")
+                yield gr.skip(), gr.skip(), gr.skip(), self.status(story, f"Busy: {len(self.slots.running)} generating; you are {place} in line."), gr.skip()
                 self.stories.touch(key)  # waiting in line is activity
                 place = self.slots.wait(ticket, timeout=0.5)
                 if not story.session.pending or story.closed:  # cancelled, reset or freed while waiting
@@ -419,7 +420,9 @@ class App:
         """Stream queued shots of `story`, following "new story" to the new session. Gradio ends a
         run by sending its last outputs again, so the last yield always states the story as it is
         now: after "new story" or "stop", never the old chunk and stats (issue 31)."""
-        fps, shown_session = story.pipe.config.video.fps, None  # whose chunks this run showed last
+        video = story.pipe.config.video
+        fps, shown_session = video.fps, None  # whose chunks this run showed last
+        timeline = Timeline(fps)  # this run's video: one HLS stream, its clock from 0
         while True:
             session = story.session  # "new story" swaps it; the loop then follows the new one
             with story.lock:  # checked and released together, so a shot queued now starts a new run
@@ -438,6 +441,7 @@ class App:
                         story.t_first = chunk.t_ready - chunk.t_start
                     gen_fps = frames_this_shot / max(chunk.t_ready - chunk.t_start, 1e-6)
                     stats = stats_markdown(chunk.shot, story.t_first, gen_fps, sum(len(s.frames) for s in session.shots) + frames_this_shot, session.pending)
+                    timeline.add(chunk)
                     story.generated_shots += chunk.last
                     story.in_progress = None if chunk.last else chunk.shot
                     gallery = gr.skip()
@@ -446,7 +450,9 @@ class App:
                     if story.session is not session:  # "new story" meanwhile: a late chunk of the old one is never shown
                         break
                     shown_session = session
-                    yield str(segment), gallery, stats, self.status(story, f"Generating shot {chunk.shot + 1}: {as_text(chunk.caption)}")
+                    remaining = (video.frames_per_shot - frames_this_shot + session.pending * video.frames_per_shot) / fps
+                    yield (str(segment), gallery, stats, self.status(story, f"Generating shot {chunk.shot + 1}: {as_text(chunk.caption)}"),
+                           timeline.state(chunk.shot, remaining))
             finally:
                 stream.close()  # releases the pipeline's lock even when the client went away
                 story.in_progress = None
@@ -454,12 +460,12 @@ class App:
             return
         if shown_session is not story.session:  # "new story" after this run showed chunks of the old one
             story.stale_video = True  # gradio's streamed video keeps this run's segments: cleared by after_run
-            yield None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot."
+            yield None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot.", ""
             return
         shots = story.session.shots  # finished, or stopped: the stats count only the shots kept
         stats = stats_markdown(len(shots) - 1 if shots else None, story.t_first if shots else None, None,
                                sum(len(s.frames) for s in shots), story.session.pending)
-        yield gr.skip(), story.gallery(), stats, self.status(story)
+        yield gr.skip(), story.gallery(), stats, self.status(story), timeline.state()  # generation over: play out, never hold
 
     def after_run(self, request: gr.Request):
         """After a run: empty the player if it holds a replaced story's chunks. (A streamed gr.Video
@@ -495,7 +501,7 @@ class App:
     def new_story(self, global_caption, seed, confirmed=True, request: gr.Request = None):
         """Discard the story (the page asks first: `confirmed` is the answer) and start a new one."""
         if confirmed is False:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         story = self.story(request, create=False)
         try:
             caption = check_prompt(global_caption)[0] if (global_caption or "").strip() else None
@@ -508,7 +514,7 @@ class App:
             seed = 0
         if story is not None:
             story.restart(seed, caption)
-        return None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot.", None
+        return None, [], stats_markdown(None, None, None, 0, 0), "New story: type the first shot.", None, ""
 
     def download(self, request: gr.Request):
         story = self.story(request, create=False)
@@ -587,6 +593,10 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         with gr.Row():
             with gr.Column(scale=3):
                 video = gr.Video(label="now streaming", streaming=True, autoplay=True, elem_id="stream", height=360)
+                # The shot playing, from the player's position (the status names the shot generating),
+                # and "buffering" while the page holds playback for generation to get ahead (demo/playback.py).
+                playback = gr.HTML("", html_template=PLAYBACK_HTML, js_on_load=PLAYBACK_JS, css_template=PLAYBACK_CSS,
+                                   elem_id="playback")
                 stats = gr.Markdown(stats_markdown(None, None, None, 0, 0), elem_id="stats")
                 status = gr.Markdown("Type the first shot.", elem_id="status")
                 with gr.Row():
@@ -613,7 +623,7 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
                     examples, labels = example_stories()
                     gr.Examples(examples, inputs=[story_box, global_caption], example_labels=labels)
 
-        stream_outputs = [video, gallery, stats, status]
+        stream_outputs = [video, gallery, stats, status, playback]
         # Before Enter: which words the tiny model will ignore (cheap, so outside the queue).
         prompt.change(app.hint, prompt, hint, queue=False, api_name=False, show_progress="hidden")
         # Named events are the API that scripts and tests drive with gradio_client:
@@ -622,18 +632,27 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         # the server's answer, which would erase what was typed meanwhile; a refused prompt comes
         # back only into an empty box.
         submitted, refused = gr.Textbox(visible=False), gr.Textbox(visible=False)
+        # Every Enter queues its prompt, even while an earlier one is still being queued ("multiple":
+        # gradio's default drops a trigger while the same event is pending, and the box was already
+        # cleared: the prompt was lost), one at a time in the order typed (one add_shot at a time for
+        # the whole server: it takes milliseconds). A run triggered while one streams waits for it to
+        # end ("always_last"): the streaming run picks the new shot up, or the next one streams it.
         for trigger, name in ((prompt.submit, "add_shot"), (add.click, False)):
-            trigger(None, prompt, [submitted, prompt], js=SUBMIT_JS, queue=False, api_name=False) \
-                .then(app.add_shot, [submitted, global_caption, seed], [status, refused], concurrency_limit=None, api_name=name) \
-                .then(None, [refused, prompt], prompt, js=RESTORE_JS, queue=False, api_name=False) \
-                .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden") \
-                .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden")
-        queue_story.click(app.add_story, [story_box, global_caption, seed], status, concurrency_limit=None, api_name=False) \
-            .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=False, show_progress="hidden") \
-            .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden")
+            trigger(None, prompt, [submitted, prompt], js=SUBMIT_JS, queue=False, api_name=False, trigger_mode="multiple") \
+                .then(app.add_shot, [submitted, global_caption, seed], [status, refused], concurrency_limit=1,
+                      concurrency_id="add_shot", api_name=name, trigger_mode="multiple") \
+                .then(None, [refused, prompt], prompt, js=RESTORE_JS, queue=False, api_name=False, trigger_mode="multiple") \
+                .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden",
+                      trigger_mode="always_last") \
+                .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden", trigger_mode="always_last")
+        queue_story.click(app.add_story, [story_box, global_caption, seed], status, concurrency_limit=1,
+                          concurrency_id="add_shot", api_name=False) \
+            .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=False, show_progress="hidden",
+                  trigger_mode="always_last") \
+            .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden", trigger_mode="always_last")
         stop.click(app.cancel, None, [status, story_box, stats], concurrency_limit=None, api_name="cancel")
         confirmed = gr.Checkbox(True, visible=False)  # the page's answer to "discard this story?" (API callers: True)
-        new.click(app.new_story, [global_caption, seed, confirmed], [video, gallery, stats, status, file],
+        new.click(app.new_story, [global_caption, seed, confirmed], [video, gallery, stats, status, file, playback],
                   js=CONFIRM_NEW_JS, concurrency_limit=None, api_name="new_story")
         dl.click(app.download, None, file, concurrency_limit=None, api_name="download")
         # A browser fires load when the page opens (and holds a heartbeat that fires unload when it

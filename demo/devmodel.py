@@ -9,6 +9,8 @@ tests and a first look at the UI take seconds on a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +38,39 @@ def write_dev_checkpoint(folder, seed: int = 0, overrides=DEV_OVERRIDES) -> Path
     save_pretrained(model, cfg, folder / "student", kind="causal")
     TinyVideoAutoencoder(cfg.video, base_channels=8).save_pretrained(folder / "autoencoder")
     return folder / "student"
+
+
+class SlowedPipeline:
+    """`pipe`, but each session streams at `speed` x real time (video seconds per wall second, the
+    model's own time included): the page as it is when generation is slower than playback (the
+    real model on a small GPU), on any model. Used by the browser test and demo.playback_check."""
+
+    def __init__(self, pipe, speed: float):
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.pipe, self.speed = pipe, speed
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def session(self, *args, **kwargs):
+        return _SlowedSession(self.pipe.session(*args, **kwargs), self.speed, self.pipe.config.video.fps)
+
+
+class _SlowedSession:
+    def __init__(self, session, speed: float, fps: float):
+        self._session, self._speed, self._fps = session, speed, fps
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def stream(self, *args, **kwargs):
+        t0, made = time.perf_counter(), 0.0
+        with contextlib.closing(self._session.stream(*args, **kwargs)) as chunks:
+            for chunk in chunks:  # chunk i no sooner than the video so far / speed after the start
+                made += len(chunk.frames) / self._fps
+                time.sleep(max(0.0, t0 + made / self._speed - time.perf_counter()))
+                yield chunk
 
 
 def main(argv=None) -> int:

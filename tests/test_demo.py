@@ -5,6 +5,7 @@ encoder (MiniLM, offline) is loaded once for the module. SHOTSTREAM_DEMO_MODEL=<
 folder> serves that model instead (e.g. to time the browser test on the shipped student).
 """
 
+import json
 import os
 import threading
 import time
@@ -21,6 +22,8 @@ from demo import app as demo_app  # noqa: E402
 from demo.app import Busy, GenerationSlots, ModelSpec, as_text, check_prompt, stats_markdown  # noqa: E402
 from demo.devmodel import DEV_OVERRIDES, write_dev_checkpoint  # noqa: E402
 from demo.card import chips, chips_html, unknown_words, vocabulary_hint  # noqa: E402
+from demo.playback import LOW, Timeline, needed_buffer  # noqa: E402
+from demo import playback  # noqa: E402
 from demo.stories import Full, StoryRegistry  # noqa: E402
 from helpers import free_port  # noqa: E402
 
@@ -58,6 +61,35 @@ def test_stats_markdown_shows_shot_latency_fps():
     text = stats_markdown(1, 0.345, 12.34, 40, 2)
     assert "**shot** 2" in text and "0.34 s" in text and "12.3" in text and "**queued** 2" in text
     assert "**first frame** -" in stats_markdown(None, None, None, 0, 0)
+
+
+def fake_chunk(shot, chunk, n, caption="a red star walks", t_start=100.0):
+    return SimpleNamespace(shot=shot, chunk=chunk, frames=np.zeros((n, 2, 2, 3), np.uint8), caption=caption, t_start=t_start)
+
+
+def test_the_timeline_places_each_shot_in_the_runs_video_and_measures_the_speed():
+    now = [100.0]
+    timeline = Timeline(fps=16, clock=lambda: now[0])
+    assert timeline.speed() is None
+    for j, n in enumerate((9, 12, 12)):  # the tiny preset's shot: 33 frames in chunks of 9, 12, 12
+        timeline.add(fake_chunk(3, j, n))  # (the story's 4th shot, first of this run)
+    now[0] = 104.125  # 33 frames, 2.0625 s of video, in 4.125 s: half real time
+    timeline.add(fake_chunk(4, 0, 9, "close-up of it\x1b[31m spinning\x00", t_start=104.0))
+    assert timeline.shots == [(0.0, 3, "a red star walks"), (2.0625, 4, "close-up of it spinning")]
+    assert timeline.speed() == pytest.approx((42 / 16) / 4.125)
+    state = json.loads(timeline.state(4, remaining=1.5))
+    assert state == {"shots": [[0.0, 4, "a red star walks"], [2.0625, 5, "close-up of it spinning"]],
+                     "generating": 5, "speed": round((42 / 16) / 4.125, 3), "remaining": 1.5}
+    over = json.loads(timeline.state())  # the run is over: nothing generating, nothing left to wait for
+    assert over["generating"] is None and over["remaining"] == 0.0 and over["shots"] == state["shots"]
+
+
+def test_the_page_buffers_what_the_rest_needs_to_play_without_a_stall():
+    assert needed_buffer(None, 2.0) == needed_buffer(1.0, 2.0) == needed_buffer(3.0, 2.0) == LOW  # real time or faster
+    assert needed_buffer(0.5, 0.0) == LOW  # nothing left to generate
+    assert needed_buffer(0.5, 1.0) == pytest.approx(1.0)  # 1 s left at half speed: 2 s to make, 1 s to play
+    assert needed_buffer(0.8, 2.0) == pytest.approx(0.5)
+    assert needed_buffer(0.1, 2.0) == playback.CAP  # more than the player buffers: as much as it does
 
 
 def test_generation_slots_limit_line_order_and_refusal():
@@ -424,6 +456,38 @@ def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
     c.predict("it bounces", "", 0, api_name="/add_shot")  # the app keeps working
     run_outputs(c)
     assert len(story_of(server, c).session.shots) == 2
+
+
+def test_each_run_tells_the_page_where_its_shots_start_and_a_queued_shot_is_timed_from_its_start(server):
+    app, request = server.app, SimpleNamespace(session_hash="timeline-and-latency")
+    app.add_shot("a red star walks left", "", 0, request)
+    app.add_shot("close-up of it spinning", "", 0, request)
+    story, chunks = app.stories.get(request.session_hash), []
+    stream, write = story.session.stream, story.write_segment
+
+    def recorded():
+        for chunk in stream():
+            chunks.append(chunk)
+            yield chunk
+
+    def slow_write(frames, fps):  # shot 1 takes a while: shot 2 waits in the queue meanwhile
+        time.sleep(0.1 if len(chunks) <= 5 else 0)
+        return write(frames, fps)
+
+    story.session.stream, story.write_segment = recorded, slow_write
+    outs = list(app.run(request))
+    states = [json.loads(o[4]) for o in outs if isinstance(o[4], str) and o[4]]
+    fps, frames = story.pipe.config.video.fps, story.pipe.config.video.frames_per_shot
+    shots = [[0.0, 1, "a red star walks left"], [round(frames / fps, 4), 2, "close-up of it spinning"]]
+    assert states[-1]["shots"] == shots and states[-1]["generating"] is None  # the run is over: play out
+    assert [s["generating"] for s in states[:-1]] == [1] * 5 + [2] * 5 and states[5]["shots"] == shots
+    assert states[0]["remaining"] == pytest.approx((2 * frames - 1) / fps)  # the rest of shot 1 and all of shot 2
+    # "first frame" of the queued shot 2: from when it started generating, not from its submit
+    first = next(c for c in chunks if c.shot == 1)
+    assert first.t_start - first.t_submit > 0.3  # (it waited for shot 1: the two figures differ)
+    stats = next(o[2] for o in outs if "**shot** 2 " in str(o[2]))
+    assert f"**first frame** {first.t_ready - first.t_start:.2f} s" in stats
+    app.unload(request)
 
 
 def test_a_freed_story_never_writes_into_its_removed_folder(server, tmp_path):

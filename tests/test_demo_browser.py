@@ -2,7 +2,10 @@
 
 Types a shot, waits for the streamed video to play, queues a second shot while the first plays,
 and saves results/demo/browser.png. Prints the time from pressing Enter to the first frame
-played in the browser.
+played in the browser. Then each state of issue 31's page, with a screenshot of each in
+results/demo/: the model card, typing during submit, stop with a queue, new story mid-stream,
+prompts typed in quick succession, the shot playing beside the shot generating, and "buffering"
+when generation is slower than real time.
 """
 
 import contextlib
@@ -190,3 +193,62 @@ def test_new_story_mid_stream_shows_nothing_of_the_old_one(page, server, monkeyp
     time.sleep(1)
     assert page.evaluate(VIDEO_STATE) is None
     screenshot(page, "new_story.png")
+
+
+PLAYBACK = """() => { const p = document.querySelector('#playback [data-state]'), v = document.querySelector('#stream video');
+  return p ? {state: p.dataset.state, text: p.innerText, paused: v ? v.paused : null,
+              ahead: v && v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0} : null }"""
+
+
+def test_prompts_typed_in_quick_succession_are_all_queued(page, server):  # noqa: F811
+    from demo import app as demo_app
+
+    box, prompts = page.locator(BOX).first, ["a red star walks left", "close-up of it spinning", "it jumps in the city"]
+    with slot_taken(server):  # (nothing is generated: every prompt stays in the queue)
+        with demo_app._PIPELINES_LOCK:  # the model is still loading: the first prompt's answer is late
+            for text in prompts:  # each Enter while the first is still being queued (it was dropped: the box was empty)
+                wait_for(page, f"() => document.querySelector('{BOX}').value", lambda v: v == "", timeout=10)
+                box.fill(text)
+                box.press("Enter")
+            time.sleep(0.5)
+        # each is queued, once (gradio's page may send overlapping requests in either order: demo/README.md)
+        wait_for(page, STATUS, lambda t: "Up next" in t and all(p in t for p in prompts), timeout=30)
+        queues = [e.story.session.queued for e in server.app.stories._entries.values()]
+        assert sorted(prompts) in [sorted(q) for q in queues]
+    screenshot(page, "quick_succession.png")
+
+
+def test_the_status_names_the_shot_playing_and_the_shot_generating(page, server):  # noqa: F811
+    box = page.locator(BOX).first
+    box.fill("a red striped star walks left in the snow")
+    box.press("Enter")
+    wait_for(page, STATUS, lambda t: "Up next" not in t, timeout=30)
+    box.fill("close-up of the same character spinning")
+    box.press("Enter")
+    wait_for(page, PLAYBACK, lambda p: p and p["state"] == "playing", timeout=90)
+    page.evaluate("() => document.querySelector('#stream video').pause()")  # the viewer stays on shot 1...
+    status = wait_for(page, STATUS, lambda t: "Generating shot 2" in t, timeout=90)  # ...while shot 2 is generated
+    playing = page.evaluate(PLAYBACK)
+    assert playing["state"] == "paused" and "shot 1: a red striped star walks left in the snow" in playing["text"], playing
+    assert "Generating shot 2: close-up of the same character spinning" in status
+    screenshot(page, "playing_and_generating.png")
+    wait_for(page, STATUS, lambda t: "2 shots in the story" in t, timeout=90)  # generated; the viewer jumps to the end
+    page.evaluate("() => { const v = document.querySelector('#stream video'); v.currentTime = v.buffered.end(v.buffered.length - 1) - 0.1; }")
+    wait_for(page, PLAYBACK, lambda p: "shot 2: close-up of the same character spinning" in p["text"], timeout=10)
+
+
+def test_slow_generation_buffers_before_playing_and_says_so(page, server, monkeypatch):  # noqa: F811
+    from demo import app as demo_app
+    from demo.devmodel import SlowedPipeline
+
+    load = demo_app.get_pipeline
+    monkeypatch.setattr(demo_app, "get_pipeline", lambda spec: SlowedPipeline(load(spec), speed=0.4))  # slower than real time
+    box = page.locator(BOX).first
+    box.fill("a red striped star walks left in the snow")
+    box.press("Enter")
+    # The first chunk is there, and the page holds it, saying so, rather than play into a stall
+    held = wait_for(page, PLAYBACK, lambda p: p and p["state"] == "buffering" and p["paused"] and p["ahead"] > 0, timeout=120)
+    assert "buffering" in held["text"] and "real time" in held["text"], held
+    screenshot(page, "buffering.png")
+    ended = wait_for(page, PLAYBACK, lambda p: p["state"] == "ended", timeout=180)  # then plays the shot to its end
+    assert "Played to the end of shot 1" in ended["text"] and "buffering" not in ended["text"]
