@@ -17,6 +17,7 @@ run play as one continuous video; a shot queued while another plays joins the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import html
@@ -383,7 +384,18 @@ class App:
 
     def run(self, request: gr.Request):
         """Stream every queued shot of this session: yields (video segment, storyboard, stats, status,
-        playback state for the page's player: Timeline.state)."""
+        playback state for the page's player: Timeline.state). A run with nothing to stream (the
+        streaming run took its shot) still yields once, leaving every output as it is: gradio would
+        otherwise end it with empty outputs, and empty the player that the other run fills."""
+        streamed = False
+        with contextlib.closing(self._run(request)) as outputs:  # (closed with this one: the client went away)
+            for out in outputs:
+                streamed = True
+                yield out
+        if not streamed:
+            yield (gr.skip(),) * 5
+
+    def _run(self, request: gr.Request):
         story = self.story(request, create=False)
         if story is None:
             note = self.freed_note(request)
