@@ -25,6 +25,8 @@ import numpy as np
 
 from benchmark.metrics import STORY_LEVEL, MetricContext, StoryOutput, Value, register_metric
 
+CUT_METRICS = ("cut_recall", "cut_precision", "cut_time_error")  # (they need the frames only)
+
 # A cut up to this many frames from the shot start still counts (an export or frame-rate change
 # can move it by a frame or two); farther, the start is wrong or the boundary is not a cut.
 CUT_TOLERANCE = 2

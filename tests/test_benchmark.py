@@ -27,6 +27,7 @@ from benchmark.rows import ADDED_COLUMNS, RowStore, RunMeta
 from benchmark.runner import Generation, Scoring, run_benchmark, score_manifest
 from benchmark.timing import ChunkRecord, StreamRecorder, measure_peak_memory
 from benchmark.train_clip import train_clip
+from benchmark.transitions import CUT_METRICS
 from shotstream.world.vocab import LABEL_SPACES
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
@@ -212,14 +213,16 @@ def test_latency_p95_in_leaderboard():
 
 def test_missing_inputs_are_nan_and_failures_never_zero(tmp_path):
     frames = solid("red")
-    rows = score_story(story([frames, frames]))  # no records, memory, CLIP, embed, probe or labels
+    # no records, memory, CLIP, embed, probe or labels: every metric but those of the frames alone
+    needs_inputs = [m for m in get_metrics() if m.name not in CUT_METRICS]
+    rows = score_story(story([frames, frames]), needs_inputs)
     assert rows and all(math.isnan(r.value) for r in rows)
     assert all(r.note.startswith("missing") for r in rows)
     store = RowStore(tmp_path)
     store.write_story("m", "s0", rows, META)
     board = pd.read_csv(write_report(tmp_path)["leaderboard.csv"])
     assert board.loc[0, "failures"] == len(rows)
-    for name in METRICS:
+    for name in (m.name for m in needs_inputs):
         assert math.isnan(board.loc[0, name]), name
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Failures" in report and "no CLIP encoder" in report
