@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
+from shotstream.conditioning import next_shot_velocity
 from shotstream.model.loading import from_pretrained
 from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
@@ -206,7 +207,7 @@ def measure(model, config, autoencoder, text_encoder, stories, sigmas=(0.6, 0.9)
             s = torch.full((len(group),), sigma, device=device)
             x_t = fm.add_noise(batch.target, noise, s)
             with torch.no_grad():
-                v = {c: b.velocity(model, x_t, s) for c, b in variants.items()}
+                v = {c: next_shot_velocity(model, b.conditioning(model.cfg.chunk_frames), x_t, s) for c, b in variants.items()}
             errors = {c: character_error(v[c], batch.target, noise, cells).cpu() for c in CONDITIONS}
             drawn = {f"colour_{c}": names(vocab.COLOURS, drawn_colour(autoencoder, x_t, v[c], s, boxes))
                      for c in ("true", "colour", "context_captions")}

@@ -28,6 +28,7 @@ from benchmark.cli import DEFAULT_PROBE
 from benchmark.context_use import load_bidirectional, shot_noise
 from benchmark.probe import load_probe, shot_labels
 from shotstream import flow_matching as fm
+from shotstream.conditioning import next_shot_velocity, unconditional
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.session import to_uint8
 from shotstream.training.data import collate, next_shot_example
@@ -76,9 +77,10 @@ def measure(model, config, autoencoder, text_encoder, probe, stories, settings, 
         batch = collate(group, autoencoder, text_encoder, config, model.device)
         noise = shot_noise(group, batch.target, seed)
         for s in settings:
-            b = dataclasses.replace(batch, context_valid=torch.zeros_like(batch.context_valid)) if s.hide_context else batch
-            uncond = b.unconditional_fn(model, null_states, null_mask, s.scale, s.context_scale)
-            x0 = fm.euler_sample(lambda x, sigma: b.velocity(model, x, sigma), noise, sigmas, s.scale, uncond)
+            cond = batch.conditioning(model.cfg.chunk_frames)
+            cond = cond.without_context() if s.hide_context else cond
+            uncond = unconditional(model, cond, (null_states, null_mask), s.scale, s.context_scale)
+            x0 = fm.euler_sample(lambda x, sigma: next_shot_velocity(model, cond, x, sigma), noise, sigmas, s.scale, uncond)
             video = autoencoder.decode(x0.float())
             answers = probe.predict_batch([to_uint8(video[i:i + 1]) for i in range(len(group))])
             for e, answer in zip(group, answers):

@@ -34,7 +34,8 @@ from shotstream import flow_matching as fm
 from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import DualCache, select_context_frames
-from shotstream.rollout import ShotConditioning, generate_shot_bidirectional, rollout_shot, write_global_context
+from shotstream.conditioning import NextShotConditioning, generate_shot_bidirectional
+from shotstream.rollout import rollout_shot, write_global_context
 from shotstream.text_encoder import check_caption
 
 MAX_PROMPT_CHARS = 2000  # default cut of clean_prompt; a session cuts at its config's prompt.max_chars
@@ -213,14 +214,14 @@ class ShotStreamPipeline:
         return text, mask
 
     def null_caption(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unconditional branch's caption, embedded [1, 1, L, D] + mask [1, 1, L]: the sampler's
+        """The unconditional branch's caption slot, embedded [1, L, D] + mask [1, L]: the sampler's
         negative prompt, or the text encoder's null caption when it is empty."""
         if self.config.sampler.negative_prompt:
             text, mask = self.embed_captions([self.config.sampler.negative_prompt])
-            return text, mask
+            return text[:, 0], mask[:, 0]
         states, mask = self.text_encoder.null_caption()
         with torch.no_grad():
-            return self.model.embed_text(states.to(self.device)[:, None]), mask.to(self.device)[:, None]
+            return self.model.embed_text(states.to(self.device)[:, None])[:, 0], mask.to(self.device)
 
 
 class ShotStreamSession:
@@ -249,7 +250,7 @@ class ShotStreamSession:
         self._cancel = threading.Event()
         self._closed = False
         self.in_progress: str | None = None  # caption of the shot being generated
-        self._prepared: ShotConditioning | None = None  # the next shot's history (prepare_context)
+        self._prepared: NextShotConditioning | None = None  # the next shot's history (prepare_context)
         self._frames_so_far = 0  # rolling ablation: positions continue across shots
 
     # -- control, callable from any thread ---------------------------------------------------
@@ -324,7 +325,7 @@ class ShotStreamSession:
         """What the text encoder reads for shot `shot` (the config's prompt.template)."""
         return self.pipe.config.prompt.render(caption, shot, self.global_caption)
 
-    def conditioning(self, caption: str) -> ShotConditioning:
+    def conditioning(self, caption: str) -> NextShotConditioning:
         """Shot k's conditioning: the prepared history (`prepare_context`) plus the caption's slot."""
         ctx = self.prepare_context()
         with record_function("text_encoding"):
@@ -343,7 +344,7 @@ class ShotStreamSession:
         cfg = self.pipe.config.model
         return not self.shots and self.pipe.kind != "rolling" and cfg.first_shot_zero_context and cfg.context_frames > 0
 
-    def prepare_context(self) -> ShotConditioning:
+    def prepare_context(self) -> NextShotConditioning:
         """Everything shot k = len(shots) needs from the history, done once per shot: the
         conditional frames selected and encoded, their captions embedded, and (causal) the global
         context cache written. `_generate` calls it as soon as a shot ends, so a prompt typed
@@ -375,7 +376,7 @@ class ShotStreamSession:
                 context = context.new_zeros(1, n, *context.shape[2:])
                 shots = slots = torch.zeros(1, n, device=device, dtype=torch.long)
                 target_flag = 1
-            ctx = ShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
+            ctx = NextShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
                                    chunk_frames=pipe.config.model.chunk_frames, target_flag=target_flag)
             if pipe.kind == "causal" and not self._zero_first_context():
                 write_global_context(pipe.model, self.memory, ctx)
@@ -418,7 +419,7 @@ class ShotStreamSession:
         if len(self.shots) < self.max_shots:
             self.prepare_context()  # for the next shot, while the user watches this one and types
 
-    def _latent_chunks(self, cond: ShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
+    def _latent_chunks(self, cond: NextShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
         pipe, cfg = self.pipe, self.pipe.config
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
         if pipe.kind == "bidirectional":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from shotstream import flow_matching as fm
+from shotstream.conditioning import next_shot_velocity
 from shotstream.config import ModelConfig
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import KVCache
@@ -56,7 +57,7 @@ def test_teacher_forcing_equals_cached_streaming():
     sigma = torch.tensor([[0.9, 0.9, 0.5, 0.5]]).expand(B, F)
     with torch.no_grad():
         tf = teacher_forcing_velocity(model, batch, batch.target, noisy, sigma)
-        info = batch.frames(model.cfg.chunk_frames)
+        info = batch.conditioning(model.cfg.chunk_frames).frames(F)
         cache = KVCache(2, B, 2, 16, capacity=(C + F + 2) * 4)
         model(batch.context, torch.zeros(B, C), batch.text, batch.text_mask, info.slice(0, C), cache=cache)
         cache.commit()
@@ -84,8 +85,9 @@ def test_dmd_generator_gradient_is_the_normalised_score_difference():
     sigma = dmd.sample_sigma(2, "cpu")
     x_t = fm.add_noise(x0.detach(), torch.randn_like(x0), sigma)
     with torch.no_grad():
-        x_real = fm.predict_x0(x_t, batch.velocity(real, x_t, sigma), sigma)
-        x_fake = fm.predict_x0(x_t, batch.velocity(fake, x_t, sigma), sigma)
+        cond = batch.conditioning(real.cfg.chunk_frames)
+        x_real = fm.predict_x0(x_t, next_shot_velocity(real, cond, x_t, sigma), sigma)
+        x_fake = fm.predict_x0(x_t, next_shot_velocity(fake, cond, x_t, sigma), sigma)
     norm = (x0.detach() - x_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
     expected = (x_fake - x_real) / norm / x0.numel()  # d/dx of 0.5 * mean((x - sg(x - g))^2)
     torch.testing.assert_close(x0.grad, expected, rtol=1e-4, atol=1e-7)

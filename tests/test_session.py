@@ -10,7 +10,7 @@ import torch
 from helpers import VIDEO, FakeTextEncoder, make_pipe
 from shotstream import flow_matching as fm
 from shotstream.config import VideoConfig
-from shotstream.rollout import generate_shot_bidirectional
+from shotstream.conditioning import generate_shot_bidirectional
 from shotstream.session import ShotStreamPipeline, clean_prompt
 
 def test_stream_yields_decoded_chunks_in_order():

@@ -9,7 +9,7 @@ import torch
 from helpers import make_pipe
 from shotstream import flow_matching as fm
 from shotstream.config import SamplerConfig, apply_overrides, get_preset
-from shotstream.rollout import generate_shot_bidirectional
+from shotstream.conditioning import generate_shot_bidirectional
 
 
 def record_calls(model):
@@ -71,7 +71,7 @@ def test_clean_context_by_default(second_shot):
 @pytest.mark.parametrize("all_slots", [False, True])
 def test_negative_prompt_in_the_unconditional_slots(second_shot, all_slots):
     pipe, cond = second_shot
-    null = pipe.null_caption()[0][0, 0]  # [L, D]
+    null = pipe.null_caption()[0][0]  # [L, D]
     calls = sample(pipe, cond, null_all_slots=all_slots)
     for _, _, text in calls[0::2]:  # the conditional branch reads the captions
         assert torch.equal(text, cond.text)

@@ -28,7 +28,8 @@ from shotstream import flow_matching as fm
 from shotstream.config import ModelConfig, apply_overrides, get_preset
 from shotstream.model.dit import FrameInfo, WanDiT
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
-from shotstream.rollout import ShotConditioning, rollout_shot, write_global_context
+from shotstream.conditioning import NextShotConditioning, next_shot_velocity, unconditional
+from shotstream.rollout import rollout_shot, write_global_context
 from shotstream.session import to_model_video
 from shotstream.training.data import NextShotBatch, collate, example_from_history
 from shotstream.training.ode import teacher_forcing_velocity
@@ -136,13 +137,13 @@ def random_batch(shot: int, B=2, C=4, F=5, seed=1) -> NextShotBatch:
     )
 
 
-def conditioning(model: WanDiT, batch: NextShotBatch) -> ShotConditioning:
+def conditioning(model: WanDiT, batch: NextShotBatch) -> NextShotConditioning:
     """What a session builds for the batch's shot: frame i of the context reads caption slot i,
     the target slot C; a first shot has no context at all."""
     B, n = batch.shot.shape[0], batch.budget if batch.context_valid.any() else 0
-    return ShotConditioning(batch.context[:, :n], batch.context_shots[:, :n], torch.arange(n).expand(B, -1),
-                            model.embed_text(batch.text), batch.text_mask, target_slot=batch.budget, shot=batch.shot,
-                            chunk_frames=model.cfg.chunk_frames)
+    return NextShotConditioning(batch.context[:, :n], batch.context_shots[:, :n], torch.arange(n).expand(B, -1),
+                                model.embed_text(batch.text), batch.text_mask, target_slot=batch.budget, shot=batch.shot,
+                                chunk_frames=model.cfg.chunk_frames)
 
 
 @pytest.mark.parametrize("shot", [0, 2])
@@ -233,8 +234,8 @@ def test_a_sessions_shots_equal_their_teacher_forced_twins_from_training_batches
 
 
 def test_the_bidirectional_teacher_streams_what_its_training_batches_read():
-    """The teacher behind the session (Euler with CFG) and `NextShotBatch.velocity` (teacher,
-    real score, critic) with its unconditional branch give the same velocities on the same
+    """The teacher behind the session (Euler with CFG) and a training batch read bidirectionally
+    (`next_shot_velocity`: teacher, real score, critic) with its unconditional branch give the same velocities on the same
     story, at the shifted teacher sigmas, context clean at t = 0."""
     pipe = make_pipe(kind="bidirectional", text_len=48)
     sampler = pipe.config.sampler
@@ -244,7 +245,8 @@ def test_the_bidirectional_teacher_streams_what_its_training_batches_read():
     assert sampler.guidance_scale != 1 and sampler.teacher_shift != 1
     for k, calls in enumerate(per_shot):
         batch = story_batch(pipe, story, session, k)
-        uncond = batch.unconditional_fn(pipe.model, *null, sampler.guidance_scale, sampler.context_scale)
+        batch_cond = batch.conditioning(pipe.model.cfg.chunk_frames)
+        uncond = unconditional(pipe.model, batch_cond, null, sampler.guidance_scale, sampler.context_scale)
         assert len(calls) == 2 * sampler.teacher_steps  # conditional, then unconditional, per step
         for step, (cond, unc) in enumerate(zip(calls[::2], calls[1::2])):
             Cf = cond.x.shape[1] - batch.target.shape[1]
@@ -253,7 +255,7 @@ def test_the_bidirectional_teacher_streams_what_its_training_batches_read():
             x, sigma = cond.x[:, Cf:], cond.t[:, -1] / fm.TIMESTEP_SCALE
             torch.testing.assert_close(cond.t[:, Cf:], torch.full_like(cond.t[:, Cf:], float(sigmas[step]) * 1000))
             with torch.no_grad():
-                torch.testing.assert_close(cond.v[:, Cf:].float(), batch.velocity(pipe.model, x, sigma), **TOL)
+                torch.testing.assert_close(cond.v[:, Cf:].float(), next_shot_velocity(pipe.model, batch_cond, x, sigma), **TOL)
                 torch.testing.assert_close(unc.v[:, Cf:].float(), uncond(x, sigma), **TOL)
 
 

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from shotstream import flow_matching as fm
 from shotstream.checkpoint import CheckpointError, file_digest, load_tensors, write_atomic
+from shotstream.conditioning import NextShotConditioning
 from shotstream.config import ShotStreamConfig
-from shotstream.model.dit import FrameInfo
 from shotstream.model.memory import select_context_frames
 from shotstream.session import to_model_video
 from shotstream.world.render import render_shot
@@ -319,54 +318,18 @@ class NextShotBatch:
     def budget(self) -> int:
         return self.context.shape[1]
 
-    def frames(self, chunk_frames: int) -> FrameInfo:
-        """FrameInfo of the sequence [context | target]: positions 0..C+F-1, flags, caption slots."""
-        B, C, F = self.target.shape[0], self.budget, self.target.shape[1]
-        device = self.target.device
-        pos = torch.arange(C + F, device=device).float().expand(B, -1)
-        shot = torch.cat([self.context_shots.float(), self.shot[:, None].float().expand(B, F)], 1)
-        slots = torch.cat([torch.arange(C, device=device).expand(B, -1), torch.full((B, F), C, device=device)], 1)
-        cut = torch.zeros(B, C + F, dtype=torch.bool, device=device)
-        cut[:, C:C + chunk_frames] = (self.shot > 0)[:, None]
-        return FrameInfo(pos, shot, slots.long(), cut)
-
-    def key_mask(self) -> torch.Tensor:
-        """[B, C+F]: padded or dropped conditional frames are invisible."""
-        B, F = self.target.shape[:2]
-        return torch.cat([self.context_valid, torch.ones(B, F, dtype=torch.bool, device=self.target.device)], 1)
-
-    def velocity(self, model, x_t, sigma, text=None, text_mask=None) -> torch.Tensor:
-        """Bidirectional next-shot velocity of the target frames [B, F, ...] at noise level sigma [B].
-
-        The clean conditional latents sit before the noisy target at t = 0 (teacher, critic,
-        real score: all bidirectional next-shot models read a batch this way).
-        """
-        B, F = x_t.shape[:2]
+    def conditioning(self, chunk_frames: int, text: torch.Tensor | None = None,
+                     text_mask: torch.Tensor | None = None) -> NextShotConditioning:
+        """The batch as every next-shot model reads it: context frames i < C in caption slot i,
+        the target in slot C (its caption replaced by `text` / `text_mask` if given: text
+        dropout). Read bidirectionally by conditioning.next_shot_velocity (teacher, critic, real
+        score, ODE pairs), by teacher forcing (ode.py) and, embedded, by the self-forcing rollout."""
         C = self.budget
-        seq = torch.cat([self.context.to(x_t.dtype), x_t], dim=1)  # [B, C+F, ...]
-        t = torch.cat([torch.zeros(B, C, device=x_t.device), (sigma * 1000.0)[:, None].expand(B, F)], 1)
-        text = self.text if text is None else text
-        text_mask = self.text_mask if text_mask is None else text_mask
-        v = model(seq, t, text, text_mask, self.frames(model.cfg.chunk_frames), key_mask=self.key_mask())
-        return v[:, C:]
-
-    def unconditional_fn(self, model, null_states: torch.Tensor, null_mask: torch.Tensor, scale: float,
-                         context_scale: float = 1.0) -> fm.DenoiseFn | None:
-        """Classifier-free guidance's unconditional branch as a velocity function, None without
-        guidance (fm.unconditional_fn): the target's caption null, as text dropout trained it, and
-        for guidance on the context no conditional frames either, as context dropout trained it.
-        null_states [1 or B, L, Dt], null_mask [1 or B, L]."""
-        C = self.budget
-        text, mask = self.text.clone(), self.text_mask.clone()
-        text[:, C], mask[:, C] = null_states, null_mask
-        no_caption = replace(self, text=text, text_mask=mask)
-        no_context = replace(no_caption, context_valid=torch.zeros_like(self.context_valid))
-
-        def velocity(batch):
-            return lambda x, sigma: batch.velocity(model, x, sigma)
-        no_caption_fn = velocity(no_caption)
-        no_context_fn = velocity(no_context) if self.context_valid.any() else no_caption_fn
-        return fm.unconditional_fn(no_caption_fn, no_context_fn, scale, context_scale)
+        return NextShotConditioning(
+            self.context, self.context_shots, torch.arange(C, device=self.context.device).expand(len(self.shot), -1),
+            self.text if text is None else text, self.text_mask if text_mask is None else text_mask,
+            target_slot=C, shot=self.shot, chunk_frames=chunk_frames, context_valid=self.context_valid,
+            text_embedded=False)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from shotstream import flow_matching as fm
+from shotstream.conditioning import next_shot_velocity, unconditional
 from shotstream.model.dit import WanDiT
 from shotstream.training.data import NextShotBatch
 
@@ -60,12 +61,16 @@ class DMD:
 
     def real_x0(self, batch: NextShotBatch, x_t, sigma) -> torch.Tensor:
         """Teacher x0 prediction with classifier-free guidance on the target caption (and the context)."""
-        v = batch.velocity(self.real_score, x_t, sigma)
-        uncond = batch.unconditional_fn(self.real_score, self.null_states, self.null_mask, self.cfg.guidance_scale,
-                                        self.cfg.context_scale)
+        cond = batch.conditioning(self.real_score.cfg.chunk_frames)
+        v = next_shot_velocity(self.real_score, cond, x_t, sigma)
+        uncond = unconditional(self.real_score, cond, (self.null_states, self.null_mask), self.cfg.guidance_scale,
+                               self.cfg.context_scale)
         if uncond is not None:
             v = fm.cfg(v, uncond(x_t, sigma), self.cfg.guidance_scale)
         return fm.predict_x0(x_t, v.float(), sigma)
+
+    def fake_velocity(self, batch: NextShotBatch, x_t, sigma) -> torch.Tensor:
+        return next_shot_velocity(self.fake_score, batch.conditioning(self.fake_score.cfg.chunk_frames), x_t, sigma)
 
     def generator_loss(self, x0_gen: torch.Tensor, batch: NextShotBatch) -> tuple[torch.Tensor, dict]:
         """DMD loss of generated latents x0_gen [B, F, C, h, w] (with grad through the rollout)."""
@@ -74,7 +79,7 @@ class DMD:
         with torch.no_grad():
             x_t = fm.add_noise(x0_gen.detach(), torch.randn_like(x0_gen), sigma)
             x0_real = self.real_x0(batch, x_t, sigma)
-            x0_fake = fm.predict_x0(x_t, batch.velocity(self.fake_score, x_t, sigma).float(), sigma)
+            x0_fake = fm.predict_x0(x_t, self.fake_velocity(batch, x_t, sigma).float(), sigma)
             normalizer = (x0_gen.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
             grad = torch.nan_to_num((x0_fake - x0_real) / normalizer)
         loss = 0.5 * torch.mean((x0_gen.float() - (x0_gen.detach().float() - grad)) ** 2)
@@ -85,5 +90,5 @@ class DMD:
         x0 = x0_gen.detach()
         sigma = self.sample_sigma(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
-        v = batch.velocity(self.fake_score, fm.add_noise(x0, noise, sigma), sigma)
+        v = self.fake_velocity(batch, fm.add_noise(x0, noise, sigma), sigma)
         return fm.flow_matching_loss(v, x0, noise), {"sigma": sigma.mean().item()}

@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shotstream import flow_matching as fm
-from shotstream.model.dit import FrameInfo, WanDiT
+from shotstream.conditioning import concat_frames, model_velocity, next_shot_velocity, unconditional
+from shotstream.model.dit import WanDiT
 from shotstream.checkpoint import file_digest, load_tensors, read_json, write_atomic
 from shotstream.model.loading import export_model, from_pretrained
 from shotstream.runtime import add_runtime_args, set_threads
@@ -78,11 +79,12 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
             continue
         batch = stage.batch(i, 0, 1)
         torch.manual_seed(derive_seed(seed, i, 0x0DE))
+        cond = batch.conditioning(teacher.cfg.chunk_frames)
         with torch.no_grad():
             states, x0 = fm.trajectory(
-                lambda x, s: batch.velocity(teacher, x, s),
+                lambda x, s: next_shot_velocity(teacher, cond, x, s),
                 torch.randn_like(batch.target), sigmas, cfg.steps, tcfg.sampler.teacher_shift,
-                cfg.guidance_scale, batch.unconditional_fn(teacher, *null, cfg.guidance_scale, cfg.context_scale),
+                cfg.guidance_scale, unconditional(teacher, cond, null, cfg.guidance_scale, cfg.context_scale),
             )
         tensors = {"context": batch.context, "context_valid": batch.context_valid, "context_shots": batch.context_shots,
                    "states": states, "x0": x0, "shot": batch.shot, "text": batch.text, "text_mask": batch.text_mask}
@@ -160,16 +162,13 @@ def teacher_forcing_velocity(model: WanDiT, batch: NextShotBatch, clean: torch.T
                              sigma: torch.Tensor, text=None, text_mask=None) -> torch.Tensor:
     """Velocity of the noisy target [B, F, ...] at per-frame sigma [B, F], with clean chunks before it."""
     B, F = noisy.shape[:2]
-    C = batch.budget
-    seq = torch.cat([batch.context.to(noisy.dtype), clean.to(noisy.dtype), noisy], 1)
-    t = torch.cat([torch.zeros(B, C + F, device=noisy.device), sigma * fm.TIMESTEP_SCALE], 1)
-    info = batch.frames(model.cfg.chunk_frames)
-    target = info.slice(C, C + F)
-    frames = FrameInfo(*(torch.cat([getattr(info, k), getattr(target, k)], 1) for k in ("pos", "shot", "text_index", "cut")))
-    key_mask = torch.cat([batch.context_valid, torch.ones(B, 2 * F, dtype=torch.bool, device=noisy.device)], 1)
-    v = model(seq, t, batch.text if text is None else text, batch.text_mask if text_mask is None else text_mask, frames,
-              frame_mask=teacher_forcing_mask(C, F, model.cfg.chunk_frames, noisy.device), key_mask=key_mask)
-    return v[:, C + F:]
+    cond = batch.conditioning(model.cfg.chunk_frames, text, text_mask)
+    seq = torch.cat([cond.context.to(noisy.dtype), clean.to(noisy.dtype), noisy], 1)
+    s = torch.cat([torch.zeros(B, cond.num_context + F, device=noisy.device), sigma], 1)
+    frames = concat_frames(cond.frames(F), cond.target_frames(0, F))  # the noisy copy: the clean one's places
+    v = model_velocity(model, seq, s, cond, frames, key_mask=cond.key_mask(2 * F),
+                       frame_mask=teacher_forcing_mask(cond.num_context, F, model.cfg.chunk_frames, noisy.device))
+    return v[:, cond.num_context + F:]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch
 from shotstream import flow_matching as fm
 from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.model.memory import DualCache
-from shotstream.rollout import ShotConditioning, rollout_shot, write_global_context
+from shotstream.rollout import rollout_shot, write_global_context
 from shotstream.session import to_uint8
 from shotstream.training.data import NextShotBatch, collate, example_from_history, next_shot_example
 from shotstream.training.dmd import DMD, DMDConfig
@@ -129,12 +129,13 @@ class IntraShotStage(NextShotStage):
         Rolling ablation: `memory` is the story's rolling cache (no global context) and the shot's
         positions start at `pos_offset`."""
         B, F = batch.target.shape[:2]
-        has_context = memory is None and bool(batch.context_valid.any())
-        context = batch.context if has_context else batch.context[:, :0]
-        slots = torch.arange(context.shape[1], device=self.device).expand(B, -1)
-        cond = ShotConditioning(context, batch.context_shots[:, :context.shape[1]], slots,
-                                self.generator.embed_text(batch.text), batch.text_mask, target_slot=batch.budget,
-                                shot=batch.shot, chunk_frames=self.config.model.chunk_frames)
+        cond = batch.conditioning(self.config.model.chunk_frames)
+        # The causal model reads every cached frame (no key mask): the batch's context when any is
+        # valid (a step's items share k, so all of theirs are), none in the rolling ablation.
+        n = cond.num_context if memory is None and cond.has_context else 0
+        cond = dataclasses.replace(cond, context=cond.context[:, :n], context_shots=cond.context_shots[:, :n],
+                                   context_slots=cond.context_slots[:, :n], context_valid=None,
+                                   text=self.generator.embed_text(cond.text), text_embedded=True)
         rolling = memory is not None
         if not rolling:
             memory = self.new_memory(B)

@@ -40,6 +40,7 @@ from torch import nn
 
 from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
+from shotstream.conditioning import next_shot_velocity
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
@@ -307,7 +308,7 @@ class TeacherStage(NextShotStage):
         text, mask, dropped = self.drop_target_text(batch, self.cfg.text_dropout)
         x_t = fm.add_noise(batch.target, noise, sigma)
         with block_output(self.model.blocks[-1]) as tokens:
-            v = batch.velocity(self.model, x_t, sigma, text, mask)
+            v = next_shot_velocity(self.model, batch.conditioning(self.model.cfg.chunk_frames, text, mask), x_t, sigma)
         n = batch.budget * math.prod(self.model.grid(*batch.target.shape[-2:]))  # the context's tokens come first
         fit = SimpleNamespace(x_t=x_t, noise=noise, sigma=sigma, v=v, text=text, mask=mask, text_kept=~dropped, tokens=tokens[0][:, n:])
         return fm.flow_matching_loss(v, batch.target, noise, self.cell_weight(batch)), fit
@@ -325,7 +326,8 @@ class TeacherStage(NextShotStage):
         text, mask = fit.text.clone(), fit.mask.clone()
         text[:, C], mask[:, C] = batch.named_text, batch.named_mask
         with torch.no_grad():
-            target = batch.velocity(self.reference, fit.x_t, fit.sigma, text, mask)
+            target = next_shot_velocity(self.reference, batch.conditioning(self.model.cfg.chunk_frames, text, mask),
+                                        fit.x_t, fit.sigma)
         err = (fit.v.float() - target.float()) ** 2
         use = (batch.pronoun & fit.text_kept & batch.context_valid.any(1)).float()[:, None, None, None, None]
         cells = self.cell_weight(batch)
