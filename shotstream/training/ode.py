@@ -30,7 +30,8 @@ from shotstream.model.loading import export_model, from_pretrained
 from shotstream.runtime import add_runtime_args, set_threads
 from shotstream.training.data import NextShotBatch
 from shotstream.training.state import derive_seed
-from shotstream.training.teacher import NextShotStage, TeacherConfig, build_config
+from shotstream.training.next_shot import NextShotStage, build_config
+from shotstream.training.teacher import TeacherConfig
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 
 PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot")

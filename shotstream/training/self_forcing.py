@@ -36,7 +36,7 @@ from shotstream.training.data import NextShotBatch, collate, example_from_histor
 from shotstream.training.dmd import DMD, DMDConfig
 from shotstream.training.ode import init_student
 from shotstream.training.state import derive_seed
-from shotstream.training.teacher import NextShotStage, sample_story_sheet
+from shotstream.training.next_shot import NextShotStage, sample_story_sheet
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 from shotstream.world.dataset import training_seed
 from shotstream.world.story import sample_story

@@ -39,15 +39,12 @@ from einops import reduce
 from torch import nn
 
 from shotstream import flow_matching as fm
-from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.conditioning import next_shot_velocity
-from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import WanDiT, num_parameters
-from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained, read_config
+from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained
 from shotstream.session import to_model_video
-from shotstream.text_encoder import TextEncoder, text_dropout
-from shotstream.training.data import (IDENTITY, LatentCache, NextShotBatch, NextShotExample, StoryPool, collate,
-                                     first_latent_frames, sample_example, sample_image_example)
+from shotstream.training.data import IDENTITY, NextShotBatch, NextShotExample, collate, sample_image_example
+from shotstream.training.next_shot import NextShotStage, build_config, sample_story_sheet
 from shotstream.training.shape_classifier import ShapeClassifier, prediction_shape_logits
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
@@ -142,68 +139,6 @@ class TeacherConfig:
         if self.new_block_lr_scale <= 0:
             raise ValueError(f"stage.new_block_lr_scale must be > 0, got {self.new_block_lr_scale}")
         return self
-
-
-def build_config(preset: str, overrides=(), teacher: str | None = None):
-    """The stage's model config: the preset's, or the teacher's (distillation), plus overrides."""
-    cfg = read_config(teacher)[0] if teacher else get_preset(preset)
-    return apply_overrides(cfg, overrides).validate()
-
-
-class NextShotStage:
-    """What every next-shot stage shares: the config, the frozen autoencoder and text encoder, data."""
-
-    def __init__(self, config, train: TrainConfig):
-        self.cfg, self.train = config, train
-        self.device = torch.device(train.device)
-        # Distillation stages inherit the teacher's geometry; the teacher stage starts from a preset.
-        self.config = build_config(config.preset, config.model_overrides, getattr(config, "teacher", None))
-        self.autoencoder = TinyVideoAutoencoder.from_pretrained(config.autoencoder, device=self.device).eval().requires_grad_(False)
-        self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
-        null_states, null_mask = self.text_encoder.null_caption()
-        self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
-        cache = getattr(config, "latent_cache", "")  # teacher options (ode-pairs inherits them)
-        self.latents = LatentCache(cache, config.autoencoder, self.autoencoder, self.config, self.device) if cache else None
-        size = getattr(config, "story_pool", 0)
-        self.pool = StoryPool(size, self.autoencoder, self.config, self.device, config.max_shots, self.latents) if size else None
-
-    def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
-        return self.to_batch(self.examples(step, shard), step, shard)
-
-    def examples(self, step: int, shard: int) -> list[NextShotExample]:
-        return [self.example(derive_seed(self.train.seed, step, shard, i)) for i in range(self.train.batch_size)]
-
-    def to_batch(self, examples: list[NextShotExample], step: int, shard: int) -> NextShotBatch:
-        rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
-        return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
-                       context_dropout=getattr(self.cfg, "context_dropout", 0.0), rng=rng,
-                       character_loss_weight=self.character_loss_weight(step),
-                       named=getattr(self.cfg, "named_loss_weight", 0.0) > 0)  # teacher options
-
-    def example(self, seed: int) -> NextShotExample:
-        """A target shot with its context: from the story pool if there is one, else a fresh story."""
-        share = getattr(self.cfg, "pronoun_share", 0.0)  # teacher options (ode-pairs inherits them, at 0)
-        frames = getattr(self.cfg, "target_frames", 0)
-        if self.pool is not None:
-            e = self.pool.example(seed, share)
-        elif self.latents is not None:
-            e = self.latents.example(seed, self.cfg.max_shots, share)
-        else:
-            e = sample_example(seed, self.config, self.cfg.max_shots, share)
-        return first_latent_frames(e, frames, self.config) if frames else e
-
-    def character_loss_weight(self, step: int) -> float:
-        if step <= getattr(self.cfg, "character_weight_from_step", 0):
-            return 1.0
-        return getattr(self.cfg, "character_loss_weight", 1.0)
-
-    def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Text dropout on the target's caption slot (the unconditional branch of CFG); also
-        returns which examples lost it [B]."""
-        C = batch.budget
-        text, mask = batch.text.clone(), batch.text_mask.clone()
-        text[:, C], mask[:, C], dropped = text_dropout(text[:, C], mask[:, C], self.null_states, self.null_mask, p)
-        return text, mask, dropped
 
 
 class TeacherStage(NextShotStage):
@@ -443,18 +378,3 @@ def block_output(block: nn.Module):
         yield outputs
     finally:
         handle.remove()
-
-
-def sample_story_sheet(pipe, story_index: int, shots: int, out_dir: Path) -> Path:
-    """Generate the first shots of an evaluation story and save its mp4 and contact sheet."""
-    from shotstream.video import contact_sheet, save_png, write_mp4
-    from shotstream.world.dataset import load_eval_suite
-
-    story = load_eval_suite()[story_index]
-    session = pipe.session(seed=0, global_caption=story.global_caption)
-    for caption in story.captions[:shots]:
-        session.submit(caption)
-    for _ in session.stream():
-        pass
-    write_mp4(out_dir / "story.mp4", session.story_frames(), pipe.config.video.fps)
-    return save_png(out_dir / "story.png", contact_sheet([s.frames for s in session.shots], [s.caption for s in session.shots]))
