@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads, torch_dtype
+from shotstream.paths import SHIPPED
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = REPO_ROOT / "checkpoints" / "tiny"
+CHECKPOINTS = SHIPPED  # (the demo and the benchmark name shipped models through it)
 
 
 def resolve_model(name: str) -> Path:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from shotstream.config import _did_you_mean, apply_overrides, from_dict
+from shotstream import paths
 from shotstream.runtime import as_arg, check_device
 
 # Stage name -> "module:Class", imported only when that stage runs. Register a stage with one line.
@@ -64,7 +65,7 @@ def resolve_config(stage: str, config: str | None = None, overrides=(), out: str
     cls = run_config_class(load_stage(stage))
     path = find_config_file(config) if config else None
     if path is None and resume:
-        saved = Path(out or f"runs/{stage}") / "config.json"
+        saved = Path(out or f"{paths.RUNS}/{stage}") / "config.json"
         path = saved if saved.is_file() else None
     data = {}
     if path is not None:
@@ -79,7 +80,7 @@ def resolve_config(stage: str, config: str | None = None, overrides=(), out: str
     if device:
         cfg.device = device
     if not cfg.out_dir:
-        cfg.out_dir = f"runs/{stage}"
+        cfg.out_dir = f"{paths.RUNS}/{stage}"
     cfg.validate()
     if hasattr(cfg.stage, "validate"):
         cfg.stage.validate()

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shotstream import flow_matching as fm
+from shotstream import paths
 from shotstream.conditioning import concat_frames, model_velocity, next_shot_velocity, unconditional
 from shotstream.model.dit import WanDiT
 from shotstream.checkpoint import file_digest, load_tensors, read_json, write_atomic
@@ -43,8 +44,8 @@ PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot"
 
 @dataclass
 class PairsConfig(TeacherConfig):
-    teacher: str = "checkpoints/tiny/teacher"
-    out: str = "cache/ode_pairs"
+    teacher: str = paths.TEACHER
+    out: str = paths.ODE_PAIRS
     shard_size: int = 8  # examples per shard file (one teacher batch)
     steps: int = 12  # teacher Euler steps (the student's sigmas are added to the grid)
     guidance_scale: float = 3.0
@@ -180,8 +181,8 @@ def teacher_forcing_velocity(model: WanDiT, batch: NextShotBatch, clean: torch.T
 class ODEConfig:
     preset: str = "tiny"
     model_overrides: tuple[str, ...] = ()  # ablations: model.shot_indicator=none|learned
-    teacher: str = "checkpoints/tiny/teacher"  # the student starts from the teacher's weights
-    pairs: str = "cache/ode_pairs"
+    teacher: str = paths.TEACHER  # the student starts from the teacher's weights
+    pairs: str = paths.ODE_PAIRS
     kind: str = "causal"  # "causal" (dual cache) or "rolling" (ablation: rolling window across shots)
     export_name: str = "student_ode"
     export_to: str = ""
@@ -265,10 +266,10 @@ def cmd_pairs(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("ode-pairs", help="sample teacher trajectories for ODE initialisation (resumable)",
                        description=make_pairs.__doc__)
-    p.add_argument("--teacher", default="checkpoints/tiny/teacher", help="bidirectional teacher folder")
-    p.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
+    p.add_argument("--teacher", default=paths.TEACHER, help="bidirectional teacher folder")
+    p.add_argument("--autoencoder", default=paths.AUTOENCODER)
     p.add_argument("--count", type=int, default=256, help="number of trajectories (rounded up to whole shards)")
-    p.add_argument("--out", default="cache/ode_pairs", help="output folder (outside git)")
+    p.add_argument("--out", default=paths.ODE_PAIRS, help="output folder (outside git)")
     p.add_argument("--steps", type=int, default=12, help="teacher Euler steps (+ CFG: two forwards each)")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale")
     p.add_argument("--seed", type=int, default=0)

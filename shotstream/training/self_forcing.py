@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from shotstream import flow_matching as fm
+from shotstream import paths
 from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.model.memory import DualCache
 from shotstream.rollout import rollout_shot, write_global_context
@@ -46,9 +47,9 @@ from shotstream.world.story import sample_story
 class SelfForcingConfig(DMDConfig):
     preset: str = "tiny"
     model_overrides: tuple[str, ...] = ()  # ablations: model.shot_indicator=none|learned
-    autoencoder: str = "checkpoints/tiny/autoencoder"
-    teacher: str = "checkpoints/tiny/teacher"  # real score; the critic starts from it too
-    init: str = "runs/ode/final/student_ode"  # generator weights: the previous stage's fp32 run copy
+    autoencoder: str = paths.AUTOENCODER
+    teacher: str = paths.TEACHER  # real score; the critic starts from it too
+    init: str = paths.ODE_STUDENT  # generator weights: the previous stage's fp32 run copy
     generator_every: int = 4  # critic updates per generator update
     generator_lr: float = 2e-5
     # The learned-indicator ablation's embedding starts at zero: at generator_lr its 300 updates

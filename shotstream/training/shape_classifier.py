@@ -24,6 +24,7 @@ from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
 from shotstream import flow_matching as fm
+from shotstream import paths
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 from shotstream.config import get_preset
@@ -108,7 +109,7 @@ class ShapeClassifier(nn.Module):
 @dataclass
 class ShapeClassifierConfig:
     preset: str = "tiny"
-    autoencoder: str = "checkpoints/tiny/autoencoder"
+    autoencoder: str = paths.AUTOENCODER
     width: int = 32
     pool: int = 3000  # frames made once (frames_pool) that every batch draws from
     blur: float = 2.0  # Gaussian blur of std up to this (pixels): an x0 prediction is blurry

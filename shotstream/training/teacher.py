@@ -39,6 +39,7 @@ from einops import reduce
 from torch import nn
 
 from shotstream import flow_matching as fm
+from shotstream import paths
 from shotstream.conditioning import next_shot_velocity
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.model.loading import expand_blocks, expansion_plan, export_model, from_pretrained
@@ -57,7 +58,7 @@ from shotstream.world.story import with_main
 class TeacherConfig:
     preset: str = "tiny"
     model_overrides: tuple[str, ...] = ()  # e.g. model.shot_indicator=none (same syntax as the CLI)
-    autoencoder: str = "checkpoints/tiny/autoencoder"
+    autoencoder: str = paths.AUTOENCODER
     # Model folder to start from (a fine-tuning phase, teacher_finetune.json); "" = from scratch. With
     # model.num_layers above the init's, its blocks are expanded (loading.expand_blocks).
     init: str = ""
@@ -85,7 +86,7 @@ class TeacherConfig:
     # Weight of the pixel-space shape loss (`shape_loss`): a frozen shape classifier (trained by
     # `shotstream train shape_classifier`) reads the decoded x0 prediction; 0 = off.
     shape_loss_weight: float = 0.0
-    shape_classifier: str = "checkpoints/tiny/shape_classifier"
+    shape_classifier: str = paths.SHAPE_CLASSIFIER
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
     image_batches: tuple[str, ...] = ()

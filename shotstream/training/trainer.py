@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shotstream import paths
 from shotstream.checkpoint import (
     WEIGHTS_NAME,
     CheckpointError,
@@ -242,7 +243,7 @@ class Trainer:
         if hasattr(cfg.stage, "validate"):
             cfg.stage.validate()
         self.stage_cls, self.cfg, self.name, self.resume = stage_cls, cfg, name, resume
-        self.out = Path(cfg.out_dir or f"runs/{name}")
+        self.out = Path(cfg.out_dir or f"{paths.RUNS}/{name}")
         self.checkpoints = self.out / "checkpoints"
         self.step = 0
         self.last_checkpoint: Path | None = None
