@@ -113,6 +113,25 @@ class ModelConfig:
             raise ValueError("model.chunk_frames must be >= 1 and model.context_frames >= 0")
 
 
+def check_guidance(guidance_scale: float, context_scale: float, group: str) -> None:
+    """Guidance on the earlier shots is relative to guidance on the caption (fm.unconditional_fn)."""
+    if guidance_scale == 1.0 and context_scale != 1.0:
+        raise ValueError(f"{group}.context_scale={context_scale} needs guidance on the caption ({group}.guidance_scale != 1)")
+
+
+@dataclass
+class GuidanceConfig:
+    """Classifier-free guidance of a bidirectional next-shot model in a training stage (the real
+    score, ODE pairs): on the caption and on the earlier shots, as SamplerConfig's for sampling."""
+
+    guidance_scale: float = 3.0  # on the caption (1 = off)
+    context_scale: float = 1.0  # on the earlier shots (1 = none; conditioning.unconditional)
+
+    def validate(self) -> "GuidanceConfig":
+        check_guidance(self.guidance_scale, self.context_scale, "stage")
+        return self
+
+
 @dataclass
 class SamplerConfig:
     """Flow-matching sampling. Timesteps are on Wan's 0..1000 scale before the shift."""
@@ -150,9 +169,7 @@ class SamplerConfig:
             raise ValueError(f"sampler.teacher_context_noise must be clean or target, got {self.teacher_context_noise!r}")
         if self.teacher_null_slots not in ("target", "all"):
             raise ValueError(f"sampler.teacher_null_slots must be target or all, got {self.teacher_null_slots!r}")
-        if self.guidance_scale == 1.0 and self.context_scale != 1.0:
-            raise ValueError(f"sampler.context_scale={self.context_scale} needs guidance on the caption "
-                             "(sampler.guidance_scale != 1)")
+        check_guidance(self.guidance_scale, self.context_scale, "sampler")
 
 
 PROMPT_FIELDS = ("global_caption", "shot", "caption")  # the placeholders of PromptConfig.template

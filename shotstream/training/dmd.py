@@ -19,14 +19,13 @@ import torch
 
 from shotstream import flow_matching as fm
 from shotstream.conditioning import next_shot_velocity, unconditional
+from shotstream.config import GuidanceConfig
 from shotstream.model.dit import WanDiT
 from shotstream.training.data import NextShotBatch
 
 
 @dataclass
-class DMDConfig:
-    guidance_scale: float = 3.0  # CFG of the real score
-    context_scale: float = 1.0  # ... and on the context (SamplerConfig.context_scale)
+class DMDConfig(GuidanceConfig):  # the real score's guidance
     min_sigma: float = 0.02  # timesteps clamped away from the ends (Self-Forcing: 20..980 of 1000)
     max_sigma: float = 0.98
     # Shift of the DMD and critic timesteps; 0 = the teacher's training shift. A lower shift puts
@@ -36,8 +35,7 @@ class DMDConfig:
     def validate(self) -> "DMDConfig":
         if not 0 <= self.min_sigma < self.max_sigma <= 1:
             raise ValueError(f"stage.min_sigma, max_sigma must satisfy 0 <= min < max <= 1, got {self.min_sigma}, {self.max_sigma}")
-        if self.guidance_scale == 1.0 and self.context_scale != 1.0:
-            raise ValueError(f"stage.context_scale={self.context_scale} needs guidance on the caption (stage.guidance_scale != 1)")
+        super().validate()
         if self.timestep_shift < 0:
             raise ValueError(f"stage.timestep_shift must be >= 0 (0 = the teacher's shift), got {self.timestep_shift}")
         return self

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from shotstream import flow_matching as fm
 from shotstream import paths
 from shotstream.conditioning import concat_frames, model_velocity, next_shot_velocity, unconditional
+from shotstream.config import GuidanceConfig
 from shotstream.model.dit import WanDiT
 from shotstream.checkpoint import file_digest, load_tensors, read_json, write_atomic
 from shotstream.model.loading import export_model, from_pretrained
@@ -43,14 +44,17 @@ PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot"
 
 
 @dataclass
-class PairsConfig(TeacherConfig):
+class PairsConfig(TeacherConfig, GuidanceConfig):  # next-shot data as the teacher's, the teacher's guidance
     teacher: str = paths.TEACHER
     out: str = paths.ODE_PAIRS
     shard_size: int = 8  # examples per shard file (one teacher batch)
     steps: int = 12  # teacher Euler steps (the student's sigmas are added to the grid)
-    guidance_scale: float = 3.0
-    context_scale: float = 1.0  # guidance on the context too (SamplerConfig.context_scale)
     context_dropout: float = 0.0
+
+    def validate(self) -> "PairsConfig":
+        TeacherConfig.validate(self)
+        GuidanceConfig.validate(self)
+        return self
 
 
 def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progress: bool = True) -> Path:
@@ -61,6 +65,7 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     pairs of a retrained teacher are refused, not mixed in. Each shard is written to a temporary
     name and renamed, so an interrupted run never leaves a half-written shard.
     """
+    cfg.validate()
     out = Path(cfg.out)
     teacher, tcfg, kind = from_pretrained(cfg.teacher, device=device)
     stage = NextShotStage(cfg,  # next-shot batches for the trajectory sampler
@@ -270,8 +275,8 @@ def add_parser(sub) -> None:
     p.add_argument("--autoencoder", default=paths.AUTOENCODER)
     p.add_argument("--count", type=int, default=256, help="number of trajectories (rounded up to whole shards)")
     p.add_argument("--out", default=paths.ODE_PAIRS, help="output folder (outside git)")
-    p.add_argument("--steps", type=int, default=12, help="teacher Euler steps (+ CFG: two forwards each)")
-    p.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale")
+    p.add_argument("--steps", type=int, default=PairsConfig.steps, help="teacher Euler steps (+ CFG: two forwards each)")
+    p.add_argument("--guidance", type=float, default=PairsConfig.guidance_scale, help="teacher CFG scale")
     p.add_argument("--seed", type=int, default=0)
     add_runtime_args(p, dtype=None, threads=torch.get_num_threads())
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
