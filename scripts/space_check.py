@@ -198,11 +198,11 @@ def client(url: str) -> None:
 
     c = Client(url, verbose=False)
     t0 = time.monotonic()
-    box, status = c.predict(PROMPT, "", 0, api_name="/add_shot")
-    if box != "":
+    status, refused = c.predict(PROMPT, "", 0, api_name="/add_shot")  # (the prompt comes back only if refused)
+    if refused != "":
         raise SystemExit(f"/add_shot did not queue the shot: {status}")
     job, segments, t_first = c.submit(api_name="/run"), 0, None
-    for video, _, _, _ in job:
+    for video, *_ in job:  # (video segment, storyboard, stats, status, playback state)
         if isinstance(video, str) and video.endswith(".m3u8"):
             segments += 1
             t_first = t_first or time.monotonic() - t0
