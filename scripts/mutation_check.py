@@ -191,6 +191,25 @@ MUTATIONS = [
       DMD_TESTS),
     M("dmd: real score without CFG", "shotstream/training/dmd.py",
       "        if uncond is not None:\n            v = fm.cfg(", "        if False:\n            v = fm.cfg(", DMD_TESTS),
+    # -- benchmark judges (issue #30): real encoders, transition control, the report -------------------
+    M("bench judges: a cut two frames off the shot start is missed", "benchmark/transitions.py",
+      "abs(c - s) <= tolerance", "abs(c - s) < tolerance", ("tests/test_transitions.py",)),
+    M("bench judges: cuts by a fixed threshold (ContentDetector)", "benchmark/transitions.py",
+      "(AdaptiveDetector if adaptive else ContentDetector)", "(ContentDetector if adaptive else AdaptiveDetector)",
+      ("tests/test_transitions.py",)),
+    M("bench judges: cut time read at the given start", "benchmark/transitions.py",
+      "f = lo + int(np.argmax(t.scores[lo : hi + 1]))", "f = s", ("tests/test_transitions.py",)),
+    M("bench judges: OWLv2 boxes scaled by the width, not the padded square", "benchmark/encoders.py",
+      "side = max(h, w)", "side = w", ("tests/test_real_encoders.py",)),
+    M("bench judges: OpenAI's TorchScript CLIP read as a state dict", "benchmark/clip.py",
+      "    if is_torchscript(file):\n", "    if False:\n", ("tests/test_real_encoders.py",)),
+    M("bench judges: the in-domain CLIP used silently on other videos", "benchmark/cli.py",
+      "    if args.clip or args.clip_arch", "    if True or args.clip or args.clip_arch", ("tests/test_real_encoders.py",)),
+    M("bench judges: the detector's boxes never reach the metrics", "benchmark/cli.py",
+      "        scoring.localiser = detector", "        pass", ("tests/test_real_encoders.py",)),
+    M("bench judges: one leaderboard table for every suite", "benchmark/report.py",
+      "for suite, suite_board in suite_leaderboards(rows).items():",
+      "for suite, suite_board in {s: board for s in sorted(set(rows['suite']))}.items():", ("tests/test_report.py",)),
 ]
 
 

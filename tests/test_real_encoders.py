@@ -173,3 +173,68 @@ def test_folders_of_the_wrong_kind_are_clear_errors(dino_dir, owl_dir, tmp_path)
         CharacterDetector.from_pretrained(dino_dir)
     with pytest.raises(CheckpointError, match="no config.json.*never downloaded"):
         IdentityEncoder.from_pretrained(tmp_path / "facebook/dinov2-base")
+
+
+# --- the score command with real encoders ----------------------------------------------------------
+
+
+def write_films(root: Path) -> Path:
+    """A manifest of one 'real' single-file story of two shots (not StoryWorld: no labels)."""
+    import imageio.v3 as iio
+
+    root.mkdir(parents=True)
+    iio.imwrite(root / "film.mp4", np.concatenate([frames(5, 6, 48), frames(6, 6, 48)]), fps=8, codec="libx264")
+    (root / "manifest.json").write_text(json.dumps({"method": "other-system", "stories": [
+        {"id": "film", "video": "film.mp4", "shot_starts": [0, 6], "captions": ["a fox in snow", "it runs"]}]}))
+    return root / "manifest.json"
+
+
+def test_score_real_videos_with_clip_dinov2_and_owlv2_from_local_files(clip_model, dino_dir, owl_dir, tmp_path, capsys):
+    from benchmark.encoders import CharacterDetector, IdentityEncoder
+    from benchmark.manifest import load_manifest
+    from benchmark.metrics import StoryOutput, get_metrics, score_story
+
+    manifest = write_films(tmp_path / "films")
+    weights = tmp_path / "clip.safetensors"
+    save_file(clip_model.state_dict(), weights)
+    results = tmp_path / "results"
+    args = ["score", "--manifest", str(manifest), "--results", str(results), "--quiet",
+            "--metrics", "clip_text,inter_shot_identity"]
+    # the in-domain CLIP is never used silently on videos from outside StoryWorld
+    assert bench_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not StoryWorld renders" in err
+    assert "--clip-arch ARCH --clip-weights FILE" in err and "--in-domain-clip" in err
+    assert not results.exists()
+
+    real = ["--clip-arch", ARCH, "--clip-weights", str(weights), "--identity-encoder", str(dino_dir),
+            "--detector", str(owl_dir), "--detector-query", "a fox", "--device", "cpu"]
+    assert bench_main([*args, *real]) == 0, capsys.readouterr().err
+    rows = pd.read_csv(results / "rows.csv")
+    (encoder,) = rows["encoder"].unique()
+    names = encoder.split(" + ")
+    assert names[0].startswith(f"{ARCH}@") and names[1].startswith("identity=dinov2:dinov2-tiny@")
+    assert names[2].startswith("detector=owlv2:owlv2-tiny@") and names[2].endswith("[a fox]")
+    assert set(rows["device"]) == {"cpu"} and not rows["value"].isna().any()
+    # identity is DINOv2 on the detector's crops: as when the labels hand the same boxes over
+    story = load_manifest(manifest).stories[0]
+    shots = story.load_frames()
+    detector = CharacterDetector.from_pretrained(owl_dir, "a fox")
+    boxed = StoryOutput("film", story.captions, shots, [{"boxes": detector.locate(f)} for f in shots])
+    want = score_story(boxed, get_metrics(["inter_shot_identity"]),
+                       embed=IdentityEncoder.from_pretrained(dino_dir).encode_images)
+    got = rows[rows["metric"] == "inter_shot_identity"].set_index("shot")["value"]
+    assert [r.shot for r in want] == list(got.index) == [1]
+    assert np.allclose([r.value for r in want], got.to_numpy(), atol=1e-6)
+
+    # asked for by name, the in-domain CLIP scores them (recorded as the encoder)
+    assert bench_main([*args[:4], str(tmp_path / "in-domain"), "--quiet", "--metrics", "clip_text",
+                       "--in-domain-clip"]) == 0
+    assert pd.read_csv(tmp_path / "in-domain" / "rows.csv")["encoder"].str.startswith("ShotStream-CLIP-tiny@").all()
+    # videos whose every shot carries StoryWorld's labels are its domain: no flag needed
+    labelled = json.loads(manifest.read_text())
+    labelled["stories"][0]["labels"] = [{"identity": "red-circle-plain", "scene": "beach", "framing": "wide",
+                                         "action": "walk"}] * 2
+    (manifest.parent / "storyworld.json").write_text(json.dumps(labelled))
+    assert bench_main(["score", "--manifest", str(manifest.parent / "storyworld.json"), "--results",
+                       str(tmp_path / "storyworld"), "--quiet", "--metrics", "clip_text"]) == 0
