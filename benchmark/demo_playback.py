@@ -18,6 +18,7 @@ and the mean playback rate.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +57,10 @@ def interruptions(samples, still=0.2):
     return out
 
 
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def wait_until(page, js, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not page.evaluate(js):
@@ -64,7 +69,7 @@ def wait_until(page, js, timeout=60.0):
         time.sleep(0.05)
 
 
-def measure(url, policy, prompts, chromium, timeout=120.0):
+def measure(url, policy, prompts, chromium, timeout=300.0):
     from playwright.sync_api import sync_playwright
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"]
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--speeds", type=float, nargs="+", default=[0.5, 0.8])
     p.add_argument("--policies", nargs="+", default=["none", "buffer", "rate"], choices=["none", "buffer", "rate"])
     p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300.0, help="s to wait for a story to play to its end")
     p.add_argument("--out", type=Path, default=RESULTS / "playback.md")
     args = p.parse_args(argv)
     chromium = which("chromium") or "/usr/bin/chromium"
@@ -128,11 +134,12 @@ def main(argv=None) -> int:
             demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=demo_app.CSS)
             try:
                 for policy in args.policies:
-                    r = measure(f"http://127.0.0.1:{port}/", policy, PROMPTS[: args.shots], chromium)
+                    r = measure(f"http://127.0.0.1:{port}/", policy, PROMPTS[: args.shots], chromium, args.timeout)
+                    r.load = os.getloadavg()[0]  # (other processes share these cores: the speed measured says what it did)
                     rows.append((speed, policy, r))
-                    print(f"speed {speed}x (measured {r.speed}x) {policy:>6}: first frame {r.first_frame:.2f} s, {r.interruptions} interruptions "
-                          f"({r.interrupted:.1f} s, {r.silent} silent), bufferStalledError {r.buffer_stalls}, "
-                          f"mean rate {r.mean_rate:.2f}, ended {r.ended}", flush=True)
+                    print(f"speed {speed}x (measured {fmt(r.speed)}x) {policy:>6}: first frame {fmt(r.first_frame)} s, "
+                          f"{r.interruptions} interruptions ({r.interrupted:.1f} s, {r.silent} silent), bufferStalledError "
+                          f"{r.buffer_stalls}, mean rate {fmt(r.mean_rate)}, ended {r.ended}", flush=True)
             finally:
                 demo.close()
                 demo.shotstream.shutdown()
@@ -146,14 +153,12 @@ def main(argv=None) -> int:
         "Interruptions: the play head still for > 0.2 s after the first frame, before the end; silent: no "
         "\"buffering\" shown meanwhile. One run per row on a shared 2-core machine: the timings are noisy.",
         "",
-        "| speed asked | speed measured | policy | first frame (s) | interruptions | interrupted (s) | silent | bufferStalledError | mean rate |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| speed asked | speed measured | policy | first frame (s) | interruptions | interrupted (s) | silent | bufferStalledError | mean rate | load (1 min, {os.cpu_count()} cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for speed, policy, r in rows:
-        first = "-" if r.first_frame is None else f"{r.first_frame:.2f}"
-        rate = "-" if r.mean_rate is None else f"{r.mean_rate:.2f}"
-        measured = "-" if r.speed is None else f"{r.speed:.2f}x"
-        lines.append(f"| {speed:g}x | {measured} | {policy} | {first} | {r.interruptions} | {r.interrupted:.1f} | {r.silent} | {r.buffer_stalls} | {rate} |")
+        lines.append(f"| {speed:g}x | {fmt(r.speed)}x | {policy} | {fmt(r.first_frame)} | {r.interruptions} | {r.interrupted:.1f} | "
+                     f"{r.silent} | {r.buffer_stalls} | {fmt(r.mean_rate)} | {r.load:.1f} |{'' if r.ended else ' did not end in time'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
