@@ -1,4 +1,4 @@
-"""`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip, train-probe.
+"""`shotstream-bench` (also `python -m benchmark`): run, score, report, train-clip, train-probe, train-localiser.
 
     shotstream-bench run --method student teacher ground_truth --limit 10  # eval suite: generate + score (resumable)
     torchrun --nproc-per-node 4 -m benchmark run --method student teacher --device cuda  # stories sharded by rank
@@ -6,7 +6,7 @@
     shotstream-bench score --manifest films/manifest.json --clip-arch ViT-B-32-quickgelu --clip-weights ViT-B-32.pt \
         --identity-encoder dinov2-base/ --detector owlv2-base/ --detector-query "a woman" --device cuda  # real videos
     shotstream-bench report                                                # results/leaderboard.csv, REPORT.md
-    shotstream-bench train-probe / train-clip                              # the StoryWorld judges (checkpoints/)
+    shotstream-bench train-probe / train-clip / train-localiser            # the StoryWorld judges (checkpoints/)
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from pathlib import Path
 from shotstream.cli import CLIError
 from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads
 
-from benchmark.metrics import CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
+from benchmark.metrics import CHARACTER_METRICS, CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = REPO / "checkpoints" / "clip-tiny"
 DEFAULT_PROBE = REPO / "checkpoints" / "probe"
+DEFAULT_LOCALISER = REPO / "checkpoints" / "localiser"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe_arguments(probe)
     probe.set_defaults(func=cmd_train_probe)
+
+    loc = sub.add_parser("train-localiser", help="train the StoryWorld character localiser on ground-truth boxes "
+                         "(training seeds)", description="Train the character localiser (benchmark/localiser.py) on "
+                         "StoryWorld training renders, then report its IoU with the ground-truth boxes on the "
+                         "evaluation suite's renders.")
+    from benchmark.localiser import add_arguments as localiser_arguments
+
+    localiser_arguments(loc)
+    loc.set_defaults(func=cmd_train_localiser)
     return parser
 
 
@@ -104,6 +114,9 @@ def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
     p.add_argument("--clip-arch", default=None, help="any open_clip architecture, with --clip-weights")
     p.add_argument("--clip-weights", default=None, help="local weights file for --clip-arch (never downloaded)")
     p.add_argument("--probe", default=None, help=f"label probe folder (default: {DEFAULT_PROBE.relative_to(REPO)} if present)")
+    p.add_argument("--localiser", default=None,
+                   help="StoryWorld character localiser folder: the main character's box where the labels give none, "
+                   f"for inter_shot_identity and intra_shot_consistency (default: {DEFAULT_LOCALISER.relative_to(REPO)} if present)")
     p.add_argument("--in-domain-clip", action="store_true",
                    help=f"score videos from outside StoryWorld with the in-domain CLIP ({DEFAULT_CLIP.relative_to(REPO)}) "
                    "anyway; without it (or --clip / --clip-arch) `score` refuses them")
@@ -150,7 +163,20 @@ def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
         else:
             print(f"shotstream-bench: warning: no label probe ({DEFAULT_PROBE} not found; train one with "
                   "`shotstream-bench train-probe`); label metrics will be missing", file=sys.stderr)
-    return Scoring(metrics=metrics, clip=clip, probe=probe), (clip.name if clip is not None else "none")
+    localiser = None
+    if any(m.name in CHARACTER_METRICS for m in metrics):
+        from benchmark.localiser import load_localiser
+
+        if args.localiser:
+            localiser = load_localiser(args.localiser, device=device)
+        elif DEFAULT_LOCALISER.is_dir():
+            localiser = load_localiser(DEFAULT_LOCALISER, device=device)
+        else:
+            print(f"shotstream-bench: warning: no character localiser ({DEFAULT_LOCALISER} not found; train one with "
+                  "`shotstream-bench train-localiser`); character metrics of shots without a labelled box will be missing",
+                  file=sys.stderr)
+    return (Scoring(metrics=metrics, clip=clip, probe=probe, localiser=localiser),
+            (clip.name if clip is not None else "none"))
 
 
 def _real_encoders(args, scoring, encoder: str, device: str):
@@ -311,6 +337,12 @@ def cmd_train_clip(args) -> int:
 
 def cmd_train_probe(args) -> int:
     from benchmark.probe import run
+
+    return run(args)
+
+
+def cmd_train_localiser(args) -> int:
+    from benchmark.localiser import run
 
     return run(args)
 

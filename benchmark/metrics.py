@@ -7,10 +7,11 @@ Every metric is registered by name with its direction, range, unit, version and 
     def fps(story, ctx) -> list[Value]: ...
 
 A metric function takes the generated story (`StoryOutput`) and a per-story `MetricContext`
-(the encoders and probe, with cached embeddings/predictions) and returns `Value`s: one per shot
-(`level="shot"`) or one with shot -1 (`level="story"`). An input it needs but does not have
-(no timing records, no CLIP encoder, no labels, no probe) gives NaN with a note: a missing metric
-is a failure in the report, never 0 (VBench scored missing dimensions as 0).
+(the encoders, probe and character localiser, with cached embeddings/predictions) and returns
+`Value`s: one per shot (`level="shot"`) or one with shot -1 (`level="story"`). An input it needs
+but does not have (no timing records, no CLIP encoder, no labels, no probe, no character box)
+gives NaN with a note: a missing metric is a failure in the report, never 0 (VBench scored
+missing dimensions as 0).
 
 Layouts: frames are numpy uint8 [F, H, W, 3] per shot; embeddings torch float [N, D], normalised.
 """
@@ -32,7 +33,9 @@ STORY_LEVEL = -1  # the `shot` of a row that describes a whole story
 # Metrics computed from streamed-chunk records / the memory measurement of a generation run.
 TIMING_METRICS = ("latency_first_frame_s", "fps", "chunk_time_s", "chunk_time_growth", "peak_mem_mb")
 # Metrics that use the CLIP encoder (the embedding ones only when no other embedding is given).
-CLIP_METRICS = ("clip_text", "inter_shot_identity", "intra_shot_consistency")
+CLIP_METRICS = ("clip_text", "inter_shot_identity", "intra_shot_consistency", "scene_similarity")
+# Metrics on the main character's crops: its box comes from the labels, else from a CharacterLocator.
+CHARACTER_METRICS = ("inter_shot_identity", "intra_shot_consistency")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,16 @@ class LabelProbe(Protocol):
     def predict(self, frames: np.ndarray) -> dict[str, Any]: ...
 
 
+class CharacterLocator(Protocol):
+    """Finds the main character in every frame (e.g. benchmark.localiser on StoryWorld).
+
+    locate(frames uint8 [F, H, W, 3]) -> float [F, 4]: boxes (x0, y0, x1, y1) in pixels, x1/y1
+    exclusive; a row of NaN where the character is not in the frame.
+    """
+
+    def locate(self, frames: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class StoryOutput:
     """One generated (or externally produced) story, as the metrics see it."""
@@ -155,10 +168,12 @@ EmbedFn = Callable[[Sequence[np.ndarray]], torch.Tensor]  # images -> normalised
 class MetricContext:
     """Shared resources for scoring one story, with per-story caches (embeddings, predictions)."""
 
-    def __init__(self, story: StoryOutput, clip=None, embed: EmbedFn | None = None, probe: LabelProbe | None = None):
-        self.story, self.clip, self.probe = story, clip, probe
+    def __init__(self, story: StoryOutput, clip=None, embed: EmbedFn | None = None, probe: LabelProbe | None = None,
+                 localiser: CharacterLocator | None = None):
+        self.story, self.clip, self.probe, self.localiser = story, clip, probe, localiser
         self._embed = embed if embed is not None else (clip.encode_images if clip is not None else None)
         self._frame_emb: dict[int, torch.Tensor] = {}
+        self._char_emb: dict[int, torch.Tensor] = {}
         self._pred: dict[int, dict] = {}
 
     def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -171,6 +186,16 @@ class MetricContext:
         if shot not in self._frame_emb:
             self._frame_emb[shot] = self.embed(self.story.frames[shot])
         return self._frame_emb[shot]
+
+    def character_embeddings(self, shot: int) -> torch.Tensor:
+        """Embeddings of the main character's crops in a shot, [F', D] (F' <= F: frames without the
+        character are left out; computed once per story)."""
+        if shot not in self._char_emb:
+            crops = character_crops(self.story.frames[shot], self.story.labels[shot], self.localiser)
+            if not crops:
+                raise MetricUnavailable(f"shot {shot}: the main character is in none of its frames")
+            self._char_emb[shot] = self.embed(crops)
+        return self._char_emb[shot]
 
     def clip_frame_embeddings(self, shot: int) -> torch.Tensor:
         """CLIP image embeddings of a shot's frames, [F, D] (shared with frame_embeddings when the
@@ -204,9 +229,10 @@ class MetricRow:
 
 
 def score_story(story: StoryOutput, metrics: Sequence[Metric] | None = None, *, clip=None,
-                embed: EmbedFn | None = None, probe: LabelProbe | None = None) -> list[MetricRow]:
+                embed: EmbedFn | None = None, probe: LabelProbe | None = None,
+                localiser: CharacterLocator | None = None) -> list[MetricRow]:
     """All requested metrics on one story; missing inputs and out-of-range values become NaN rows."""
-    ctx = MetricContext(story, clip=clip, embed=embed, probe=probe)
+    ctx = MetricContext(story, clip=clip, embed=embed, probe=probe, localiser=localiser)
     rows = []
     for m in metrics if metrics is not None else get_metrics():
         try:
@@ -330,56 +356,97 @@ def clip_text(story: StoryOutput, ctx: MetricContext) -> list[Value]:
     return out
 
 
-def crop_box(frame: np.ndarray, box: Sequence[float] | None) -> np.ndarray:
-    """frame [H, W, 3] cropped to box (x0, y0, x1, y1) in pixels, x1/y1 exclusive, clamped to the
-    frame; no box or an empty box gives the whole frame."""
-    if box is None:
-        return frame
-    h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    x0, x1 = max(0, min(x0, w)), max(0, min(x1, w))
-    y0, y1 = max(0, min(y0, h)), max(0, min(y1, h))
+def square_box(box: Sequence[float] | None, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """The square around box (x0, y0, x1, y1): its side the box's longer side (at most the frame's
+    shorter one), centred on the box, moved inside the frame; None for no box, a NaN or an empty
+    one. Square, because an image encoder resizes the short side and centre-crops: a tall or wide
+    crop would lose the character's ends. No margin: every pixel of background added makes the
+    crop a little more about the scene."""
+    if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        return None
+    x0, y0, x1, y1 = (float(v) for v in box)
     if x1 <= x0 or y1 <= y0:
-        return frame
-    return frame[y0:y1, x0:x1]
+        return None
+    side = min(max(x1 - x0, y1 - y0), height, width)
+    left = min(max((x0 + x1 - side) / 2, 0.0), width - side)
+    top = min(max((y0 + y1 - side) / 2, 0.0), height - side)
+    side_px = max(1, int(round(side)))
+    left_px, top_px = min(int(round(left)), width - side_px), min(int(round(top)), height - side_px)
+    return left_px, top_px, left_px + side_px, top_px + side_px
 
 
-def character_crops(frames: np.ndarray, labels: dict | None) -> list[np.ndarray]:
-    """Per-frame character crops: labels["boxes"] (one box or None per frame) or labels["box"]
-    (one box for the shot); whole frames when the shot has no box."""
+def character_boxes(frames: np.ndarray, labels: dict | None, localiser: CharacterLocator | None = None) -> list:
+    """The main character's box in each frame: labels["boxes"] (one box or None per frame),
+    labels["box"] (one for the shot), else the localiser's; no box and no localiser is missing."""
     labels = labels or {}
-    boxes = labels.get("boxes")
-    if boxes is not None:
+    if labels.get("boxes") is not None:
+        boxes = labels["boxes"]
         if len(boxes) != len(frames):
             raise ValueError(f"labels['boxes'] has {len(boxes)} boxes for {len(frames)} frames")
-        return [crop_box(f, b) for f, b in zip(frames, boxes)]
-    return [crop_box(f, labels.get("box")) for f in frames]
+        return list(boxes)
+    if labels.get("box") is not None:
+        return [labels["box"]] * len(frames)
+    if localiser is None:
+        raise MetricUnavailable("no character box: the labels give none and there is no character localiser "
+                                "(train one with `shotstream-bench train-localiser`)")
+    boxes = np.asarray(localiser.locate(frames), np.float64)
+    if boxes.shape != (len(frames), 4):
+        raise ValueError(f"the localiser gave boxes of shape {boxes.shape} for {len(frames)} frames")
+    return list(boxes)
 
 
-@register_metric("inter_shot_identity", higher_is_better=True, range=(-1, 1), unit="cosine", by_subset=True,
+def character_crops(frames: np.ndarray, labels: dict | None, localiser: CharacterLocator | None = None) -> list[np.ndarray]:
+    """Square crops of the main character (`square_box` of `character_boxes`), one per frame that
+    has a box; frames without one (None, NaN, empty) are left out."""
+    h, w = frames.shape[1:3]
+    crops = []
+    for frame, box in zip(frames, character_boxes(frames, labels, localiser)):
+        square = square_box(box, h, w)
+        if square is not None:
+            x0, y0, x1, y1 = square
+            crops.append(frame[y0:y1, x0:x1])
+    return crops
+
+
+def _mean_embedding(e: torch.Tensor) -> torch.Tensor:
+    return F.normalize(e.mean(0), dim=-1)  # (D,)
+
+
+def _earlier_shot_cosines(embs: list[torch.Tensor]) -> list[Value]:
+    """Per shot k >= 1: mean over j < k of cos(c_k, c_j), c = the shot's normalised mean embedding."""
+    c = [_mean_embedding(e) for e in embs]
+    return [Value(k, float(np.mean([(c[k] @ c[j]).item() for j in range(k)]))) for k in range(1, len(c))]
+
+
+@register_metric("inter_shot_identity", higher_is_better=True, range=(-1, 1), unit="cosine", by_subset=True, version=2,
                  doc="per shot k >= 1: mean over earlier shots j < k of cos(c_k, c_j), c = normalised mean "
-                     "embedding of the character crops (labelled box, else whole frame) of a shot")
+                     "embedding of the shot's main-character crops (square around the labelled box, else the "
+                     "character localiser's; v1 embedded whole frames: see scene_similarity)")
 def inter_shot_identity(story: StoryOutput, ctx: MetricContext) -> list[Value]:
-    chars = []
-    for k in range(len(story.frames)):
-        crops = character_crops(story.frames[k], story.labels[k])
-        chars.append(F.normalize(ctx.embed(crops).mean(0), dim=-1))  # (D,)
-    return [Value(k, float(np.mean([(chars[k] @ chars[j]).item() for j in range(k)])))
-            for k in range(1, len(chars))]
+    return _earlier_shot_cosines([ctx.character_embeddings(k) for k in range(len(story.frames))])
 
 
-@register_metric("intra_shot_consistency", higher_is_better=True, range=(0, 1), unit="cosine",
-                 doc="per shot (VBench subject consistency): mean over frames f >= 1 of "
-                     "(max(cos(e_f, e_0), 0) + max(cos(e_f, e_{f-1}), 0)) / 2, e = frame embedding")
+@register_metric("scene_similarity", higher_is_better=True, range=(-1, 1), unit="cosine",
+                 doc="per shot k >= 1: mean over earlier shots j < k of cos(c_k, c_j), c = normalised mean "
+                     "embedding of the shot's whole frames (inter_shot_identity v1): mostly the scene, not "
+                     "the character")
+def scene_similarity(story: StoryOutput, ctx: MetricContext) -> list[Value]:
+    return _earlier_shot_cosines([ctx.frame_embeddings(k) for k in range(len(story.frames))])
+
+
+@register_metric("intra_shot_consistency", higher_is_better=True, range=(0, 1), unit="cosine", version=2,
+                 doc="per shot (VBench subject consistency on the subject): mean over frames f >= 1 of "
+                     "(max(cos(e_f, e_0), 0) + max(cos(e_f, e_{f-1}), 0)) / 2, e = embedding of the main "
+                     "character's crop in frame f (as inter_shot_identity; v1 embedded whole frames)")
 def intra_shot_consistency(story: StoryOutput, ctx: MetricContext) -> list[Value]:
     out = []
     for k in range(len(story.frames)):
-        e = ctx.frame_embeddings(k)  # (F, D)
+        e = ctx.character_embeddings(k)  # (F', D)
         if len(e) < 2:
-            out.append(Value(k, math.nan, "missing: a one-frame shot has no consistency"))
+            out.append(Value(k, math.nan, "missing: the character is in fewer than 2 frames of the shot"))
             continue
-        to_first = (e[1:] @ e[0]).clamp(min=0)  # (F-1,)
-        to_prev = (e[1:] * e[:-1]).sum(-1).clamp(min=0)  # (F-1,)
+        to_first = (e[1:] @ e[0]).clamp(min=0)  # (F'-1,)
+        to_prev = (e[1:] * e[:-1]).sum(-1).clamp(min=0)  # (F'-1,)
         out.append(Value(k, ((to_first + to_prev) / 2).mean().item()))
     return out
 

@@ -56,8 +56,8 @@ def shot_labels(labels) -> dict:
     """StoryWorld `ShotLabels` -> the benchmark's label dict (the LABEL_KEYS contract).
 
     characters[0] is the main character; its identity, the shot's scene, framing and action,
-    `pronoun` (the caption says "it"), and the attributes separately for diagnostics. No box:
-    see benchmark/README.md (inter_shot_identity embeds whole frames)."""
+    `pronoun` (the caption says "it"), and the attributes separately for diagnostics. No box: the
+    character metrics locate the character in every method's frames alike (benchmark.localiser)."""
     main = labels.main
     return {"identity": identity_name(main.shape, main.colour, main.pattern), "scene": labels.scene,
             "framing": labels.framing, "action": labels.action, "pronoun": bool(labels.pronoun),

@@ -51,6 +51,19 @@ def strict_p95(values: pd.Series) -> float:
     return math.nan if len(values) == 0 or values.isna().any() else float(np.percentile(values.to_numpy(), 95))
 
 
+def superseded_apart(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows scored with another version of a metric than the registry's are named
+    `<metric>@v<version>` (e.g. `inter_shot_identity@v1`, whole frames): an older formula gets its
+    own column and is never averaged with the current one, and old rows still load."""
+    current = rows["metric"].map({name: m.version for name, m in METRICS.items()})
+    stale = current.notna() & (rows["metric_version"] != current)
+    if not stale.any():
+        return rows
+    rows = rows.copy()
+    rows.loc[stale, "metric"] = rows.loc[stale, "metric"] + "@v" + rows.loc[stale, "metric_version"].astype(str)
+    return rows
+
+
 def metric_order(rows: pd.DataFrame) -> list[str]:
     present = set(rows["metric"].unique())
     return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
@@ -125,14 +138,15 @@ def write_report(results_dir: str | Path) -> dict[str, Path]:
     """Regenerate rows.csv, leaderboard.csv, plots/ and REPORT.md in `results_dir`."""
     results_dir = Path(results_dir)
     store = RowStore(results_dir)
-    rows = store.read()
-    if rows.empty:
+    raw = store.read()
+    if raw.empty:
         raise ValueError(f"{store.rows_dir}: no result rows yet (run `shotstream-bench run` or `score` first)")
+    rows = superseded_apart(raw)
     board = build_leaderboard(rows)
     results_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=results_dir))
     try:
-        rows.to_csv(tmp / "rows.csv", index=False)
+        raw.to_csv(tmp / "rows.csv", index=False)
         board.to_csv(tmp / "leaderboard.csv", index=False)
         (tmp / "plots").mkdir()
         suite_rows = rows[rows["variant"] == ""]  # plots and breakdowns: the suite as given
@@ -331,6 +345,11 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
     for name in metric_order(rows):
         m = METRICS.get(name)
+        if m is None and "@v" in name and name.rsplit("@v", 1)[0] in METRICS:
+            base, old = name.rsplit("@v", 1)
+            lines.append(f"| {name} | | | | | {old} | superseded: `{base}` as scored before version "
+                         f"{METRICS[base].version}; re-run `run` / `score` to score it again |")
+            continue
         if m is None:
             lines.append(f"| {name} | ? | ? | ? | ? | ? | not in the registry |")
             continue

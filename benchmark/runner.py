@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.manifest import Manifest
-from benchmark.metrics import TIMING_METRICS, LabelProbe, Metric, StoryOutput, get_metrics, score_story
+from benchmark.metrics import TIMING_METRICS, CharacterLocator, LabelProbe, Metric, StoryOutput, get_metrics, score_story
 from benchmark.rows import MEMORY_ONLY, PROTOCOL_COLUMNS, RowStore, RunMeta, digest, file_digest
 from benchmark.timing import ChunkRecord, MachineLoad, cpu_cores, load_average, measure_peak_memory
 from shotstream.importer import COMPONENTS
@@ -318,12 +318,13 @@ def story_seed(seed: int, story_id: str) -> int:
 
 @dataclass
 class Scoring:
-    """What scoring needs besides the story: metrics, encoders, probe."""
+    """What scoring needs besides the story: metrics, encoders, probe, character localiser."""
 
     metrics: Sequence[Metric] | None = None
     clip: Any = None
     embed: Callable | None = None
     probe: LabelProbe | None = None
+    localiser: CharacterLocator | None = None  # the main character's box where the labels give none
 
 
 def check_protocol(store: RowStore, method: str, meta: RunMeta) -> None:
@@ -379,7 +380,8 @@ def run_benchmark(methods: Sequence[str], stories: Iterable[Any], store: RowStor
                              peak_mem_mb=gen.peak_mem_mb if gen.peak_mem_mb is not None else measured)
         # A reference (ground truth) has no generation time: its timing rows are absent, not NaN.
         scored = metrics if gen.timed else [m for m in metrics if m.name not in TIMING_METRICS]
-        rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
+        rows = score_story(output, scored, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe,
+                           localiser=scoring.localiser)
         store.write_story(method, view.id, rows, meta, inputs=inputs, load=load, variant=variant)
         counts["done"] += 1
     return counts
@@ -400,7 +402,8 @@ def score_manifest(manifest: Manifest, method: str, store: RowStore, meta: RunMe
             counts["skipped"] += 1
             continue
         output = StoryOutput(story.id, story.captions, story.load_frames(), story.labels, story.global_caption)
-        rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe)
+        rows = score_story(output, metrics, clip=scoring.clip, embed=scoring.embed, probe=scoring.probe,
+                           localiser=scoring.localiser)
         store.write_story(method, story.id, rows, meta, inputs=inputs)
         counts["done"] += 1
     return counts

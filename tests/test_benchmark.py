@@ -50,6 +50,13 @@ def pixel_embed(images) -> torch.Tensor:
     return torch.stack(out)
 
 
+class WholeFrame:
+    """A character localiser stub: the character fills the frame."""
+
+    def locate(self, frames):
+        return np.tile(np.float32([0, 0, frames.shape[2], frames.shape[1]]), (len(frames), 1))
+
+
 def story(frames, captions=None, labels=None, records=None, peak=None, sid="s0") -> StoryOutput:
     n = len(frames)
     return StoryOutput(sid, captions or [f"shot {k}" for k in range(n)], list(frames), labels or [None] * n,
@@ -82,7 +89,7 @@ def test_registry_documents_every_metric_and_refuses_duplicates():
 def test_identical_frames_give_identity_and_consistency_one():
     frames = np.repeat(solid("red", frames=1), 5, axis=0)
     rows = score_story(story([frames, frames, frames]), get_metrics(["inter_shot_identity", "intra_shot_consistency"]),
-                       embed=pixel_embed)
+                       embed=pixel_embed, localiser=WholeFrame())
     ident, intra = values(rows, "inter_shot_identity"), values(rows, "intra_shot_consistency")
     assert set(ident) == {(1, ""), (2, "")}  # shot 0 has no earlier shot
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in ident.values())
@@ -94,7 +101,7 @@ def test_intra_shot_consistency_known_value():
     table = {0: [1.0, 0.0], 1: [0.0, 1.0], 2: [1.0, 0.0]}
     embed = lambda imgs: torch.tensor([table[int(np.asarray(i)[0, 0, 0])] for i in imgs])  # noqa: E731
     frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 1, 2)])
-    rows = score_story(story([frames]), get_metrics(["intra_shot_consistency"]), embed=embed)
+    rows = score_story(story([frames]), get_metrics(["intra_shot_consistency"]), embed=embed, localiser=WholeFrame())
     # f=1: (cos(e1,e0)=0 + cos(e1,e0)=0)/2 = 0 ; f=2: (cos(e2,e0)=1 + cos(e2,e1)=0)/2 = 0.5 -> mean 0.25
     assert values(rows, "intra_shot_consistency")[(0, "")] == pytest.approx(0.25)
 
@@ -110,13 +117,13 @@ def test_inter_shot_identity_uses_the_labelled_box():
     s = story([shot("red"), shot("blue")], labels=[dict(box), dict(box, pronoun=True)])
     with_box = values(score_story(s, get_metrics(["inter_shot_identity"]), embed=pixel_embed), "inter_shot_identity")
     assert with_box == {(1, "pronoun"): pytest.approx(1.0, abs=1e-6)}
-    whole = values(score_story(story([shot("red"), shot("blue")]), get_metrics(["inter_shot_identity"]),
-                               embed=pixel_embed), "inter_shot_identity")
+    whole = values(score_story(story([shot("red"), shot("blue")]), get_metrics(["scene_similarity"]),
+                               embed=pixel_embed), "scene_similarity")
     assert whole[(1, "")] < 0.9
     # shot 2 vs the mean of shots 0 and 1: a value per pair, averaged
     a, b, c = solid("red", 2), solid("blue", 2), solid("red", 2)
-    three = values(score_story(story([a, b, c]), get_metrics(["inter_shot_identity"]), embed=pixel_embed),
-                   "inter_shot_identity")
+    three = values(score_story(story([a, b, c]), get_metrics(["inter_shot_identity"]), embed=pixel_embed,
+                               localiser=WholeFrame()), "inter_shot_identity")
     emb = [torch.nn.functional.normalize(pixel_embed(x).mean(0), dim=0) for x in (a, b, c)]
     assert three[(2, "")] == pytest.approx(((emb[2] @ emb[0]) + (emb[2] @ emb[1])).item() / 2, abs=1e-5)
 
@@ -783,7 +790,8 @@ def test_score_rescores_only_the_story_whose_shot_4_changed_and_replaces_its_row
         {"id": "b", "video": "b.mp4", "shot_starts": [0, 3], "captions": ["a blue square", "it turns red"]}]}
     (root / "manifest.json").write_text(json.dumps(manifest))
     store = RowStore(tmp_path / "results")
-    scoring = Scoring(metrics=get_metrics(["inter_shot_identity", "intra_shot_consistency"]), embed=pixel_embed)
+    scoring = Scoring(metrics=get_metrics(["inter_shot_identity", "intra_shot_consistency"]), embed=pixel_embed,
+                      localiser=WholeFrame())
     score = lambda: score_manifest(load_manifest(root / "manifest.json"), "m", store, META, scoring, progress=False)  # noqa: E731
     assert score() == {"done": 2, "skipped": 0}
     before, b_file = store.read(), store.story_file("m", "b").read_bytes()
@@ -803,7 +811,8 @@ def test_score_rescores_only_the_story_whose_shot_4_changed_and_replaces_its_row
     shot4 = lambda df: df[(df["shot"] == 4) & (df["metric"] == "inter_shot_identity")].iloc[0]  # noqa: E731
     if change == "video re-encoded":  # the stored score is the new video's, and it moved
         fresh = score_story(StoryOutput("a", ["c"] * 5, load_manifest(root / "manifest.json").stories[0].load_frames(),
-                                        [None] * 5), get_metrics(["inter_shot_identity"]), embed=pixel_embed)
+                                        [None] * 5), get_metrics(["inter_shot_identity"]), embed=pixel_embed,
+                            localiser=WholeFrame())
         assert shot4(a_after)["value"] == pytest.approx(values(fresh, "inter_shot_identity")[(4, "")], abs=1e-6)
         assert shot4(a_after)["value"] != pytest.approx(shot4(a_before)["value"], abs=1e-2)
     if change == "labels edited":
