@@ -34,6 +34,8 @@ CORE_TESTS = ("tests/test_wiring.py", "tests/test_flow_matching.py", "tests/test
 DMD_TESTS = tuple(dict.fromkeys(("tests/test_distill.py", *CORE_TESTS)))
 # The released model's behaviour (the wan2.1-1.3b preset's switches) is pinned there.
 RELEASE_TESTS = ("tests/test_release_behaviour.py",)
+# The character identity metrics (crops, localiser, superseded versions) are pinned there.
+IDENTITY_TESTS = ("tests/test_identity.py",)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,25 @@ MUTATIONS = [
     M("bench judges: one leaderboard table for every suite", "benchmark/report.py",
       "for suite, suite_board in suite_leaderboards(rows).items():",
       "for suite, suite_board in {s: board for s in sorted(set(rows['suite']))}.items():", ("tests/test_report.py",)),
+    # -- character identity (benchmark/: the localiser, the crops, the superseded versions) -------------
+    M("identity: whole frames embedded instead of the character's crops", "benchmark/metrics.py",
+      "crops = character_crops(self.story.frames[shot], self.story.labels[shot], self.localiser)",
+      "crops = list(self.story.frames[shot])", IDENTITY_TESTS),
+    M("identity: scene_similarity on the crops", "benchmark/metrics.py",
+      "_earlier_shot_cosines([ctx.frame_embeddings(k) for k in range(len(story.frames))])",
+      "_earlier_shot_cosines([ctx.character_embeddings(k) for k in range(len(story.frames))])", IDENTITY_TESTS),
+    M("identity: the labelled box ignored", "benchmark/metrics.py",
+      'if labels.get("box") is not None:', "if False:", IDENTITY_TESTS),
+    M("identity: crops not square", "benchmark/metrics.py",
+      "side = min(max(x1 - x0, y1 - y0), height, width)",
+      "side = min(x1 - x0, height, width)", IDENTITY_TESTS),
+    M("identity localiser: decode drops the regressed offset", "benchmark/localiser.py",
+      "cx = (cx0.to(out.device)[cell] + pick[:, 1]) * size / G", "cx = cx0.to(out.device)[cell] * size / G",
+      IDENTITY_TESTS),
+    M("identity localiser: zoom_shift leaves the boxes where they were", "benchmark/localiser.py",
+      "moved = (norm - shift.repeat(1, 2)) * zoom[:, None]", "moved = norm", IDENTITY_TESTS),
+    M("identity report: superseded versions averaged with the current one", "benchmark/report.py",
+      'stale = current.notna() & (rows["metric_version"] != current)', "stale = current.isna()", IDENTITY_TESTS),
 ]
 
 
