@@ -132,6 +132,17 @@ def _scoring_args(p: argparse.ArgumentParser, default_metrics: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _load_judge(load, path, default: Path, device, what: str, command: str, consequence: str):
+    """A judge model from --<flag> or its shipped default folder; without either, a warning and None."""
+    if path:
+        return load(path, device=device)
+    if default.is_dir():
+        return load(default, device=device)
+    print(f"shotstream-bench: warning: no {what} ({default} not found; train one with `shotstream-bench {command}`); "
+          f"{consequence}", file=sys.stderr)
+    return None
+
+
 def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
     """The metrics asked for, with the CLIP encoder and label probe they need, on `device`."""
     from benchmark.clip import ClipEncoder, load_clip
@@ -152,29 +163,17 @@ def _scoring(args, default_names: list[str] | None, device: str = "cpu"):
     if clip is None and any(m.name in CLIP_METRICS for m in metrics):
         print(f"shotstream-bench: warning: no CLIP encoder ({DEFAULT_CLIP} not found); CLIP-based metrics "
               "will be missing", file=sys.stderr)
-    probe = None
+    probe = localiser = None
     if any(m.name in LABEL_KEYS or m.name in IDENTITY_PARTS for m in metrics):
         from benchmark.probe import load_probe
 
-        if args.probe:
-            probe = load_probe(args.probe, device=device)
-        elif DEFAULT_PROBE.is_dir():
-            probe = load_probe(DEFAULT_PROBE, device=device)
-        else:
-            print(f"shotstream-bench: warning: no label probe ({DEFAULT_PROBE} not found; train one with "
-                  "`shotstream-bench train-probe`); label metrics will be missing", file=sys.stderr)
-    localiser = None
+        probe = _load_judge(load_probe, args.probe, DEFAULT_PROBE, device, "label probe", "train-probe",
+                            "label metrics will be missing")
     if any(m.name in CHARACTER_METRICS for m in metrics):
         from benchmark.localiser import load_localiser
 
-        if args.localiser:
-            localiser = load_localiser(args.localiser, device=device)
-        elif DEFAULT_LOCALISER.is_dir():
-            localiser = load_localiser(DEFAULT_LOCALISER, device=device)
-        else:
-            print(f"shotstream-bench: warning: no character localiser ({DEFAULT_LOCALISER} not found; train one with "
-                  "`shotstream-bench train-localiser`); character metrics of shots without a labelled box will be missing",
-                  file=sys.stderr)
+        localiser = _load_judge(load_localiser, args.localiser, DEFAULT_LOCALISER, device, "character localiser",
+                                "train-localiser", "character metrics of shots without a labelled box will be missing")
     return (Scoring(metrics=metrics, clip=clip, probe=probe, localiser=localiser),
             (clip.name if clip is not None else "none"))
 
