@@ -34,6 +34,8 @@ CORE_TESTS = ("tests/test_wiring.py", "tests/test_flow_matching.py", "tests/test
 DMD_TESTS = tuple(dict.fromkeys(("tests/test_distill.py", *CORE_TESTS)))
 # The released model's behaviour (the wan2.1-1.3b preset's switches) is pinned there.
 RELEASE_TESTS = ("tests/test_release_behaviour.py",)
+# The official teacher's sampling options (sampler.teacher_null_slots, teacher_context_noise).
+TEACHER_SAMPLING_TESTS = ("tests/test_teacher_sampling.py",)
 # The character identity metrics (crops, localiser, superseded versions) are pinned there.
 IDENTITY_TESTS = ("tests/test_identity.py",)
 
@@ -80,7 +82,7 @@ MUTATIONS = [
       "text[:, 0], mask[:, 0] = null_text, null_mask"),
     M("conditioning: negative prompt only in the target's slot with all_slots", "shotstream/conditioning.py",
       "text[:], mask[:] = null_text[:, None], null_mask[:, None]",
-      "text[:, self.target_slot], mask[:, self.target_slot] = null_text, null_mask"),
+      "text[:, self.target_slot], mask[:, self.target_slot] = null_text, null_mask", TEACHER_SAMPLING_TESTS),
     M("conditioning: guidance on the context leaves the context visible", "shotstream/conditioning.py",
       "context_valid=torch.zeros(B, Cf, dtype=torch.bool,", "context_valid=torch.ones(B, Cf, dtype=torch.bool,"),
     # -- the rollout loop (streaming and self-forcing) ------------------------------------------
