@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from shotstream.cli import CLIError
-from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads
+from shotstream.runtime import add_runtime_args, set_threads
 
 from benchmark.metrics import CHARACTER_METRICS, CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
@@ -54,15 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "identity can only come from the earlier shots in memory; rows kept beside the normal run's "
                      "and reported as their own columns (identity_acc[pronoun, memory-only])")
     run.add_argument("--seed", type=int, default=0)
-    add_runtime_args(run, dtype="float32")
+    add_runtime_args(run, dtype="float32", text_device=True)
     run.add_argument("--teacher-steps", type=int, default=None,
                      help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
     run.add_argument("--autoencoder", default=None,
                      help="codec folder that decodes every model method (default: the 'autoencoder' folder "
                      "beside each model; a training run's final/ folder has none; a folder from "
                      "`shotstream import` always uses the VAE it names)")
-    run.add_argument("--text-device", type=as_arg(check_device),
-                     help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     _scoring_args(run, default_metrics="all")
     run.set_defaults(func=cmd_run)
 

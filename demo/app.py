@@ -27,6 +27,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections import deque
@@ -46,7 +47,6 @@ from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threa
 from shotstream.session import ShotStreamPipeline, ShotStreamSession, check_seed, clean_prompt
 from shotstream.video import encode_segment, pad_to_even, write_mp4
 
-MAX_PROMPT_CHARS = 400  # the text encoder keeps 64 tokens; longer prompts are cut with a message
 MAX_PENDING = 8  # shots a user may queue behind the one being generated (an example story has up to 6)
 MAX_WAITING = 8  # users waiting for a generation slot before new ones are turned away
 # Events of all users that gradio's queue holds at once; beyond, it refuses new ones. Generations
@@ -62,8 +62,10 @@ N_EXAMPLES = 4
 # Pure helpers (unit-tested)
 
 
-def check_prompt(text, max_chars: int = MAX_PROMPT_CHARS) -> tuple[str, str | None]:
-    """(clean prompt, note for the user or None). Raises ValueError on empty / undecodable input."""
+def check_prompt(text, max_chars: int) -> tuple[str, str | None]:
+    """(clean prompt cut to the model's prompt.max_chars, note for the user or None). Raises
+    ValueError on empty / undecodable input. (What the text encoder reads of it is in tokens:
+    App.add_shot says which words it ignores.)"""
     prompt = clean_prompt(text, max_chars=sys.maxsize)  # cut here, with a note instead of a warning
     if len(prompt) > max_chars:
         return prompt[:max_chars], f"Prompt cut to its first {max_chars} characters."
@@ -192,6 +194,7 @@ class ModelSpec:
     path: str
     device: str = "cpu"
     dtype: str = "float32"
+    text_device: str | None = None  # None: `device`
 
 
 _PIPELINES: dict[ModelSpec, ShotStreamPipeline] = {}
@@ -202,7 +205,8 @@ def get_pipeline(spec: ModelSpec) -> ShotStreamPipeline:
     """Load once per (model, device, dtype); every session shares the weights."""
     with _PIPELINES_LOCK:
         if spec not in _PIPELINES:
-            _PIPELINES[spec] = ShotStreamPipeline.from_pretrained(spec.path, device=spec.device, dtype=torch_dtype(spec.dtype))
+            _PIPELINES[spec] = ShotStreamPipeline.from_pretrained(spec.path, device=spec.device, dtype=torch_dtype(spec.dtype),
+                                                                  text_device=spec.text_device)
         return _PIPELINES[spec]
 
 
@@ -340,9 +344,10 @@ class App:
         not queued): the page cleared the box when Enter was pressed and puts a refused prompt back
         only if the box is still empty (SUBMIT_JS, RESTORE_JS), so nothing typed since is lost."""
         text = prompt if isinstance(prompt, str) else ""
+        max_chars = get_pipeline(self.spec).config.prompt.max_chars
         try:
-            prompt, note = check_prompt(prompt)
-            caption, caption_note = check_prompt(global_caption) if (global_caption or "").strip() else (None, None)
+            prompt, note = check_prompt(prompt, max_chars)
+            caption, caption_note = check_prompt(global_caption, max_chars) if (global_caption or "").strip() else (None, None)
             seed = seed_value(seed)
         except (ValueError, TypeError) as e:
             gr.Info(f"Nothing queued: {e}.")
@@ -369,6 +374,10 @@ class App:
             return self.status(story, f"Not queued: {as_text(str(e))}."), text
         unknown = unknown_words(prompt) if self.storyworld else []
         gr.Info(f"Shot {index + 1} queued." + (f" The tiny model ignores: {', '.join(unknown)}." if unknown else ""))
+        unread = story.pipe.text_encoder.unread(story.session.prompt(prompt, index))
+        if unread:
+            gr.Warning(f"The model reads the first {story.pipe.text_encoder.max_len} tokens of a shot's prompt "
+                       f"(with the story caption); it does not read: {as_text(textwrap.shorten(unread, 120, placeholder=' ...'))}")
         return self.status(story, as_text(freed) if freed else None), ""
 
     def add_story(self, lines, global_caption, seed, request: gr.Request):
@@ -516,7 +525,7 @@ class App:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         story = self.story(request, create=False)
         try:
-            caption = check_prompt(global_caption)[0] if (global_caption or "").strip() else None
+            caption = check_prompt(global_caption, get_pipeline(self.spec).config.prompt.max_chars)[0] if (global_caption or "").strip() else None
         except (ValueError, TypeError):
             caption = None
         try:
@@ -683,7 +692,7 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo.app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="shipped model name or model folder (default: student, else teacher)")
-    add_runtime_args(p)
+    add_runtime_args(p, text_device=True)
     p.add_argument("--host", help=f"address to listen on (default: $GRADIO_SERVER_NAME, else {DEFAULT_HOST}; "
                                   "0.0.0.0 exposes the app to your network)")
     p.add_argument("--port", type=as_arg(port_number), help=f"default: $GRADIO_SERVER_PORT, else $PORT, else {DEFAULT_PORT}")
@@ -709,7 +718,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     try:
         host, port = server_address(args.host, args.port)
-        spec = ModelSpec(str(default_model(args.model)), args.device, args.dtype)
+        spec = ModelSpec(str(default_model(args.model)), args.device, args.dtype, args.text_device)
         if not args.no_warmup:  # loaded before the server starts: the first user does not wait, a bad checkpoint stops here
             get_pipeline(spec)
     except (FileNotFoundError, ValueError, CheckpointError) as e:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from shotstream.runtime import add_runtime_args, as_arg, check_device, set_threads, torch_dtype
+from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
 from shotstream.paths import SHIPPED
 
 CHECKPOINTS = SHIPPED  # (the demo and the benchmark name shipped models through it)
@@ -103,12 +103,10 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="student", help="shipped model name or model folder (default: student)")
     p.add_argument("--autoencoder", help="autoencoder folder (default: the one beside the model)")
-    p.add_argument("--text-device", type=as_arg(check_device),
-                   help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     p.add_argument("--story", help="suite:N for the evaluation suite, or stories.json[:N]")
     p.add_argument("-p", "--prompt", action="append", help="a shot's prompt (repeat for more shots)")
     p.add_argument("--global-caption", help="story caption prefixed to every shot (with --prompt)")
     p.add_argument("-o", "--output", default="story.mp4", help="output mp4 (a contact sheet .png is written beside it)")
     p.add_argument("--seed", type=int, default=0)
-    add_runtime_args(p)
+    add_runtime_args(p, text_device=True)
     p.set_defaults(func=cmd_generate)

@@ -64,10 +64,14 @@ def as_arg(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, dtype: str | None = "fp32",
-                     threads: int | None = None) -> None:
-    """--device, --dtype (unless dtype is None) and --threads, validated at parse time; --dtype
-    parses to torch's name ('bfloat16'), --threads None means torch's default."""
+                     threads: int | None = None, text_device: bool = False) -> None:
+    """--device, --dtype (unless dtype is None), --text-device (for a frontend that loads a text
+    encoder) and --threads, validated at parse time; --dtype parses to torch's name ('bfloat16'),
+    --threads None means torch's default, --text-device None means --device."""
     parser.add_argument("--device", type=as_arg(check_device), default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    if text_device:
+        parser.add_argument("--text-device", type=as_arg(check_device),
+                            help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     if dtype is not None:
         parser.add_argument("--dtype", type=as_arg(dtype_name), default=dtype_name(dtype),
                             help=f"fp32 | bf16 | fp16 (or float32, bfloat16, float16; default: {dtype})")

@@ -226,6 +226,16 @@ class TextEncoder:
         texts = [check_caption(c, f"captions[{i}]") for i, c in enumerate(captions)]
         return self._encode_texts(texts)
 
+    def unread(self, text: str) -> str:
+        """The end of `text` past the `max_len` tokens the encoder reads ("" when it reads it all):
+        what a user should be told is ignored, which a character count cannot say."""
+        text = check_caption(text)
+        if len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"]) <= self.max_len:
+            return ""
+        # Offsets need a fast (Rust) tokenizer, which both MiniLM's and umT5's folders provide.
+        offsets = self.tokenizer(text, truncation=True, max_length=self.max_len, return_offsets_mapping=True)["offset_mapping"]
+        return text[max(end for _, end in offsets):].strip()
+
     def null_caption(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Unconditional input for CFG and text dropout: the encoding of "" repeated B times."""
         states, mask = self._encode_texts([NULL_CAPTION])

@@ -38,15 +38,15 @@ TEST_OVERRIDES = [o for o in DEV_OVERRIDES if not o.startswith("video.frames_per
 
 
 def test_check_prompt_cleans_truncates_with_a_note_and_refuses_empty():
-    assert check_prompt("  a red  star\n walks ") == ("a red star walks", None)
+    assert check_prompt("  a red  star\n walks ", 400) == ("a red star walks", None)
     prompt, note = check_prompt("word " * 200, max_chars=50)
     assert len(prompt) == 50 and "50 characters" in note
     for bad in ["", "  \n\t "]:
         with pytest.raises(ValueError, match="empty prompt"):
-            check_prompt(bad)
+            check_prompt(bad, 400)
     with pytest.raises(ValueError, match="UTF-8"):
-        check_prompt(b"\xff\xfe bad")
-    assert check_prompt("caf\u00e9".encode())[0] == "caf\u00e9"
+        check_prompt(b"\xff\xfe bad", 400)
+    assert check_prompt("caf\u00e9".encode(), 400)[0] == "caf\u00e9"
 
 
 def test_user_text_is_shown_as_plain_text_in_markdown():
@@ -391,6 +391,19 @@ def test_the_page_shows_the_model_card_and_the_words_it_knows(server):
     assert 'data-word="triangle"' in values["chips-box"] and 'data-word="in a snowy field"' in values["chips-box"]
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_told_which_words_it_ignores(server, monkeypatch):
+    toasts = []
+    monkeypatch.setattr(demo_app.gr, "Warning", toasts.append)
+    monkeypatch.setattr(demo_app.gr, "Info", lambda m: None)
+    user = SimpleNamespace(session_hash="long-prompt-user")
+    words = "a red striped star walks left in a snowy field " * 8  # ~90 tokens; the tiny model reads 64
+    server.app.add_shot(words + "and then the moon rises", "", 0, user)
+    assert len(toasts) == 1 and "first 64 tokens" in toasts[0] and toasts[0].endswith("and then the moon rises")
+    server.app.add_shot("a red striped star walks left in a snowy field", "", 0, user)  # read in full: no note
+    assert len(toasts) == 1
+    server.app.stories.get(user.session_hash, touch=False).session.cancel()
+
+
 def test_two_clients_see_only_their_own_story(server):
     a, b = client(server), client(server)
     assert a.session_hash != b.session_hash
@@ -431,7 +444,8 @@ def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
     status, refused = c.predict("   ", "", 0, api_name="/add_shot")
     assert "Nothing queued" in status and "empty prompt" in status and refused == "   "  # handed back to the box
     status, refused = c.predict("x" * 5000, "", 0, api_name="/add_shot")
-    assert refused == "" and len(story_of(server, c).session._queue[0].caption) == demo_app.MAX_PROMPT_CHARS
+    max_chars = story_of(server, c).pipe.config.prompt.max_chars  # the model's bound, not the demo's
+    assert refused == "" and len(story_of(server, c).session._queue[0].caption) == max_chars < 5000
     for i in range(demo_app.MAX_PENDING - 1):  # rapid submissions fill the queue...
         c.predict(f"shot {i} it walks", "", 0, api_name="/add_shot")
     status, refused = c.predict("one too many", "", 0, api_name="/add_shot")
@@ -440,7 +454,7 @@ def test_bad_input_is_refused_politely_and_cancel_keeps_the_story(server):
     assert story_of(server, c).session.pending == 0
     # the queued prompts were not generated: said, and handed back in the story box to queue again
     assert "8 queued prompts were not generated" in status
-    assert story_box.splitlines() == ["x" * demo_app.MAX_PROMPT_CHARS] + [f"shot {i} it walks" for i in range(7)]
+    assert story_box.splitlines() == ["x" * max_chars] + [f"shot {i} it walks" for i in range(7)]
     # a finished shot, then cancel in the middle of the next one: the story so far is kept
     c.predict("a red circle walks left", "", 0, api_name="/add_shot")
     run_outputs(c)

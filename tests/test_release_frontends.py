@@ -43,8 +43,8 @@ def test_the_demo_serves_an_imported_folder(imported, monkeypatch):
 
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(self))
-    assert demo_app.main(["--model", str(imported), "--device", "cpu"]) == 0  # loads it before serving
-    assert len(launched) == 1
+    assert demo_app.main(["--model", str(imported), "--device", "cpu", "--text-device", "cpu"]) == 0  # loads it before serving
+    assert len(launched) == 1 and demo_app.ModelSpec(str(imported), text_device="cpu") in demo_app._PIPELINES
     spec = demo_app.ModelSpec(str(imported))
     assert type(demo_app.get_pipeline(spec).autoencoder).__name__ == "WanVideoAutoencoder"
     monkeypatch.undo()

@@ -78,6 +78,13 @@ def test_long_caption_truncated_with_warning(enc):
         enc.encode([prompt])  # cached: no second warning, no work
 
 
+def test_unread_is_the_text_past_the_tokens_the_encoder_reads():
+    short = TextEncoder(max_len=8)  # [CLS] + 6 word pieces + [SEP]
+    assert short.unread("a red circle walks left in the snow at night") == "the snow at night"
+    assert short.unread("a red circle walks left in") == ""  # exactly 8 tokens: all read
+    assert short.unread("a red circle") == ""
+
+
 @pytest.mark.parametrize(
     "bad, exc, msg",
     [
