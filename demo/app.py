@@ -586,8 +586,24 @@ def example_stories(n: int = N_EXAMPLES) -> tuple[list[list[str]], list[str]]:
     return [["\n".join(s.captions), s.global_caption or ""] for s in stories], labels
 
 
-SUBMIT_JS = "(text) => [text, '']"
-RESTORE_JS = "(refused, now) => (refused && !now.trim()) ? refused : now"
+# The prompt box is edited in the page, never through an event's outputs: gradio applies those a
+# moment later, over whatever was typed or pasted meanwhile (issue 31: a prompt pasted right after
+# Enter was erased in 2 of 8 tries). SUBMIT_JS takes the submitted text off the front of the box,
+# keeping anything typed after it; RESTORE_JS puts a refused prompt back only into an empty box.
+# Prompts also reach the server in the order typed: two events sent a few ms apart can join the
+# queue in either order (1 of 10 tries), so each prompt waits for the previous one's answer
+# (RESTORE_JS runs on it), at most 10 s.
+_SET_BOX = "const box = document.querySelector('#prompt textarea, #prompt input'); " \
+           "const set = (value) => { box.value = value; box.dispatchEvent(new Event('input', {bubbles: true})); };"
+SUBMIT_JS = f"""async (text) => {{ {_SET_BOX}
+  if (box && box.value.startsWith(text)) set(box.value.slice(text.length).trimStart());
+  const previous = window.shotAnswered || Promise.resolve();
+  window.shotAnswered = new Promise((resolve) => (window.shotWaiting ||= []).push(resolve));
+  await Promise.race([previous, new Promise((resolve) => setTimeout(resolve, 10000))]);
+  return [text]; }}"""
+RESTORE_JS = f"""(refused) => {{ {_SET_BOX}
+  if (box && refused && !box.value.trim()) set(refused);
+  (window.shotWaiting || []).shift()?.(); return []; }}"""
 CONFIRM_NEW_JS = "(caption, seed, _) => [caption, seed, window.confirm('Start a new story? This one and its shots are discarded.')]"
 CSS = "#stats {font-variant-numeric: tabular-nums} #vocab-hint {color: var(--color-accent)}"
 
@@ -649,9 +665,7 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         prompt.change(app.hint, prompt, hint, queue=False, api_name=False, show_progress="hidden")
         # Named events are the API that scripts and tests drive with gradio_client:
         # /add_shot then /run streams it; /cancel, /new_story, /download.
-        # The box is cleared in the page as Enter is pressed (its text moves to `submitted`), never by
-        # the server's answer, which would erase what was typed meanwhile; a refused prompt comes
-        # back only into an empty box.
+        # Enter moves the box's text to `submitted`, cleared in the page (SUBMIT_JS, RESTORE_JS).
         submitted, refused = gr.Textbox(visible=False), gr.Textbox(visible=False)
         # Every Enter queues its prompt, even while an earlier one is still being queued ("multiple":
         # gradio's default drops a trigger while the same event is pending, and the box was already
@@ -659,10 +673,10 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         # the whole server: it takes milliseconds). A run triggered while one streams waits for it to
         # end ("always_last"): the streaming run picks the new shot up, or the next one streams it.
         for trigger, name in ((prompt.submit, "add_shot"), (add.click, False)):
-            trigger(None, prompt, [submitted, prompt], js=SUBMIT_JS, queue=False, api_name=False, trigger_mode="multiple") \
+            trigger(None, prompt, submitted, js=SUBMIT_JS, queue=False, api_name=False, trigger_mode="multiple") \
                 .then(app.add_shot, [submitted, global_caption, seed], [status, refused], concurrency_limit=1,
                       concurrency_id="add_shot", api_name=name, trigger_mode="multiple") \
-                .then(None, [refused, prompt], prompt, js=RESTORE_JS, queue=False, api_name=False, trigger_mode="multiple") \
+                .then(None, refused, None, js=RESTORE_JS, queue=False, api_name=False, trigger_mode="multiple") \
                 .then(app.run, None, stream_outputs, concurrency_limit=None, api_name=name and "run", show_progress="hidden",
                       trigger_mode="always_last") \
                 .then(app.after_run, None, video, queue=False, api_name=False, show_progress="hidden", trigger_mode="always_last")
