@@ -338,16 +338,20 @@ class App:
         why = self.stories.why_freed(getattr(request, "session_hash", None))
         return f"Your story was freed because {why}; its shots are gone." if why else None
 
+    @property
+    def max_chars(self) -> int:
+        """The loaded model's prompt bound (its config's prompt.max_chars)."""
+        return get_pipeline(self.spec).config.prompt.max_chars
+
     # -- events ------------------------------------------------------------------------------
     def add_shot(self, prompt, global_caption, seed, request: gr.Request):
         """Queue a shot; the run event that follows streams it. Returns (status, the prompt if it was
-        not queued): the page cleared the box when Enter was pressed and puts a refused prompt back
-        only if the box is still empty (SUBMIT_JS, RESTORE_JS), so nothing typed since is lost."""
+        not queued): the page took it out of the box and puts a refused prompt back only into an
+        empty box (SUBMIT_JS, RESTORE_JS), so nothing typed since is lost."""
         text = prompt if isinstance(prompt, str) else ""
-        max_chars = get_pipeline(self.spec).config.prompt.max_chars
         try:
-            prompt, note = check_prompt(prompt, max_chars)
-            caption, caption_note = check_prompt(global_caption, max_chars) if (global_caption or "").strip() else (None, None)
+            prompt, note = check_prompt(prompt, self.max_chars)
+            caption, caption_note = check_prompt(global_caption, self.max_chars) if (global_caption or "").strip() else (None, None)
             seed = seed_value(seed)
         except (ValueError, TypeError) as e:
             gr.Info(f"Nothing queued: {e}.")
@@ -525,7 +529,7 @@ class App:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         story = self.story(request, create=False)
         try:
-            caption = check_prompt(global_caption, get_pipeline(self.spec).config.prompt.max_chars)[0] if (global_caption or "").strip() else None
+            caption = check_prompt(global_caption, self.max_chars)[0] if (global_caption or "").strip() else None
         except (ValueError, TypeError):
             caption = None
         try:
