@@ -6,7 +6,9 @@
 #
 #   results/perf/profile.md      where one streamed shot's time goes; FLOP/s vs the matmul peak
 #   results/perf/projection.md   the wan2.1-1.3b FLOP / memory model projected onto GPUs
-#   results/                     leaderboard + REPORT.md on the 50-story evaluation suite
+#   results/                     leaderboard + REPORT.md on the 50-story evaluation suite, and the
+#                                same suite under the memory-only protocol (no global captions: the
+#                                [memory-only] columns)
 #   results/long/                the streaming models on 4 stories of 20 shots (chunk time and memory
 #                                vs shot; the teacher is left out: 80 shots x ~10 s, nothing streamed)
 set -euo pipefail
@@ -25,6 +27,8 @@ PROFILED=$(shipped student teacher | cut -d' ' -f1)
 "$PY" -m benchmark.flops --out results/perf/projection.md
 # shellcheck disable=SC2086  # word splitting of the method lists is intended
 "$PY" -m benchmark run --method $STREAMING teacher autoencoder ground_truth --threads "$THREADS" $LIMIT
+# shellcheck disable=SC2086
+"$PY" -m benchmark run --method $STREAMING teacher autoencoder ground_truth --memory-only --threads "$THREADS" $LIMIT
 # shellcheck disable=SC2086
 if [ -n "$STREAMING" ]; then
   "$PY" -m benchmark run --method $STREAMING --suite storyworld-long --results results/long --threads "$THREADS" $LIMIT
