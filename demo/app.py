@@ -592,15 +592,27 @@ def example_stories(n: int = N_EXAMPLES) -> tuple[list[list[str]], list[str]]:
 
 # The prompt box is edited in the page, never through an event's outputs: gradio applies those a
 # moment later, over whatever was typed or pasted meanwhile (issue 31: a prompt pasted right after
-# Enter was erased in 2 of 8 tries). SUBMIT_JS takes the submitted text off the front of the box,
-# keeping anything typed after it; RESTORE_JS puts a refused prompt back only into an empty box.
+# Enter was erased in 2 of 8 tries). Gradio also reads the box a tick after Enter, so a key typed in
+# that instant joined the prompt: TAKE_JS takes the box's text at the keypress itself (or the click
+# on "add shot") into a queue and empties the box; SUBMIT_JS sends the oldest taken text
+# (what gradio read, for a caller without the page's listener). RESTORE_JS puts a refused prompt
+# back only into an empty box.
 # Prompts also reach the server in the order typed: two events sent a few ms apart can join the
 # queue in either order (1 of 10 tries), so each prompt waits for the previous one's answer
 # (RESTORE_JS runs on it), at most 10 s.
 _SET_BOX = "const box = document.querySelector('#prompt textarea, #prompt input'); " \
            "const set = (value) => { box.value = value; box.dispatchEvent(new Event('input', {bubbles: true})); };"
+TAKE_JS = f"""() => {{ window.shotTaken = [];
+  const take = () => {{ {_SET_BOX} if (box) {{ window.shotTaken.push(box.value); set(''); }} }};
+  // capture phase: before the box's own keypress handler (the one that submits) and the button's click
+  document.addEventListener('keypress', (e) => {{
+    if (e.key === 'Enter' && !e.shiftKey && e.target.closest?.('#prompt')) take(); }}, true);
+  document.addEventListener('click', (e) => {{ if (e.target.closest?.('#add')) take(); }}, true);
+  return []; }}"""
 SUBMIT_JS = f"""async (text) => {{ {_SET_BOX}
-  if (box && box.value.startsWith(text)) set(box.value.slice(text.length).trimStart());
+  const taken = (window.shotTaken || []).shift();
+  if (taken !== undefined) text = taken;
+  else if (box && box.value.startsWith(text)) set(box.value.slice(text.length).trimStart());
   const previous = window.shotAnswered || Promise.resolve();
   window.shotAnswered = new Promise((resolve) => (window.shotWaiting ||= []).push(resolve));
   await Promise.race([previous, new Promise((resolve) => setTimeout(resolve, 10000))]);
@@ -697,6 +709,7 @@ def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_W
         # A browser fires load when the page opens (and holds a heartbeat that fires unload when it
         # closes); a plain REST call does neither, so its stories are the first to make room.
         demo.load(app.opened, None, None, api_name="opened", api_visibility="undocumented", queue=False)
+        demo.load(None, None, None, js=TAKE_JS, api_name=False, queue=False)
         demo.unload(app.unload)
 
     demo.shotstream = app  # tests reach the handlers' state through it

@@ -149,6 +149,20 @@ def test_typing_right_after_enter_is_kept_and_prompts_show_as_text(page, server)
         screenshot(page, "typing.png")
 
 
+def test_a_key_typed_in_the_instant_after_enter_stays_in_the_box(page, server):  # noqa: F811
+    box = page.locator(BOX).first
+    with slot_taken(server):
+        box.fill("a red star walks left")
+        # Enter, then a key in the same instant: before gradio reads the box (a tick after Enter)
+        page.evaluate(f"""() => {{ const box = document.querySelector('{BOX}');
+            box.dispatchEvent(new KeyboardEvent('keypress', {{key: 'Enter', bubbles: true, cancelable: true}}));
+            box.value += 'c'; box.dispatchEvent(new Event('input', {{bubbles: true}})); }}""")
+        wait_for(page, STATUS, lambda t: "Up next" in t, timeout=30)
+        time.sleep(0.5)  # (any late answer from the server would have landed by now)
+        assert box.input_value() == "c"
+        assert ["a red star walks left"] in [e.story.session.queued for e in server.app.stories._entries.values()]
+
+
 def test_stop_with_a_queue_hands_the_prompts_back(page, server):  # noqa: F811
     box = page.locator(BOX).first
     with slot_taken(server):  # the story waits in line with three prompts queued
@@ -211,8 +225,7 @@ def test_prompts_typed_in_quick_succession_are_all_queued_in_order(page, server)
         return fetch(url, options); }; }""")
     with slot_taken(server):  # (nothing is generated: every prompt stays in the queue)
         with demo_app._PIPELINES_LOCK:  # the model is still loading: the first prompt's answer is late too
-            for text in prompts:  # each pasted once the page took the previous one (gradio reads the box a moment after Enter)
-                wait_for(page, f"() => document.querySelector('{BOX}').value", lambda v: v == "", timeout=10)
+            for text in prompts:  # each pasted right after the previous Enter
                 box.fill(text)
                 box.press("Enter")
             time.sleep(0.5)

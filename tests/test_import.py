@@ -73,6 +73,25 @@ def test_import_takes_the_diffusers_layouts_own_dit(tmp_path):
     assert all(torch.equal(pipe.model.state_dict()[k], v) for k, v in expected.items())
 
 
+def test_import_takes_the_original_layouts_own_dit_and_a_safetensors_checkpoint(tmp_path, checkpoint):
+    """Without --checkpoint, diffusion_pytorch_model.safetensors as stored; with a ShotStream DiT
+    saved as safetensors (Wan names, no training wrapper), the same model as from its .pt."""
+    from safetensors.torch import save_file
+
+    from helpers import random_dit
+
+    wan = write_release(tmp_path / "original", "original")
+    base = ShotStreamPipeline.from_pretrained(import_release(wan, tmp_path / "base", overrides=SMALL_VIDEO), device="cpu")
+    expected = random_dit(1)
+    assert all(torch.equal(base.model.state_dict()[k], v) for k, v in expected.items())
+    file, state = checkpoint
+    save_file(state, str(tmp_path / "shotstream.safetensors"))
+    out = import_release(wan, tmp_path / "st", checkpoint=tmp_path / "shotstream.safetensors", overrides=SMALL_VIDEO)
+    pipe = ShotStreamPipeline.from_pretrained(out, device="cpu")
+    assert pipe.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(pipe.model.state_dict()[k], v) for k, v in state.items())
+
+
 def test_import_without_a_part_is_clear(tmp_path, checkpoint, capsys):
     diffusers_layout = write_release(tmp_path / "diffusers", "diffusers")
     original = write_release(tmp_path / "original", "original")
