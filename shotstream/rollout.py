@@ -28,13 +28,12 @@ from shotstream.model.memory import DualCache
 
 def write_global_context(model: WanDiT, memory: DualCache, cond: NextShotConditioning) -> None:
     """Rebuild the global context cache for shot k: one t = 0 pass over the conditional frames."""
-    memory.global_context.begin()
+    memory.clear()
     if cond.num_context:
         zero = torch.zeros(cond.context.shape[0], device=cond.context.device)
         with torch.no_grad(), record_function("global_cache_write"):
             model_velocity(model, cond.context, zero, cond, cond.context_frames(), cache=memory.kv)
-        memory.kv.commit()
-    memory.global_context.seal()
+    memory.seal_global()
 
 
 def rollout_shot(
@@ -46,8 +45,6 @@ def rollout_shot(
     generator: torch.Generator | None = None,
     exit_steps: list[int] | None = None,
     grad_chunks: set[int] | None = None,
-    pos_offset: int | None = None,
-    reset_local: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Generate one shot chunk by chunk; yields each chunk's clean latents [B, f, C, h, w].
 
@@ -55,22 +52,22 @@ def rollout_shot(
     exit_steps / grad_chunks: self-forcing training stops denoising chunk j at `exit_steps[j]` and
     keeps gradients only for the chunks in `grad_chunks` (at their exit step); inference leaves
     both None (every step, no gradients).
-    pos_offset / reset_local: the rolling-window ablation keeps the local cache across shots and
-    continues positions instead of starting after the context.
+    A rolling memory (the rolling-window ablation) keeps its local window across shots, and the
+    shot's positions continue from its last frame instead of starting after the context.
     """
-    if reset_local:
-        memory.local_context.reset()
+    memory.start_shot()
     chunk = model.cfg.chunk_frames
     cond = dataclasses.replace(cond, chunk_frames=chunk)  # (the learned indicator marks the model's first chunk)
     B, F = noise.shape[:2]
+    first = memory.next_position
     for start in range(0, F, chunk):
         n = min(chunk, F - start)
-        frames = cond.target_frames(start, n, pos_offset)
-        memory.local_context.make_room(n)
+        frames = cond.target_frames(start, n, first)
+        cache = memory.stage(n)
         with_grad = torch.is_grad_enabled() and grad_chunks is not None and start // chunk in grad_chunks
         with torch.set_grad_enabled(with_grad), record_function("denoise"):
             x0 = fm.few_step_sample(
-                lambda x, s: model_velocity(model, x, s, cond, frames, cache=memory.kv).float(),
+                lambda x, s: model_velocity(model, x, s, cond, frames, cache=cache).float(),
                 noise[:, start:start + n], sigmas, generator, grad_exit_only=True,
                 exit_step=None if exit_steps is None else exit_steps[start // chunk],
             )
@@ -78,5 +75,5 @@ def rollout_shot(
         # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context.
         yield x0
         with torch.no_grad(), record_function("cache_write"):
-            model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=memory.kv)
-        memory.kv.commit()
+            model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=cache)
+        memory.commit()

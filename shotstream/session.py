@@ -251,7 +251,6 @@ class ShotStreamSession:
         self._closed = False
         self.in_progress: str | None = None  # caption of the shot being generated
         self._prepared: NextShotConditioning | None = None  # the next shot's history (prepare_context)
-        self._frames_so_far = 0  # rolling ablation: positions continue across shots
 
     # -- control, callable from any thread ---------------------------------------------------
     def submit(self, prompt) -> int:
@@ -283,9 +282,8 @@ class ShotStreamSession:
         `cancel`, call it only while no `stream()` is running (the demo makes a new session)."""
         self.cancel()
         self.shots.clear()
-        self._frames_so_far = 0
         self._prepared = None
-        self.memory.global_context.begin()
+        self.memory.clear()
 
     @property
     def pending(self) -> int:
@@ -435,8 +433,5 @@ class ShotStreamSession:
             yield from x0.split(cfg.model.chunk_frames, dim=1)
             return
         sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)
-        rolling = pipe.kind == "rolling"  # (causal: prepare_context wrote the global context cache)
-        offset = self._frames_so_far if rolling else None
-        for x0 in rollout_shot(pipe.model, self.memory, cond, noise, sigmas, g, pos_offset=offset, reset_local=not rolling):
-            self._frames_so_far += x0.shape[1]
-            yield x0
+        # (causal: prepare_context wrote the global context cache; rolling: the memory has none)
+        yield from rollout_shot(pipe.model, self.memory, cond, noise, sigmas, g)

@@ -126,9 +126,17 @@ def test_rolling_window_baseline_keeps_history_without_global_cache():
     session = make_pipe(kind="rolling", local_window=4).session(seed=0)
     for p in ["a red circle walks left", "it jumps", "it spins"]:
         session.submit(p)
-    list(session.stream())
+    # what each chunk finds when it is staged: the frames in the window and its first position
+    seen, stage = [], session.memory.stage
+    session.memory.stage = lambda n: seen.append((session.memory.local_context.frames, session.memory.next_position)) or stage(n)
+    chunks = list(session.stream())
     assert session.memory.global_context.tokens == 0
     assert session.memory.local_context.frames <= 4
+    # the window runs on across shots (a new shot's first chunk reads the last shot's frames), and
+    # so do the positions (shot k's first frame follows shot k - 1's last)
+    F, c = session.pipe.config.video.latent_frames_per_shot, session.pipe.config.model.chunk_frames
+    assert [p for _, p in seen] == [k * F + s for k in range(3) for s in range(0, F, c)]
+    assert [seen[i][0] > 0 for i, chunk in enumerate(chunks) if chunk.chunk == 0] == [False, True, True]
 
 
 def test_cancel_mid_shot_keeps_the_story_so_far():

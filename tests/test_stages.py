@@ -602,7 +602,7 @@ def test_rolling_inter_stage_carries_the_cache_across_shots(smoke_models, tmp_pa
     stage = InterShotStage(cfg.stage, cfg)
     F = config.video.latent_frames_per_shot
     batch = stage.batch(0, 0, 1)
-    assert stage.rolling_memory.kv.length == 0 and stage.frames_so_far == 0
+    assert stage.rolling_memory.kv.length == 0 and stage.rolling_memory.next_position == 0
     with torch.no_grad():
         torch.manual_seed(0)
         a = stage.rollout(batch, grad=False)
@@ -610,7 +610,7 @@ def test_rolling_inter_stage_carries_the_cache_across_shots(smoke_models, tmp_pa
         b = stage.rollout(batch, grad=False)  # a second rollout of the same step: same start, same shot
     assert torch.equal(a, b) and stage.rolling_memory.kv.length == 0
     stage.batch(1, 0, 1)  # next shot of the same stories: shot 0 streamed in full joins the history
-    assert stage.frames_so_far == F and stage.rolling_memory.kv.length == 3 * stage.rolling_memory.tokens_per_frame
+    assert stage.rolling_memory.next_position == F and stage.rolling_memory.kv.length == 3 * stage.rolling_memory.tokens_per_frame
 
 
 def test_inter_stage_history_is_the_shot_streamed_in_full(smoke_models, tmp_path, monkeypatch):

@@ -48,8 +48,8 @@ class KVCache:
     """Keys and values of a token prefix for every layer, preallocated.
 
     Layout: k, v of shape [layers, B, heads, capacity, head_dim]. Tokens [0, length) are the
-    prefix; `extend` stages new tokens right after it and returns the attention view over
-    prefix + new; `commit` keeps the staged tokens, anything else forgets them.
+    prefix; each layer's view in `layers` stages new tokens right after it and returns the
+    attention view over prefix + new; `commit` keeps the staged tokens, anything else forgets them.
     """
 
     def __init__(self, num_layers, batch, num_heads, head_dim, capacity, device=None, dtype=torch.float32):
@@ -58,6 +58,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.staged = 0
+        self.layers = tuple(LayerKV(self, i) for i in range(num_layers))  # what each block writes through
 
     @property
     def capacity(self) -> int:
@@ -103,6 +104,16 @@ class KVCache:
         self.v[:, :, :, start:start + n] = self.v[:, :, :, tail].clone()
         self.length -= count
         self.staged = 0
+
+
+class LayerKV:
+    """One layer's view of a KVCache: its self-attention stages keys and values through `extend`."""
+
+    def __init__(self, cache: KVCache, layer: int):
+        self.cache, self.layer = cache, layer
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.extend(self.layer, k, v)
 
 
 class GlobalContextCache:
@@ -153,7 +164,14 @@ class LocalContextCache:
 
 
 class DualCache:
-    """The session-owned memory: one KVCache split into global and local context segments."""
+    """The session-owned memory: one KVCache split into global and local context segments.
+
+    Its lifecycle, shot by shot (rollout.py runs it):
+        clear() -> a t = 0 pass over the conditional frames through `kv` -> seal_global();
+        start_shot(); then per chunk: stage(frames) -> passes through `kv` -> commit().
+    `rolling` (the rolling-window ablation) has no global segment: its local window runs on
+    across shots, and so do the positions of its frames (`next_position`).
+    """
 
     def __init__(self, model_cfg, grid: tuple[int, int], frames_per_shot: int, batch: int = 1,
                  device=None, dtype=torch.float32, rolling: bool = False):
@@ -168,8 +186,39 @@ class DualCache:
         self.global_context = GlobalContextCache(self.kv)
         self.local_context = LocalContextCache(self.kv, self.global_context, tokens_per_frame,
                                                model_cfg.local_window, model_cfg.sink_frames)
-        self.tokens_per_frame = tokens_per_frame
+        self.tokens_per_frame, self.rolling = tokens_per_frame, rolling
+        self.frames_written = 0  # frames committed since `clear` (dropped ones included)
 
     @property
     def nbytes(self) -> int:
         return self.kv.nbytes
+
+    @property
+    def next_position(self) -> int | None:
+        """Rolling: the position of the next frame; otherwise None (a shot's frames follow its context)."""
+        return self.frames_written if self.rolling else None
+
+    def clear(self) -> None:
+        """Forget everything: a new story, or a shot whose global context is about to be rebuilt."""
+        self.global_context.begin()
+        self.frames_written = 0
+
+    def seal_global(self) -> None:
+        """Keep the conditional frames the last pass staged (if any) as the global context."""
+        self.kv.commit()
+        self.global_context.seal()
+
+    def start_shot(self) -> None:
+        """Before a shot's first chunk: an empty local context (a rolling window keeps its frames)."""
+        if not self.rolling:
+            self.local_context.reset()
+
+    def stage(self, frames: int) -> KVCache:
+        """Room for a chunk of `frames` latent frames; the cache its passes attend and stage through."""
+        self.local_context.make_room(frames)
+        return self.kv
+
+    def commit(self) -> None:
+        """Keep the chunk staged by the last pass (its clean t = 0 pass) as local context."""
+        self.frames_written += self.kv.staged // self.tokens_per_frame
+        self.kv.commit()

@@ -121,14 +121,13 @@ class IntraShotStage(NextShotStage):
         return DualCache(self.config.model, self.generator.grid(*self.config.video.latent_size),
                          self.config.video.latent_frames_per_shot, batch=batch_size, device=self.device, rolling=rolling)
 
-    def rollout(self, batch: NextShotBatch, grad: bool, memory: DualCache | None = None,
-                pos_offset: int | None = None, full: bool = False) -> torch.Tensor:
+    def rollout(self, batch: NextShotBatch, grad: bool, memory: DualCache | None = None, full: bool = False) -> torch.Tensor:
         """The student's streamed shot [B, F, C, h, w]; gradients at each chunk's exit step if `grad`.
         `full`: every chunk runs all steps (no random exit), as the app streams it.
 
         Default: a fresh dual cache whose global context holds the batch's conditional frames.
-        Rolling ablation: `memory` is the story's rolling cache (no global context) and the shot's
-        positions start at `pos_offset`."""
+        Rolling ablation: `memory` is the story's rolling cache (no global context; the shot's
+        positions continue from its last frame)."""
         B, F = batch.target.shape[:2]
         cond = batch.conditioning(self.config.model.chunk_frames)
         # The causal model reads every cached frame (no key mask): the batch's context when any is
@@ -150,8 +149,7 @@ class IntraShotStage(NextShotStage):
             exits = exits * chunks if len(exits) == 1 else exits
         noise = torch.randn_like(batch.target)
         out = rollout_shot(self.generator, memory, cond, noise, self.sigmas, exit_steps=exits,
-                           grad_chunks=set(range(chunks)) if grad else None, pos_offset=pos_offset,
-                           reset_local=not rolling)
+                           grad_chunks=set(range(chunks)) if grad else None)
         return torch.cat(list(out), dim=1)
 
     def loss(self, name: str, batch: NextShotBatch, step: int):
@@ -189,7 +187,7 @@ class InterShotStage(IntraShotStage):
             raise ValueError("the inter-shot stage keeps one batch of stories per process: use grad_accum=1")
         super().__init__(config, train)
         self.stories, self.history, self.pending = [], [], None  # pending: the batch of the last step's shot
-        self.rolling_memory, self.step_memory, self.frames_so_far = None, None, 0
+        self.rolling_memory, self.step_memory = None, None
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         k = len(self.history[0]) + 1 if self.stories else 0  # the shot this step generates
@@ -197,7 +195,6 @@ class InterShotStage(IntraShotStage):
             self.extend_history(self.pending)  # shot k - 1, generated last step
             if self.cfg.kind == "rolling":
                 self.rolling_memory = self.step_memory
-                self.frames_so_far += self.config.video.latent_frames_per_shot
         else:
             rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x1A))
             n = int(rng.integers(2, self.cfg.max_shots + 1))
@@ -206,7 +203,7 @@ class InterShotStage(IntraShotStage):
                             for i in range(self.train.batch_size)]
             self.history, k = [[] for _ in self.stories], 0
             if self.cfg.kind == "rolling":
-                self.rolling_memory, self.frames_so_far = self.new_memory(len(self.stories), rolling=True), 0
+                self.rolling_memory = self.new_memory(len(self.stories), rolling=True)
         examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]
         self.pending = collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
         return self.pending
@@ -218,8 +215,8 @@ class InterShotStage(IntraShotStage):
         for b, h in enumerate(self.history):
             h.append(to_uint8(video[b:b + 1]))
 
-    def rollout(self, batch: NextShotBatch, grad: bool, memory=None, pos_offset=None, full: bool = False) -> torch.Tensor:
+    def rollout(self, batch: NextShotBatch, grad: bool, memory=None, full: bool = False) -> torch.Tensor:
         if self.cfg.kind != "rolling":
             return super().rollout(batch, grad, full=full)
         self.step_memory = copy.deepcopy(self.rolling_memory)
-        return super().rollout(batch, grad, self.step_memory, self.frames_so_far, full=full)
+        return super().rollout(batch, grad, self.step_memory, full=full)
