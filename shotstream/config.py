@@ -257,10 +257,9 @@ def tiny() -> ShotStreamConfig:
     """Trains end to end on a 2-core CPU: 128x128, 33-frame shots, 16 latent channels (as Wan),
     a 6-layer width-256 DiT.
 
-    The student keeps Wan's shift 8 (sigmas 1, .96, .89, .74). SD3's rule (a shift scales with
-    sqrt(tokens)) would carry it to 1.6 at 64 patches a frame; distilled from the same teacher,
-    that student got the character right a third as often (identity 0.07 against 0.20 on 10
-    evaluation stories, both distilled from teacher v6: README, Status).
+    The student keeps Wan's shift 8 (sigmas 1, .96, .89, .74) rather than SD3's sqrt-tokens rule,
+    which would carry it to 1.6 at 64 patches a frame: distilled from the same teacher, that
+    student drew the character far less often (docs/experiments.md, Student, "Levers tried").
     """
     return ShotStreamConfig(preset="tiny", video=VideoConfig(),
                             model=ModelConfig(text_mask=True, first_shot_zero_context=False),

@@ -17,8 +17,8 @@ way to teach what a caption's character looks like.
 from the same context, at about half the tokens an example.
 
 Four optional losses single out the main character's identity (IdentityReadout, `named_loss`,
-`contrast_loss`, and in pixel space `shape_loss`); none taught v7 to read the shape from its
-earlier shots, and none is in the shipped recipe (docs/experiments.md, "Does it read its earlier
+`contrast_loss`, and in pixel space `shape_loss`); none taught the teacher to read the shape from
+its earlier shots, and none is in the shipped recipe (docs/experiments.md, "Does it read its earlier
 shots").
 """
 
@@ -278,10 +278,10 @@ class TeacherStage(NextShotStage):
         keeps the sum convex: its optimum overshoots the true target by lambda / (1 - lambda) of
         the difference.
 
-        The flow-matching error barely depends on the shape: a caption naming another one moves
-        v7's error on the character's cells by at most 7% (`context_use`'s caption_shape). This term's gradient is
-        that difference alone, noise-free, so learning it means knowing the shape: from the
-        caption, or on "it" shots from the context."""
+        The flow-matching error barely depends on the shape: a caption naming another one hardly
+        moves the error on the character's cells (`context_use`'s caption_shape, docs/experiments.md).
+        This term's gradient is that difference alone, noise-free, so learning it means knowing
+        the shape: from the caption, or on "it" shots from the context."""
         err = (fit.v.float() - fm.velocity_target(batch.negative, fit.noise).float()) ** 2
         cells = batch.character[:, :, None].expand_as(err).float()
         weight = self.cell_weight(batch)
@@ -334,7 +334,7 @@ class IdentityReadout(nn.Module):
     and pattern from the teacher's last-block tokens, averaged over the character's cells in the
     target.
 
-    Teacher v7 takes the colour from its earlier shots and ignores the shape (`context_use`): the
+    The teacher takes the colour from its earlier shots and ignores the shape (`context_use`): the
     flow-matching loss on a few cells barely rewards the shape. On an "it" shot at high noise
     the identity is only in the context, so this cross-entropy asks the model to carry it
     into the target's tokens, where the head (which renders them) can use it."""

@@ -102,7 +102,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, then constant
     # Linear decay of the lr to 0 over the last `cooldown_steps` of `steps` (warmup-stable-decay).
     # Before the cooldown the lr does not depend on `steps`, so a constant-lr run extends exactly
-    # and can be ended by a cooldown later (teacher v4 -> v5: video loss 0.55 -> 0.50).
+    # and can be ended by a cooldown later (what the shipped teacher's phases did: docs/experiments.md).
     cooldown_steps: int = 0
     grad_clip: float = 1.0  # max global gradient norm per optimizer; 0 = no clipping (the norm is still logged)
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), saved and used for samples/export; 0 = off
