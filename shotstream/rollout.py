@@ -7,6 +7,7 @@ Causal (student):  write_global_context() once per shot, then rollout_shot() chu
     a chunk of noise is denoised in a few steps against [global K/V, local K/V, itself], then its
     clean prediction is run once more at t = 0 to write its K/V into the local cache.
 Bidirectional models (teacher, baselines) denoise a whole shot at once: conditioning.py.
+A pipeline picks one `Generation` by its model's kind when it loads (GENERATIONS).
 
 The phases carry `torch.profiler.record_function` labels (free unless a profiler is running):
 benchmark/profile.py times them.
@@ -21,7 +22,7 @@ import torch
 from torch.profiler import record_function
 
 from shotstream import flow_matching as fm
-from shotstream.conditioning import NextShotConditioning, model_velocity
+from shotstream.conditioning import NextShotConditioning, generate_shot_bidirectional, model_velocity
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import DualCache
 
@@ -77,3 +78,57 @@ def rollout_shot(
         with torch.no_grad(), record_function("cache_write"):
             model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=cache)
         memory.commit()
+
+
+class Generation:
+    """How a kind of model makes a shot from its conditioning, chosen once when a pipeline loads
+    (`GENERATIONS[kind]`): the session's loop asks it, never the kind's name."""
+
+    reads_context = True  # conditional frames from earlier shots (the rolling ablation: its window instead)
+    caches_context = False  # those frames' K/V written into the session's memory once per shot
+    rolling = False  # the memory's local window and positions run on across shots
+    streams = True  # chunks come one by one (a bidirectional model's all exist at once)
+
+    def latent_chunks(self, pipe, memory: DualCache, cond: NextShotConditioning, noise: torch.Tensor,
+                      generator: torch.Generator) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+
+class CausalGeneration(Generation):
+    """The student: chunk by chunk against the dual cache, in the student's few steps."""
+
+    caches_context = True
+
+    def latent_chunks(self, pipe, memory, cond, noise, generator):
+        sampler = pipe.config.sampler
+        sigmas = fm.student_sigmas(sampler.student_timesteps, sampler.shift)
+        yield from rollout_shot(pipe.model, memory, cond, noise, sigmas, generator)
+
+
+class RollingGeneration(CausalGeneration):
+    """The rolling-window ablation: no global context, one local window across the whole story."""
+
+    reads_context = caches_context = False
+    rolling = True
+
+
+class BidirectionalGeneration(Generation):
+    """Teacher and baselines: the whole shot at once, with the sampler's guidance."""
+
+    streams = False
+
+    def latent_chunks(self, pipe, memory, cond, noise, generator):
+        sampler = pipe.config.sampler
+        sigmas = fm.teacher_sigmas(sampler.teacher_steps, sampler.teacher_shift)
+        guided = sampler.guidance_scale != 1.0 or sampler.context_scale != 1.0
+        context_noise = None
+        if sampler.teacher_context_noise == "target":  # one draw per shot, on CPU like the target's
+            context_noise = torch.randn(cond.context.shape, generator=generator).to(cond.context)
+        x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, sampler.guidance_scale,
+                                         pipe.null_caption() if guided else None, context_scale=sampler.context_scale,
+                                         context_noise=context_noise, null_all_slots=sampler.teacher_null_slots == "all")
+        yield from x0.split(pipe.config.model.chunk_frames, dim=1)
+
+
+GENERATIONS: dict[str, Generation] = {"causal": CausalGeneration(), "rolling": RollingGeneration(),
+                                      "bidirectional": BidirectionalGeneration()}

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from shotstream import flow_matching as fm
 from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import DualCache, select_context_frames
-from shotstream.conditioning import NextShotConditioning, generate_shot_bidirectional
-from shotstream.rollout import rollout_shot, write_global_context
+from shotstream.conditioning import NextShotConditioning
+from shotstream.rollout import GENERATIONS, write_global_context
 from shotstream.text_encoder import check_caption
 
 MAX_PROMPT_CHARS = 2000  # default cut of clean_prompt; a session cuts at its config's prompt.max_chars
@@ -152,9 +151,10 @@ class ShotStreamPipeline:
     """Model + autoencoder + text encoder on one device and dtype; sessions are made from it."""
 
     def __init__(self, model: WanDiT, config: ShotStreamConfig, autoencoder, text_encoder, kind: str = "causal"):
-        if kind not in ("causal", "bidirectional", "rolling"):
+        if kind not in GENERATIONS:
             raise ValueError(f"unknown model kind {kind!r}")
         self.model, self.config, self.autoencoder, self.text_encoder, self.kind = model, config, autoencoder, text_encoder, kind
+        self.generation = GENERATIONS[kind]
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -243,7 +243,7 @@ class ShotStreamSession:
         self.global_caption = clean_prompt(global_caption, cfg.prompt.max_chars) if global_caption else None
         self.grid = pipe.model.grid(*cfg.video.latent_size)
         self.memory = DualCache(cfg.model, self.grid, cfg.video.latent_frames_per_shot, batch=1,
-                                device=pipe.device, dtype=pipe.model.dtype, rolling=pipe.kind == "rolling")
+                                device=pipe.device, dtype=pipe.model.dtype, rolling=pipe.generation.rolling)
         self.shots: list[Shot] = []
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
@@ -331,7 +331,7 @@ class ShotStreamSession:
         if ctx.text.shape[1]:  # (the first shot has no history slots)
             text, mask = torch.cat([ctx.text, text], 1), torch.cat([ctx.text_mask, mask], 1)
         cond = dataclasses.replace(ctx, text=text, text_mask=mask)
-        if self._zero_first_context() and self.pipe.kind == "causal":
+        if self._zero_first_context() and self.pipe.generation.caches_context:
             write_global_context(self.pipe.model, self.memory, cond)  # its frames read this caption
         return cond
 
@@ -340,7 +340,7 @@ class ShotStreamSession:
         model's, ModelConfig.first_shot_zero_context). Their K/V depend on the shot's own caption,
         so their cache is written once the prompt is known (`conditioning`), not ahead."""
         cfg = self.pipe.config.model
-        return not self.shots and self.pipe.kind != "rolling" and cfg.first_shot_zero_context and cfg.context_frames > 0
+        return not self.shots and self.pipe.generation.reads_context and cfg.first_shot_zero_context and cfg.context_frames > 0
 
     def prepare_context(self) -> NextShotConditioning:
         """Everything shot k = len(shots) needs from the history, done once per shot: the
@@ -351,7 +351,8 @@ class ShotStreamSession:
         pipe, device, k = self.pipe, self.pipe.device, len(self.shots)
         if self._prepared is not None and self._prepared.shot == k:
             return self._prepared
-        picks = [] if pipe.kind == "rolling" else select_context_frames([len(s.frames) for s in self.shots], pipe.config.model.context_frames)
+        picks = select_context_frames([len(s.frames) for s in self.shots], pipe.config.model.context_frames) \
+            if pipe.generation.reads_context else []
         sources = list(dict.fromkeys(s for s, _ in picks))  # earlier shots that give frames, in order
         h, w = pipe.config.video.latent_size
         context = torch.zeros(1, 0, pipe.config.video.latent_channels, h, w, device=device, dtype=pipe.model.dtype)
@@ -376,7 +377,7 @@ class ShotStreamSession:
                 target_flag = 1
             ctx = NextShotConditioning(context, shots, slots, text, mask, target_slot=len(sources), shot=k,
                                    chunk_frames=pipe.config.model.chunk_frames, target_flag=target_flag)
-            if pipe.kind == "causal" and not self._zero_first_context():
+            if pipe.generation.caches_context and not self._zero_first_context():
                 write_global_context(pipe.model, self.memory, ctx)
         self._prepared = ctx
         return ctx
@@ -394,10 +395,10 @@ class ShotStreamSession:
         chunks, t_start, t_first = [], time.perf_counter(), None
         with torch.no_grad():
             cond = self.conditioning(request.caption)
-        make = lambda: self._latent_chunks(cond, self._noise(k), k)  # noqa: E731
-        causal = pipe.kind != "bidirectional"  # (a teacher's chunks all exist before the first is decoded)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
+        make = lambda: pipe.generation.latent_chunks(pipe, self.memory, cond, self._noise(k), g)  # noqa: E731
         decoding = pipe.autoencoder.decode_state()  # the codec's causal cache across this shot's chunks (Wan VAE)
-        with contextlib.closing(run_ahead(make) if self.overlap_decode and causal else make()) as latents:
+        with contextlib.closing(run_ahead(make) if self.overlap_decode and pipe.generation.streams else make()) as latents:
             for j, x0 in enumerate(latents):
                 with torch.no_grad(), record_function("decode"):
                     frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0,
@@ -416,22 +417,3 @@ class ShotStreamSession:
             self.in_progress = None
         if len(self.shots) < self.max_shots:
             self.prepare_context()  # for the next shot, while the user watches this one and types
-
-    def _latent_chunks(self, cond: NextShotConditioning, noise: torch.Tensor, k: int) -> Iterator[torch.Tensor]:
-        pipe, cfg = self.pipe, self.pipe.config
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k + 1)  # CPU: the same story on every device
-        if pipe.kind == "bidirectional":
-            sigmas = fm.teacher_sigmas(cfg.sampler.teacher_steps, cfg.sampler.teacher_shift)
-            sampler = cfg.sampler
-            guided = sampler.guidance_scale != 1.0 or sampler.context_scale != 1.0
-            context_noise = None
-            if sampler.teacher_context_noise == "target":  # one draw per shot, on CPU like the target's
-                context_noise = torch.randn(cond.context.shape, generator=g).to(cond.context)
-            x0 = generate_shot_bidirectional(pipe.model, cond, noise, sigmas, sampler.guidance_scale,
-                                             pipe.null_caption() if guided else None, context_scale=sampler.context_scale,
-                                             context_noise=context_noise, null_all_slots=sampler.teacher_null_slots == "all")
-            yield from x0.split(cfg.model.chunk_frames, dim=1)
-            return
-        sigmas = fm.student_sigmas(cfg.sampler.student_timesteps, cfg.sampler.shift)
-        # (causal: prepare_context wrote the global context cache; rolling: the memory has none)
-        yield from rollout_shot(pipe.model, self.memory, cond, noise, sigmas, g)
