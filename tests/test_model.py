@@ -192,6 +192,24 @@ def test_dual_cache_size_is_derived_and_bounded():
     assert mem.kv.k.shape == (cfg.num_layers, 1, cfg.num_heads, mem.kv.capacity, cfg.head_dim)
 
 
+def test_a_dropped_cache_is_freed_at_once_not_by_the_garbage_collector():
+    """A session's memory is its largest allocation: the demo frees a story by dropping it, so
+    nothing in it may hold a reference cycle (with the collector off, it must still go)."""
+    import gc
+    import weakref
+
+    cfg = small_cfg()
+    mem = DualCache(cfg, grid=(4, 4), frames_per_shot=9)
+    assert len(mem.kv.layers) == cfg.num_layers
+    gone = weakref.ref(mem.kv)
+    gc.disable()
+    try:
+        del mem
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_local_window_rolls_and_keeps_the_sink():
     cfg = small_cfg(local_window=4, sink_frames=1)
     mem = DualCache(cfg, grid=(1, 1), frames_per_shot=9)

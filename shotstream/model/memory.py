@@ -58,7 +58,12 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.staged = 0
-        self.layers = tuple(LayerKV(self, i) for i in range(num_layers))  # what each block writes through
+
+    @property
+    def layers(self) -> tuple[LayerKV, ...]:
+        """What each block writes through. Made per call, not kept: a kept view would be a reference
+        cycle, and a dropped story's cache would wait for the garbage collector to free it."""
+        return tuple(LayerKV(self, i) for i in range(self.k.shape[0]))
 
     @property
     def capacity(self) -> int:
