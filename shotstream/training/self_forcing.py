@@ -136,8 +136,7 @@ class IntraShotStage(NextShotStage):
         cond = dataclasses.replace(cond, context=cond.context[:, :n], context_shots=cond.context_shots[:, :n],
                                    context_slots=cond.context_slots[:, :n], context_valid=None,
                                    text=self.generator.embed_text(cond.text), text_embedded=True)
-        rolling = memory is not None
-        if not rolling:
+        if memory is None:
             memory = self.new_memory(B)
             write_global_context(self.generator, memory, cond)
         chunks = -(-F // self.config.model.chunk_frames)
