@@ -16,16 +16,15 @@ import json
 import sys
 from pathlib import Path
 
+from shotstream import paths
 from shotstream.cli import CLIError
 from shotstream.runtime import add_runtime_args, set_threads
 
 from benchmark.metrics import CHARACTER_METRICS, CLIP_METRICS, IDENTITY_PARTS, LABEL_KEYS, TIMING_METRICS, describe_metrics, get_metrics
 from benchmark.suite import EVAL_SUITE
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CLIP = REPO / "checkpoints" / "clip-tiny"
-DEFAULT_PROBE = REPO / "checkpoints" / "probe"
-DEFAULT_LOCALISER = REPO / "checkpoints" / "localiser"
+REPO = paths.REPO_ROOT
+DEFAULT_CLIP, DEFAULT_PROBE, DEFAULT_LOCALISER = paths.CLIP_TINY, paths.PROBE, paths.LOCALISER
 
 
 def build_parser() -> argparse.ArgumentParser:

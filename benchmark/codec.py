@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shotstream import paths
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.session import to_model_video
 from shotstream.world.dataset import load_eval_suite
@@ -30,7 +31,7 @@ def shot_psnr(ae, frames: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
+    ap.add_argument("--autoencoder", default=paths.AUTOENCODER)
     ap.add_argument("--limit", type=int, default=0, help="stories of the suite to use (0 = all 50)")
     args = ap.parse_args(argv)
     ae = TinyVideoAutoencoder.from_pretrained(args.autoencoder).eval()

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from shotstream import paths
 from shotstream.world import vocab
 from shotstream.world.story import Story, sample_character
 
-REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("consistent", "swapped, same scene", "swapped, across scenes", "colour changed", "shape changed")
 
 
@@ -94,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stories", type=int, default=12, help="first N stories of the evaluation suite")
     parser.add_argument("--frames-per-shot", type=int, default=None, help="re-time every shot to N frames (4k+1; cheaper)")
-    parser.add_argument("--clip", default=str(REPO / "checkpoints" / "clip-tiny"))
-    parser.add_argument("--localiser", default=str(REPO / "checkpoints" / "localiser"))
+    parser.add_argument("--clip", default=str(paths.CLIP_TINY))
+    parser.add_argument("--localiser", default=str(paths.LOCALISER))
     args = parser.parse_args(argv)
     try:
         table = score_variants(load_eval_suite()[: args.stories], load_clip(args.clip), load_localiser(args.localiser),

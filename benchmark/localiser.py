@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from benchmark.probe import _conv, augment
+from shotstream import paths
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 
 LOCALISER_SIZE = 64  # pixels (square) each frame is resized to
@@ -270,7 +271,7 @@ def evaluate_localiser(localiser: CharacterLocaliser, stories: Sequence, video_c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="checkpoints/localiser", help="localiser folder to write (default: checkpoints/localiser)")
+    parser.add_argument("--out", default=str(paths.LOCALISER), help="localiser folder to write (default: checkpoints/localiser)")
     parser.add_argument("--stories", type=int, default=250, help="training stories to render (training seeds)")
     parser.add_argument("--frames-per-shot", type=int, default=FRAMES_PER_SHOT, help="training frames per rendered shot")
     parser.add_argument("--steps", type=int, default=1000)

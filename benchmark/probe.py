@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from shotstream import paths
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 from shotstream.world import vocab
 
@@ -295,7 +296,7 @@ def evaluate_probe(probe: StoryWorldProbe, stories: Sequence, video_cfg=None, ba
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="checkpoints/probe", help="probe folder to write (default: checkpoints/probe)")
+    parser.add_argument("--out", default=str(paths.PROBE), help="probe folder to write (default: checkpoints/probe)")
     parser.add_argument("--stories", type=int, default=1200, help="training stories to render (training seeds)")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=64)

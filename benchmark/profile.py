@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     folder = None
     if args.model != "random":
-        from shotstream.generate import resolve_model
+        from shotstream.model.loading import resolve_model
 
         folder = str(resolve_model(args.model))
     pipe = build_pipeline(folder, torch_dtype(args.dtype), args.device)

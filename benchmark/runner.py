@@ -54,7 +54,7 @@ def parse_method(spec: str) -> tuple[str, Path | None]:
 
     The folder is None for `ground_truth`; an unknown name is a FileNotFoundError listing the
     shipped models."""
-    from shotstream.generate import resolve_model
+    from shotstream.model.loading import resolve_model
 
     name, sep, path = spec.partition("=")
     if sep and not (name and path):

@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from benchmark.timing import chunk_time_growth
+from shotstream import paths
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.config import get_preset
 from shotstream.model.dit import WanDiT, num_parameters
 from shotstream.runtime import add_runtime_args, as_arg, dtype_name, set_threads, torch_dtype
 from shotstream.session import ShotStreamPipeline
 
-SHIPPED_AUTOENCODER = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "autoencoder"
+SHIPPED_AUTOENCODER = paths.SHIPPED / "autoencoder"
 PROMPTS = [
     "a red striped star walks to the left in a snowy field, wide shot",
     "close-up of the same character spinning on the beach",

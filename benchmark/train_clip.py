@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.clip import CHECKPOINT_FORMAT, DEFAULT_ARCH, ClipEncoder, build_clip
+from shotstream import paths
 from shotstream.checkpoint import load_checkpoint, save_checkpoint
 
 Pair = tuple[np.ndarray, str]
@@ -188,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on a scoring manifest's shots instead of StoryWorld training renders")
     parser.add_argument("--stories", type=int, default=1500, help="StoryWorld training stories to render (default data)")
     parser.add_argument("--every", type=int, default=8, help="take every N-th frame of a shot")
-    parser.add_argument("--out", default="checkpoints/clip-tiny", help="checkpoint folder to write (default: checkpoints/clip-tiny)")
+    parser.add_argument("--out", default=str(paths.CLIP_TINY), help="checkpoint folder to write (default: checkpoints/clip-tiny)")
     parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"open_clip architecture (default {DEFAULT_ARCH})")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -42,7 +42,8 @@ from demo.card import CHIPS_CSS, CHIPS_JS, chips_html, is_storyworld_model, mode
 from demo.playback import PLAYBACK_CSS, PLAYBACK_HTML, PLAYBACK_JS, Timeline, plain_text
 from demo.stories import IDLE_TIMEOUT, MAX_STORIES, Full, StoryRegistry, Sweeper
 from shotstream.checkpoint import CheckpointError
-from shotstream.generate import CHECKPOINTS, resolve_model
+from shotstream.model.loading import resolve_model
+from shotstream.paths import SHIPPED
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads, torch_dtype
 from shotstream.session import ShotStreamPipeline, ShotStreamSession, check_seed, clean_prompt
 from shotstream.video import encode_segment, pad_to_even, write_mp4
@@ -215,13 +216,13 @@ def default_model(requested: str | None) -> Path:
     if requested:
         return resolve_model(requested)
     for name in ("student", "teacher"):
-        if (CHECKPOINTS / name / "config.json").is_file():
+        if (SHIPPED / name / "config.json").is_file():
             if name != "student":
-                print(f"note: no student is shipped in {CHECKPOINTS} yet; using the {name} "
+                print(f"note: no student is shipped in {SHIPPED} yet; using the {name} "
                       "(its chunks arrive together once each shot is denoised)", file=sys.stderr)
-            return CHECKPOINTS / name
+            return SHIPPED / name
     raise FileNotFoundError(
-        f"no shipped model in {CHECKPOINTS} yet; pass --model <folder> "
+        f"no shipped model in {SHIPPED} yet; pass --model <folder> "
         "(e.g. `python -m demo.devmodel /tmp/dev` writes a random one to /tmp/dev/student)"
     )
 
@@ -633,7 +634,7 @@ def card_for(spec: ModelSpec) -> str:
     except Exception as e:  # noqa: BLE001 -- a card must never stop the page; the model load reports errors
         return f"**Model:** `{spec.path}` (its config could not be read: {as_text(str(e))})"
     v = config.video
-    return model_card(spec.path, kind, v.width, v.height, v.frames_per_shot, v.fps, spec.device, spec.dtype, CHECKPOINTS)
+    return model_card(spec.path, kind, v.width, v.height, v.frames_per_shot, v.fps, spec.device, spec.dtype, SHIPPED)
 
 
 def build_app(spec: ModelSpec, max_concurrent: int = 1, max_waiting: int = MAX_WAITING,

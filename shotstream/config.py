@@ -113,37 +113,37 @@ class ModelConfig:
             raise ValueError("model.chunk_frames must be >= 1 and model.context_frames >= 0")
 
 
-def check_guidance(guidance_scale: float, context_scale: float, group: str) -> None:
-    """Guidance on the earlier shots is relative to guidance on the caption (fm.unconditional_fn)."""
-    if guidance_scale == 1.0 and context_scale != 1.0:
-        raise ValueError(f"{group}.context_scale={context_scale} needs guidance on the caption ({group}.guidance_scale != 1)")
-
-
 @dataclass
 class GuidanceConfig:
-    """Classifier-free guidance of a bidirectional next-shot model in a training stage (the real
-    score, ODE pairs): on the caption and on the earlier shots, as SamplerConfig's for sampling."""
+    """Classifier-free guidance of a bidirectional next-shot model, on the caption and on the
+    earlier shots: the sampler's (SamplerConfig), and a training stage's for the teacher it runs
+    (the real score, ODE pairs)."""
 
     guidance_scale: float = 3.0  # on the caption (1 = off)
-    context_scale: float = 1.0  # on the earlier shots (1 = none; conditioning.unconditional)
+    # ... and on the earlier shots (conditioning.unconditional; 1 = none): an "it" caption names no
+    # character, the context does.
+    context_scale: float = 1.0
+
+    def check_guidance(self, group: str) -> None:
+        """Guidance on the earlier shots is relative to guidance on the caption (fm.unconditional_fn)."""
+        if self.guidance_scale == 1.0 and self.context_scale != 1.0:
+            raise ValueError(f"{group}.context_scale={self.context_scale} needs guidance on the caption "
+                             f"({group}.guidance_scale != 1)")
 
     def validate(self) -> "GuidanceConfig":
-        check_guidance(self.guidance_scale, self.context_scale, "stage")
+        self.check_guidance("stage")
         return self
 
 
 @dataclass
-class SamplerConfig:
-    """Flow-matching sampling. Timesteps are on Wan's 0..1000 scale before the shift."""
+class SamplerConfig(GuidanceConfig):
+    """Flow-matching sampling. Timesteps are on Wan's 0..1000 scale before the shift; the teacher's
+    guidance is GuidanceConfig's."""
 
     shift: float = 8.0  # timestep shift applied to sigma = t / 1000 (Wan: 8 for few-step students)
     student_timesteps: tuple[float, ...] = (1000.0, 740.0, 500.0, 260.0)
     teacher_steps: int = 50
     teacher_shift: float = 3.0
-    guidance_scale: float = 3.0  # classifier-free guidance of the teacher on the caption (1 = off)
-    # ... and on the earlier shots (fm.unconditional_fn; 1 = none): an "it" caption names no
-    # character, the context does.
-    context_scale: float = 1.0
     # How a bidirectional teacher sees its context frames: "clean" at t = 0 (the tiny teacher, as
     # it was trained), or "target": noised to the target's level at every step, as the official
     # ShotStream teacher samples (DESIGN.md section 6), with one noise draw per shot.
@@ -169,7 +169,7 @@ class SamplerConfig:
             raise ValueError(f"sampler.teacher_context_noise must be clean or target, got {self.teacher_context_noise!r}")
         if self.teacher_null_slots not in ("target", "all"):
             raise ValueError(f"sampler.teacher_null_slots must be target or all, got {self.teacher_null_slots!r}")
-        check_guidance(self.guidance_scale, self.context_scale, "sampler")
+        self.check_guidance("sampler")
 
 
 PROMPT_FIELDS = ("global_caption", "shot", "caption")  # the placeholders of PromptConfig.template

@@ -4,7 +4,7 @@
     shotstream generate --model teacher --story stories.json:0 -o t.mp4
     shotstream generate -p "a red star walks left in the snow" -p "close-up of it spinning" -o s.mp4
 
-Shipped models are named (`student`, `teacher`, ablations) and live in checkpoints/tiny/; any
+Shipped models are named (`student`, `teacher`, ablations: checkpoints/tiny/index.json); any
 model folder path works too, including one written by `shotstream import` (the released model).
 """
 
@@ -16,21 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from shotstream.model.loading import resolve_model
 from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
-from shotstream.paths import SHIPPED
-
-CHECKPOINTS = SHIPPED  # (the demo and the benchmark name shipped models through it)
-
-
-def resolve_model(name: str) -> Path:
-    """A shipped model name (checkpoints/tiny/<name>) or a path to a model folder."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    if (CHECKPOINTS / name).is_dir():
-        return CHECKPOINTS / name
-    shipped = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "config.json").is_file() and p.name != "autoencoder")
-    raise FileNotFoundError(f"model {name!r} is neither a folder nor a shipped model (shipped: {', '.join(shipped) or 'none yet'})")
 
 
 def resolve_story(spec: str):

@@ -10,6 +10,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = REPO_ROOT / "checkpoints" / "tiny"  # shipped model folders, by name (`shotstream generate --model teacher`)
+# The benchmark's StoryWorld judges (shotstream-bench train-clip / train-probe / train-localiser)
+CLIP_TINY = REPO_ROOT / "checkpoints" / "clip-tiny"
+PROBE = REPO_ROOT / "checkpoints" / "probe"
+LOCALISER = REPO_ROOT / "checkpoints" / "localiser"
 
 AUTOENCODER = "checkpoints/tiny/autoencoder"
 TEACHER = "checkpoints/tiny/teacher"

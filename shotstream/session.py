@@ -161,7 +161,8 @@ class ShotStreamPipeline:
     def from_pretrained(cls, path: str | Path, autoencoder: str | Path | None = None, device="cpu",
                         dtype: torch.dtype = torch.float32, text_encoder=None,
                         text_device=None) -> "ShotStreamPipeline":
-        """Load a model folder; the autoencoder defaults to the `autoencoder` folder beside it.
+        """Load a model folder; the autoencoder defaults to the one it was trained with
+        (loading.model_autoencoder: its index's entry, or the `autoencoder` folder beside it).
 
         A folder written by `shotstream import` names its own VAE, text encoder and tokenizer
         (components.json): they load in `dtype`, the text encoder on `text_device` (default:
@@ -169,7 +170,7 @@ class ShotStreamPipeline:
         from shotstream.autoencoder import TinyVideoAutoencoder
         from shotstream.checkpoint import CheckpointError
         from shotstream.importer import COMPONENTS, load_components
-        from shotstream.model.loading import from_pretrained
+        from shotstream.model.loading import from_pretrained, model_autoencoder
         from shotstream.text_encoder import TextEncoder
 
         model, config, kind = from_pretrained(path, device=device, dtype=dtype)
@@ -179,7 +180,7 @@ class ShotStreamPipeline:
             ae, te = load_components(path, config, device, dtype, text_device, text_encoder)
             ae_path = Path(path) / COMPONENTS
         else:
-            ae_path = Path(autoencoder) if autoencoder else Path(path).parent / "autoencoder"
+            ae_path = Path(autoencoder) if autoencoder else model_autoencoder(path)
             if not autoencoder and not ae_path.is_dir():  # e.g. a training run's final/ folder
                 raise FileNotFoundError(f"{path}: no autoencoder folder beside it ({ae_path}); "
                                         "pass the codec it was trained with (--autoencoder)")

@@ -12,6 +12,8 @@ from shotstream.autoencoder import PixelSpaceStandIn
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
 from shotstream.model.dit import WanDiT
 from shotstream.session import ShotStreamPipeline
+from shotstream.training.cli import load_stage, resolve_config
+from shotstream.training.trainer import train
 
 VIDEO = VideoConfig(height=32, width=32, frames_per_shot=17, latent_channels=12)  # 5 latent frames
 CHUNK = 2  # -> chunks of 2, 2, 1 latent frames
@@ -150,3 +152,10 @@ def import_tiny_release(root, layout: str = "original"):
     wan = write_release(root / f"Wan2.1-T2V-{layout}", layout)
     write_shotstream_checkpoint(root / "shotstream.pt")
     return import_release(wan, root / "model", checkpoint=root / "shotstream.pt", overrides=SMALL_VIDEO)
+
+
+def run_stage(stage, config, out, *overrides):
+    """Train a stage from a shipped config and overrides; its final/ folder."""
+    cfg = resolve_config(stage, config, list(overrides), out=str(out))
+    train(load_stage(stage), cfg, name=stage)
+    return out / "final"

@@ -253,7 +253,7 @@ def test_the_model_card_names_the_model_its_limits_and_the_paper(tmp_path):
 
 
 def test_default_model_falls_back_to_teacher_with_a_note(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo_app, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(demo_app, "SHIPPED", tmp_path)
     with pytest.raises(FileNotFoundError, match="--model"):
         demo_app.default_model(None)
     (tmp_path / "teacher").mkdir()

@@ -74,3 +74,27 @@ def test_generate_refuses_a_bad_prompt_before_the_first_shot(tmp_path, monkeypat
     assert main(["generate", "-p", "a red star", "-p", "   ", "-o", str(tmp_path / "s.mp4"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "shot 0" not in err and not (tmp_path / "s.mp4").exists()  # nothing was generated
+
+
+def test_shipped_models_are_the_ones_the_index_names_each_with_its_autoencoder(tmp_path):
+    import json
+
+    from shotstream.checkpoint import read_json
+    from shotstream.model.loading import INDEX, model_autoencoder, resolve_model, shipped_models
+    from shotstream.paths import SHIPPED
+
+    # every model folder shipped (a config.json with a model kind) is named by the index, and no other
+    models = {p.parent.name for p in SHIPPED.glob("*/config.json") if read_json(p).get("kind")}
+    assert set(shipped_models()) == models and {"student", "teacher"} <= models
+    assert all(model_autoencoder(SHIPPED / name) == SHIPPED / "autoencoder" for name in models)
+    assert resolve_model("teacher") == SHIPPED / "teacher" and resolve_model("autoencoder") == SHIPPED / "autoencoder"
+    # a folder of shipped models whose index names another codec; an unlisted folder keeps its sibling
+    for name in ("m", "codec", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / INDEX).write_text(json.dumps({"m": {"description": "a model", "autoencoder": "codec"}}))
+    assert model_autoencoder(tmp_path / "m") == tmp_path / "codec"
+    assert model_autoencoder(tmp_path / "other") == tmp_path / "autoencoder"
+    assert resolve_model("m", tmp_path) == tmp_path / "m"
+    with pytest.raises(FileNotFoundError, match=r"neither a folder nor a shipped model \(shipped: m\)"):
+        resolve_model("nope", tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from shotstream import paths
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, load_tensors, read_json, save_checkpoint
 from shotstream.config import ModelConfig, ShotStreamConfig, from_dict
 from shotstream.model.dit import WanDiT
@@ -23,6 +24,38 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "generator
 STATE_ENTRIES = ("generator_ema", "generator", "model", "state_dict")
 # Our parameters that the official layout does not have.
 SHOTSTREAM_ONLY = ("shot_embedding",)
+
+
+# A folder of shipped models names them in its index: {name: {"description", "autoencoder"}}, the
+# autoencoder a folder beside them (checkpoints/tiny/index.json).
+INDEX = "index.json"
+
+
+def shipped_models(root: str | Path = paths.SHIPPED) -> dict[str, dict]:
+    """The models shipped in `root`, by name, as its index lists them ({} without one)."""
+    index = Path(root) / INDEX
+    return read_json(index) if index.is_file() else {}
+
+
+def resolve_model(name: str | Path, root: str | Path = paths.SHIPPED) -> Path:
+    """A path to a model folder, or the name of a model shipped in `root` (`student`, `teacher`, ...)."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if (Path(root) / path / "config.json").is_file():  # a listed model, or a component (`autoencoder`)
+        return Path(root) / path
+    shipped = shipped_models(root)
+    raise FileNotFoundError(f"model {str(name)!r} is neither a folder nor a shipped model "
+                            f"(shipped: {', '.join(shipped) or 'none yet'})")
+
+
+def model_autoencoder(path: str | Path) -> Path:
+    """The autoencoder a model folder was trained with: its index's entry for a shipped model, else
+    the `autoencoder` folder beside it (the layout `shotstream train` exports and
+    demo.devmodel writes)."""
+    path = Path(path)
+    entry = shipped_models(path.parent).get(path.name, {})
+    return path.parent / entry.get("autoencoder", "autoencoder")
 
 
 def save_pretrained(model: WanDiT, config: ShotStreamConfig, path: str | Path, kind: str = "causal",

@@ -27,12 +27,14 @@ from shotstream.runtime import as_arg, check_device
 STAGES: dict[str, str] = {
     "autoencoder": "shotstream.training.autoencoder:AutoencoderStage",
     "teacher": "shotstream.training.teacher:TeacherStage",
-    "shape_classifier": "shotstream.training.shape_classifier:ShapeClassifierStage",
     "ode": "shotstream.training.ode:ODEStage",
     "intra": "shotstream.training.self_forcing:IntraShotStage",
     "inter": "shotstream.training.self_forcing:InterShotStage",
     "toy": "shotstream.training.toy:ToyStage",
     "toy_distill": "shotstream.training.toy:ToyDistillStage",
+    # experiments/: not in the shipped recipe (docs/experiments.md)
+    "identity_teacher": "experiments.identity_teacher:IdentityTeacherStage",
+    "shape_classifier": "experiments.shape_classifier:ShapeClassifierStage",
 }
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -26,16 +26,13 @@ from shotstream.model.memory import select_context_frames
 from shotstream.session import to_model_video
 from shotstream.world.render import render_shot
 from shotstream.world.dataset import training_seed
-from shotstream.world import vocab
-from shotstream.world.story import Character, Story, named_caption, sample_story
+from shotstream.world.story import Story, sample_story
 
 
-def story_caption(story: Story, k: int, named: bool = False) -> str:
-    """The caption the model sees for shot k: the global caption, if any, prefixes it (as at
-    inference). `named`: an "it" shot's caption names the main character instead (`named_caption`)."""
-    c = story.shots[k].caption
-    if named:
-        c = named_caption(c, story.shots[k].labels.main)
+def story_caption(story: Story, k: int, caption: str | None = None) -> str:
+    """The caption the model sees for shot k (or `caption`, told in its place): the global
+    caption, if any, prefixes it (as at inference)."""
+    c = story.shots[k].caption if caption is None else caption
     return f"{story.global_caption} {c}" if story.global_caption else c
 
 
@@ -85,14 +82,6 @@ def character_cells(boxes: np.ndarray, cfg: ShotStreamConfig) -> np.ndarray:
                 continue
             out[j, int(y0) // s: -(-int(np.ceil(y1)) // s), int(x0) // s: -(-int(np.ceil(x1)) // s)] = True
     return out
-
-
-IDENTITY = {"shape": vocab.SHAPES, "colour": vocab.COLOURS, "pattern": vocab.PATTERNS}
-
-
-def identity_labels(character: Character) -> list[int]:
-    """A character's identity as indices in IDENTITY's label spaces."""
-    return [space.index(getattr(character, name)) for name, space in IDENTITY.items()]
 
 
 def character_weight(boxes: np.ndarray, cfg: ShotStreamConfig, weight: float) -> np.ndarray:
@@ -303,16 +292,6 @@ class NextShotBatch:
     text_mask: torch.Tensor
     shot: torch.Tensor  # [B] target shot index
     loss_weight: torch.Tensor | None = None  # [B, F, h, w] per latent cell (character_weight), or None
-    # The main character's latent cells [B, F, h, w] bool (character_cells) and its identity [B, 3]
-    # (indices in IDENTITY's label spaces); None when an example has no ground truth (self-forcing).
-    character: torch.Tensor | None = None
-    identity: torch.Tensor | None = None
-    # collate(named=True): the target's caption slot with the main character named (`named_caption`;
-    # the caption itself on named shots) [B, L, Dt] / [B, L], and which targets are "it" shots [B].
-    named_text: torch.Tensor | None = None
-    named_mask: torch.Tensor | None = None
-    pronoun: torch.Tensor | None = None
-    negative: torch.Tensor | None = None  # [B, F, C, h, w]: the target drawn with another shape (TeacherStage.negative)
 
     @property
     def budget(self) -> int:
@@ -335,11 +314,10 @@ class NextShotBatch:
 @torch.no_grad()
 def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: ShotStreamConfig, device,
             context_dropout: float = 0.0, rng: np.random.Generator | None = None,
-            character_loss_weight: float = 1.0, budget: int | None = None, named: bool = False) -> NextShotBatch:
+            character_loss_weight: float = 1.0, budget: int | None = None) -> NextShotBatch:
     """Encode pixels with the autoencoder and captions with the text encoder; pad the context to
     `budget` frames (default: the model's context_frames; 0 for examples without context).
-    character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`; `named` adds
-    the targets' named captions."""
+    character_loss_weight > 1 adds the per-cell `loss_weight` of `character_weight`."""
     C = cfg.model.context_frames if budget is None else budget
     h, w = cfg.video.latent_size
     # Examples not encoded yet (all but a StoryPool's): their targets in one batched call.
@@ -360,14 +338,9 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
             shots[b, :n] = torch.tensor(e.context_shots, device=device)
         own = story_caption(e.story, e.shot)
         captions += [story_caption(e.story, s) for s in e.context_shots] + [own] * (C + 1 - n)
-    if named:
-        captions += [story_caption(e.story, e.shot, named=True) for e in examples]
     states, mask = text_encoder.encode(captions)
     states, mask = states.to(device), mask.to(device)
-    named_states, named_mask = (states[-len(examples):], mask[-len(examples):]) if named else (None, None)
-    states, mask = states[:len(examples) * (C + 1)], mask[:len(examples) * (C + 1)]
     L, D = states.shape[1:]
-    truth = all(e.target_boxes is not None and e.story.has_labels for e in examples)
     return NextShotBatch(
         target=target,
         context=context,
@@ -378,11 +351,4 @@ def collate(examples: list[NextShotExample], autoencoder, text_encoder, cfg: Sho
         shot=torch.tensor([e.shot for e in examples], device=device),
         loss_weight=None if character_loss_weight == 1.0 else torch.from_numpy(np.stack(
             [character_weight(e.target_boxes, cfg, character_loss_weight) for e in examples])).to(device),
-        character=torch.from_numpy(np.stack([character_cells(e.target_boxes, cfg) for e in examples])).to(device)
-        if truth else None,
-        identity=torch.tensor([identity_labels(e.story.shots[e.shot].labels.main) for e in examples], device=device)
-        if truth else None,
-        named_text=named_states,
-        named_mask=named_mask,
-        pronoun=torch.tensor([e.story.shots[e.shot].labels.pronoun for e in examples], device=device) if named else None,
     )

@@ -32,8 +32,7 @@ from shotstream.model.loading import export_model, from_pretrained
 from shotstream.runtime import add_runtime_args, set_threads
 from shotstream.training.data import NextShotBatch
 from shotstream.training.state import derive_seed
-from shotstream.training.next_shot import NextShotStage, build_config
-from shotstream.training.teacher import TeacherConfig
+from shotstream.training.next_shot import NextShotData, NextShotStage, build_config
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
 
 PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot")
@@ -44,15 +43,17 @@ PAIR_KEYS = ("context", "context_valid", "context_shots", "states", "x0", "shot"
 
 
 @dataclass
-class PairsConfig(TeacherConfig, GuidanceConfig):  # next-shot data as the teacher's, the teacher's guidance
+class PairsConfig(NextShotData, GuidanceConfig):  # the examples it draws, the teacher's guidance
+    preset: str = "tiny"
+    model_overrides: tuple[str, ...] = ()
+    autoencoder: str = paths.AUTOENCODER
     teacher: str = paths.TEACHER
     out: str = paths.ODE_PAIRS
     shard_size: int = 8  # examples per shard file (one teacher batch)
     steps: int = 12  # teacher Euler steps (the student's sigmas are added to the grid)
-    context_dropout: float = 0.0
 
     def validate(self) -> "PairsConfig":
-        TeacherConfig.validate(self)
+        NextShotData.validate(self)
         GuidanceConfig.validate(self)
         return self
 
@@ -69,7 +70,7 @@ def make_pairs(cfg: PairsConfig, count: int, device="cpu", seed: int = 0, progre
     out = Path(cfg.out)
     teacher, tcfg, kind = from_pretrained(cfg.teacher, device=device)
     stage = NextShotStage(cfg,  # next-shot batches for the trajectory sampler
-                           TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size))
+                           TrainConfig(device=str(device), seed=seed, batch_size=cfg.shard_size), teacher=cfg.teacher)
     if kind != "bidirectional":
         raise ValueError(f"{cfg.teacher}: ODE pairs need the bidirectional teacher, got a {kind} model")
     sigmas = fm.student_sigmas(tcfg.sampler.student_timesteps, tcfg.sampler.shift)

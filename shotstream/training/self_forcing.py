@@ -31,7 +31,7 @@ from shotstream import flow_matching as fm
 from shotstream import paths
 from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.model.memory import DualCache
-from shotstream.rollout import rollout_shot, write_global_context
+from shotstream.rollout import GENERATIONS, rollout_shot, write_global_context
 from shotstream.session import to_uint8
 from shotstream.training.data import NextShotBatch, collate, example_from_history, next_shot_example
 from shotstream.training.dmd import DMD, DMDConfig
@@ -71,7 +71,7 @@ class IntraShotStage(NextShotStage):
     Config = SelfForcingConfig
 
     def __init__(self, config: SelfForcingConfig, train: TrainConfig):
-        super().__init__(config, train)
+        super().__init__(config, train, teacher=config.teacher)
         gcfg, kind = read_config(config.init)
         if kind != "causal":
             raise ValueError(f"{config.init}: self-forcing starts from a causal student (ODE stage), got {kind}")
@@ -83,9 +83,10 @@ class IntraShotStage(NextShotStage):
         generator = init_student(config.init, self.config, self.device)
         if config.kind not in ("causal", "rolling"):
             raise ValueError(f"stage.kind must be causal or rolling, got {config.kind!r}")
-        if config.kind == "rolling" and not isinstance(self, InterShotStage):
+        self.generation = GENERATIONS[config.kind]
+        if self.generation.rolling and not isinstance(self, InterShotStage):
             raise ValueError("stage.kind=rolling is trained by the inter-shot stage (its cache spans shots)")
-        if config.kind == "rolling" and not self.config.model.local_window:
+        if self.generation.rolling and not self.config.model.local_window:
             raise ValueError("stage.kind=rolling needs a local window: add model.local_window=N to model_overrides")
         teacher, _, teacher_kind = from_pretrained(config.teacher, device=self.device)
         if teacher_kind != "bidirectional":
@@ -192,7 +193,7 @@ class InterShotStage(IntraShotStage):
         k = len(self.history[0]) + 1 if self.stories else 0  # the shot this step generates
         if self.stories and k < self.stories[0].num_shots:
             self.extend_history(self.pending)  # shot k - 1, generated last step
-            if self.cfg.kind == "rolling":
+            if self.generation.rolling:
                 self.rolling_memory = self.step_memory
         else:
             rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x1A))
@@ -201,7 +202,7 @@ class InterShotStage(IntraShotStage):
                                          frames_per_shot=self.config.video.frames_per_shot)
                             for i in range(self.train.batch_size)]
             self.history, k = [[] for _ in self.stories], 0
-            if self.cfg.kind == "rolling":
+            if self.generation.rolling:
                 self.rolling_memory = self.new_memory(len(self.stories), rolling=True)
         examples = [example_from_history(s, k, h, None, cfg=self.config) for s, h in zip(self.stories, self.history)]
         self.pending = collate(examples, self.autoencoder, self.text_encoder, self.config, self.device)
@@ -215,7 +216,7 @@ class InterShotStage(IntraShotStage):
             h.append(to_uint8(video[b:b + 1]))
 
     def rollout(self, batch: NextShotBatch, grad: bool, memory=None, full: bool = False) -> torch.Tensor:
-        if self.cfg.kind != "rolling":
+        if not self.generation.rolling:
             return super().rollout(batch, grad, full=full)
         self.step_memory = copy.deepcopy(self.rolling_memory)
         return super().rollout(batch, grad, self.step_memory, full=full)

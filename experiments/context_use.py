@@ -1,8 +1,8 @@
 """Does a bidirectional next-shot model read its earlier shots (their frames or their captions), and
 its caption's action? A check in a few minutes, no sampling.
 
-    python -m benchmark.context_use                                       # shipped teacher, 20 stories, 3 min
-    python -m benchmark.context_use --model runs/teacher_finetune/final/teacher --limit 50
+    python -m experiments.context_use                                       # shipped teacher, 20 stories, 3 min
+    python -m experiments.context_use --model runs/teacher_finetune/final/teacher --limit 50
 
 For every shot k >= 1 of the evaluation suite the model denoises the ground-truth shot, at fixed
 noise levels and with the same noise in each of these conditions:
@@ -50,6 +50,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from experiments.shape_classifier import ShapeClassifier, prediction_shape_logits
+from experiments.stories import description_pattern, named_caption, with_main
+from shotstream import paths
 from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.conditioning import next_shot_velocity
@@ -58,11 +61,10 @@ from shotstream.text_encoder import TextEncoder
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
 from shotstream.training.data import (NextShotBatch, NextShotExample, character_cells, collate, next_shot_example,
                                       story_caption)
-from shotstream.training.shape_classifier import ShapeClassifier, prediction_shape_logits
 from shotstream.training.state import derive_seed
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite
-from shotstream.world.story import description_pattern, with_article, with_main
+from shotstream.world.story import with_article
 
 CONDITIONS = ("true", "hidden", "other", "shape", "colour", "context_captions", "action", "caption_shape")
 # Each row says which colour the x0 prediction draws with the shot's own context (colour_true),
@@ -277,7 +279,7 @@ def other_shape_caption(e: NextShotExample) -> str:
     "it" shot) in the next shape of vocab.SHAPES instead."""
     main = e.story.shots[e.shot].labels.main
     other = next_shape(main.shape)
-    caption = story_caption(e.story, e.shot, named=True)
+    caption = story_caption(e.story, e.shot, named_caption(e.story.shots[e.shot].caption, main))
     for word in sorted(vocab.SHAPE_WORDS[main.shape], key=len, reverse=True):  # "plus sign" before a shorter one
         changed, n = re.subn(rf"\b{re.escape(word)}\b", vocab.SHAPE_WORDS[other][0], caption, count=1)
         if n:
@@ -343,13 +345,13 @@ def load_bidirectional(ap: argparse.ArgumentParser, args: argparse.Namespace, to
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="checkpoints/tiny/teacher", help="a bidirectional model folder")
-    ap.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
+    ap.add_argument("--model", default=paths.TEACHER, help="a bidirectional model folder")
+    ap.add_argument("--autoencoder", default=paths.AUTOENCODER)
     ap.add_argument("--limit", type=as_arg(positive_int), default=20,
                     help="the first N stories of the evaluation suite (default: 20)")
     ap.add_argument("--sigmas", default="0.6,0.9", help="noise levels, comma-separated, in (0, 1)")
     ap.add_argument("--out", type=Path, default=None, help="also write the per-shot rows to this CSV")
-    ap.add_argument("--shape-classifier", default="checkpoints/tiny/shape_classifier",
+    ap.add_argument("--shape-classifier", default=paths.SHAPE_CLASSIFIER,
                     help="also say which shape the x0 prediction draws, as this classifier reads it ('' = off; "
                          "biased for a teacher trained with it, stage.shape_loss_weight)")
     add_runtime_args(ap, dtype=None)

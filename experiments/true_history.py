@@ -1,8 +1,8 @@
 """What does a bidirectional next-shot model draw after the *true* earlier shots? Label accuracy
 of shots sampled with the ground-truth history as context, under several guidance settings.
 
-    python -m benchmark.true_history                                   # shipped teacher, "it" shots
-    python -m benchmark.true_history --subset named --settings 3 3:2 --limit 20
+    python -m experiments.true_history                                   # shipped teacher, "it" shots
+    python -m experiments.true_history --subset named --settings 3 3:2 --limit 20
 
 The benchmark's protocol conditions every shot on the model's own earlier shots, so an "it" shot
 inherits the mistakes made before it. Here every shot k >= 1 of the evaluation suite is sampled
@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from benchmark.cli import DEFAULT_PROBE
-from benchmark.context_use import load_bidirectional, shot_noise
 from benchmark.probe import load_probe, shot_labels
+from experiments.context_use import load_bidirectional, shot_noise
+from shotstream import paths
 from shotstream import flow_matching as fm
 from shotstream.conditioning import next_shot_velocity, unconditional
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
@@ -102,8 +103,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="checkpoints/tiny/teacher", help="a bidirectional model folder")
-    ap.add_argument("--autoencoder", default="checkpoints/tiny/autoencoder")
+    ap.add_argument("--model", default=paths.TEACHER, help="a bidirectional model folder")
+    ap.add_argument("--autoencoder", default=paths.AUTOENCODER)
     ap.add_argument("--probe", default=DEFAULT_PROBE, help="label probe folder")
     ap.add_argument("--limit", type=as_arg(positive_int), default=50,
                     help="the first N stories of the evaluation suite (default: all 50)")
