@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--teacher-steps", type=int, default=None,
                      help="override a bidirectional model's sampler steps (recorded in the protocol's steps)")
     run.add_argument("--autoencoder", default=None,
-                     help="codec folder that decodes every model method (default: the 'autoencoder' folder "
-                     "beside each model; a training run's final/ folder has none; a folder from "
+                     help="codec folder that decodes every model method (default: the one each model names "
+                     "in its folder's index.json, else the 'autoencoder' folder beside it; a training run's final/ folder has none; a folder from "
                      "`shotstream import` always uses the VAE it names)")
     _scoring_args(run, default_metrics="all")
     run.set_defaults(func=cmd_run)

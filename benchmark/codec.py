@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shotstream import paths
 from shotstream.autoencoder import TinyVideoAutoencoder
-from shotstream.session import to_model_video
+from shotstream.video import to_model_video
 from shotstream.world.dataset import load_eval_suite
 from shotstream.world.render import render_shot
 

@@ -212,7 +212,7 @@ def ground_truth(story: "StoryView") -> Generation:
 
 def codec_round_trip(autoencoder, story: "StoryView") -> Generation:
     """The ground truth of `story` encoded and decoded shot by shot (untimed, like the ground truth)."""
-    from shotstream.session import to_model_video, to_uint8
+    from shotstream.video import to_model_video, to_uint8
 
     device = autoencoder.latent_mean.device
     with torch.no_grad():

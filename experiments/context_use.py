@@ -353,7 +353,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the per-shot rows to this CSV")
     ap.add_argument("--shape-classifier", default=paths.SHAPE_CLASSIFIER,
                     help="also say which shape the x0 prediction draws, as this classifier reads it ('' = off; "
-                         "biased for a teacher trained with it, stage.shape_loss_weight)")
+                         "biased for a teacher trained with it, identity_teacher's stage.shape_loss_weight)")
     add_runtime_args(ap, dtype=None)
     args = ap.parse_args(argv)
     try:

@@ -5,8 +5,10 @@ the last block's tokens (IdentityReadout), the init told the character's name on
 (`shape_loss`). None taught the teacher to read the shape from its earlier shots, and none is in
 the shipped recipe (docs/experiments.md, "Does it read its earlier shots").
 
-    shotstream train identity_teacher --config teacher_phase3 --override stage.identity_loss_weight=0.5
-    shotstream train identity_teacher --config teacher_smoke --override stage.shape_contrast=0.2 stage.story_pool=3
+    shotstream train identity_teacher --config teacher_phase3 --out runs/teacher_identity \
+        --override stage.init=runs/teacher_phase3/final/teacher --override stage.export_to= \
+        --override stage.identity_loss_weight=0.5      # or named_loss_weight, shape_contrast, shape_loss_weight
+    shotstream train identity_teacher --config teacher_smoke --override stage.shape_contrast=0.2
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from experiments.stories import named_caption, with_main
 from shotstream import flow_matching as fm
 from shotstream import paths
 from shotstream.conditioning import next_shot_velocity
-from shotstream.session import to_model_video
 from shotstream.training.data import NextShotBatch, NextShotExample, character_cells, story_caption
 from shotstream.training.teacher import TeacherConfig, TeacherStage
 from shotstream.training.trainer import TrainConfig
+from shotstream.video import to_model_video
 from shotstream.world import vocab
 from shotstream.world.render import render_shot
 from shotstream.world.story import Character
@@ -74,6 +76,7 @@ class IdentityTeacherConfig(TeacherConfig):
 class IdentityBatch(NextShotBatch):
     """A teacher batch and what the identity losses read about its targets' main character."""
 
+    # (Defaults only because a dataclass's fields after defaulted ones need one; always set.)
     character: torch.Tensor | None = None  # its latent cells [B, F, h, w] bool (character_cells)
     identity: torch.Tensor | None = None  # [B, 3]: indices in IDENTITY's label spaces
     # named_loss: the target's caption slot with the character named (`named_caption`; the caption

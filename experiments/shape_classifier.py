@@ -1,10 +1,10 @@
-"""The shape classifier behind the teacher's pixel-space shape loss (`stage.shape_loss_weight`).
+"""The shape classifier behind identity_teacher's pixel-space shape loss (`stage.shape_loss_weight`).
 
     shotstream train shape_classifier --config shape_classifier          # ~6 min on 2 CPU cores
     shotstream train shape_classifier --config shape_classifier_smoke    # a few steps (CI)
 
 It reads the main character's shape from one decoded frame, cropped square around the
-character's latent cells (`character_crop`), exactly what the teacher's loss gives it: the
+character's latent cells (`character_crop`), exactly what identity_teacher's loss gives it: the
 first latent frame of its x0 prediction, decoded. It trains on autoencoder reconstructions of
 frames of training stories (never the evaluation suite), blurred and noised like an x0
 prediction at mid noise, and apart from the benchmark's label probe so the metric is not the
@@ -28,10 +28,10 @@ from shotstream import paths
 from shotstream.autoencoder import TinyVideoAutoencoder
 from shotstream.checkpoint import CheckpointError, check_keys, load_checkpoint, save_checkpoint
 from shotstream.config import get_preset
-from shotstream.session import to_model_video
 from shotstream.training.data import character_cells
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
+from shotstream.video import to_model_video
 from shotstream.world import vocab
 from shotstream.world.dataset import load_eval_suite, training_seed
 from shotstream.world.render import render_shot
@@ -147,7 +147,7 @@ class ShapeClassifierStage:
     @torch.no_grad()
     def frames(self, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(story, shot, frame index) items -> reconstructed frames [B, 3, H, W] (the first-frame
-        path, as the teacher's loss decodes them), the character's cells [B, h, w], its shape [B]."""
+        path, as identity_teacher's loss decodes them), the character's cells [B, h, w], its shape [B]."""
         frames, cells, shapes = [], [], []
         for story, shot, i in items:
             video, boxes = render_shot(story, shot, self.config.video)

@@ -24,15 +24,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.cli import DEFAULT_PROBE
 from benchmark.probe import load_probe, shot_labels
 from experiments.context_use import load_bidirectional, shot_noise
 from shotstream import paths
 from shotstream import flow_matching as fm
 from shotstream.conditioning import next_shot_velocity, unconditional
 from shotstream.runtime import add_runtime_args, as_arg, positive_int, set_threads
-from shotstream.session import to_uint8
 from shotstream.training.data import collate, next_shot_example
+from shotstream.video import to_uint8
 from shotstream.world.dataset import load_eval_suite
 
 LABELS = ("identity", "colour", "shape", "pattern", "framing", "action")
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=paths.TEACHER, help="a bidirectional model folder")
     ap.add_argument("--autoencoder", default=paths.AUTOENCODER)
-    ap.add_argument("--probe", default=DEFAULT_PROBE, help="label probe folder")
+    ap.add_argument("--probe", default=paths.PROBE, help="label probe folder")
     ap.add_argument("--limit", type=as_arg(positive_int), default=50,
                     help="the first N stories of the evaluation suite (default: all 50)")
     ap.add_argument("--subset", choices=("pronoun", "named", "all"), default="pronoun",

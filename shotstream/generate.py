@@ -89,7 +89,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="stream a multi-shot story to an mp4",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="student", help="shipped model name or model folder (default: student)")
-    p.add_argument("--autoencoder", help="autoencoder folder (default: the one beside the model)")
+    p.add_argument("--autoencoder", help="autoencoder folder (default: the model's own: its index entry, or the one beside it)")
     p.add_argument("--story", help="suite:N for the evaluation suite, or stories.json[:N]")
     p.add_argument("-p", "--prompt", action="append", help="a shot's prompt (repeat for more shots)")
     p.add_argument("--global-caption", help="story caption prefixed to every shot (with --prompt)")

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from shotstream.conditioning import NextShotConditioning
 from shotstream.config import ShotStreamConfig
 from shotstream.model.dit import WanDiT
 from shotstream.model.memory import DualCache, select_context_frames
-from shotstream.conditioning import NextShotConditioning
 from shotstream.rollout import GENERATIONS, write_global_context
 from shotstream.text_encoder import check_caption
+from shotstream.video import to_model_video, to_uint8
 
 MAX_PROMPT_CHARS = 2000  # default cut of clean_prompt; a session cuts at its config's prompt.max_chars
 MAX_SHOTS = 100  # per session; memory is bounded, this only bounds the stored history
@@ -58,16 +59,6 @@ def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
     return seed
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """[B=1, F, 3, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
-    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_model_video(frames: np.ndarray, device) -> torch.Tensor:
-    """uint8 [F, H, W, 3] -> [F, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class _Failure:

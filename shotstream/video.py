@@ -1,6 +1,7 @@
 """All video I/O: H.264 mp4 writing and reading, streamable per-chunk segments, contact sheets.
 
-Frames are numpy uint8 [F, H, W, 3] (RGB) everywhere in this module. Encoding pipes raw RGB
+Frames are numpy uint8 [F, H, W, 3] (RGB) everywhere in this module; `to_model_video` and
+`to_uint8` convert them to and from the model's pixel tensors in [-1, 1]. Encoding pipes raw RGB
 into the ffmpeg binary that imageio-ffmpeg ships (`imageio_ffmpeg.get_ffmpeg_exe()`), so no
 system ffmpeg is needed.
 """
@@ -13,6 +14,17 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import torch
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[B=1, F, 3, H, W] in [-1, 1] -> uint8 [F, H, W, 3]."""
+    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_video(frames: np.ndarray, device) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> [F, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _ffmpeg() -> str:

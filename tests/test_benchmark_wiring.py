@@ -83,7 +83,7 @@ def test_method_names_resolve_to_folders_and_record_the_sampler(models, tmp_path
 
 def test_autoencoder_method_is_the_ground_truth_through_the_codec(models):
     from shotstream.autoencoder import TinyVideoAutoencoder
-    from shotstream.session import to_model_video, to_uint8
+    from shotstream.video import to_model_video, to_uint8
 
     view = load_suite()[0][0]
     gen = StreamingGenerator({"codec": models / "autoencoder"}, warmup=False)

@@ -85,7 +85,7 @@ def test_context_use_reads_the_shape_an_exact_x0_prediction_draws():
     from experiments.context_use import drawn_shape
     from shotstream.autoencoder import TinyVideoAutoencoder
     from shotstream.config import get_preset
-    from shotstream.session import to_model_video
+    from shotstream.video import to_model_video
     from shotstream.training.data import character_cells, next_shot_example
     from experiments.shape_classifier import ShapeClassifier
     from shotstream.world import vocab

@@ -151,7 +151,7 @@ def test_target_frames_train_on_each_shots_opening_from_the_same_context(smoke_m
 
 def test_story_pool_encodes_each_example_once_as_collate_would(smoke_models, tmp_path):
     from shotstream.autoencoder import TinyVideoAutoencoder
-    from shotstream.session import to_model_video
+    from shotstream.video import to_model_video
     from shotstream.training.data import StoryPool, encode_example, next_shot_example
     from shotstream.training.teacher import TeacherStage
 
@@ -369,7 +369,7 @@ def test_inter_stage_history_is_the_shot_streamed_in_full(smoke_models, tmp_path
     not the training rollouts' random exit; a finished story starts new ones without it."""
     from shotstream.model.dit import WanDiT
     from shotstream.model.loading import save_pretrained
-    from shotstream.session import to_uint8
+    from shotstream.video import to_uint8
     from shotstream.training import self_forcing
 
     root, ae, teacher = smoke_models

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shotstream.checkpoint import CheckpointError
-from shotstream.session import to_uint8
+from shotstream.video import to_uint8
 from shotstream.wan_vae import WanVideoAutoencoder
 
 diffusers = pytest.importorskip("diffusers")

@@ -25,14 +25,14 @@ import torch
 
 from helpers import CHUNK, make_pipe
 from shotstream import flow_matching as fm
+from shotstream.conditioning import NextShotConditioning, next_shot_velocity, unconditional
 from shotstream.config import ModelConfig, apply_overrides, get_preset
 from shotstream.model.dit import FrameInfo, WanDiT
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
-from shotstream.conditioning import NextShotConditioning, next_shot_velocity, unconditional
 from shotstream.rollout import rollout_shot, write_global_context
-from shotstream.session import to_model_video
 from shotstream.training.data import NextShotBatch, collate, example_from_history
 from shotstream.training.ode import teacher_forcing_velocity
+from shotstream.video import to_model_video
 from shotstream.world.story import sample_story
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # fp32: a cached forward sums in another order than a masked one

@@ -20,9 +20,9 @@ import torch
 
 from shotstream.autoencoder import TinyVideoAutoencoder, reconstruction_loss
 from shotstream.config import get_preset
-from shotstream.session import to_model_video, to_uint8
 from shotstream.training.state import derive_seed
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
+from shotstream.video import to_model_video, to_uint8
 from shotstream.world.dataset import load_eval_suite, training_seed
 from shotstream.world.render import render_shot
 from shotstream.world.story import sample_story

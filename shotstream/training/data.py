@@ -23,9 +23,9 @@ from shotstream.checkpoint import CheckpointError, file_digest, load_tensors, wr
 from shotstream.conditioning import NextShotConditioning
 from shotstream.config import ShotStreamConfig
 from shotstream.model.memory import select_context_frames
-from shotstream.session import to_model_video
-from shotstream.world.render import render_shot
+from shotstream.video import to_model_video
 from shotstream.world.dataset import training_seed
+from shotstream.world.render import render_shot
 from shotstream.world.story import Story, sample_story
 
 

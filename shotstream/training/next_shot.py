@@ -81,7 +81,7 @@ class NextShotStage:
         self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
         null_states, null_mask = self.text_encoder.null_caption()
         self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
-        self.data = config if isinstance(config, NextShotData) else None
+        self.data = config if isinstance(config, NextShotData) else None  # self-forcing draws its own stories
         self.latents = self.pool = None
         if self.data and self.data.latent_cache:
             self.latents = LatentCache(self.data.latent_cache, config.autoencoder, self.autoencoder, self.config, self.device)
@@ -92,6 +92,8 @@ class NextShotStage:
         return self.to_batch(self.examples(step, shard), step, shard)
 
     def examples(self, step: int, shard: int) -> list[NextShotExample]:
+        if self.data is None:
+            raise TypeError(f"{type(self.cfg).__name__} has no NextShotData options: its stage draws its own examples")
         return [self.example(derive_seed(self.train.seed, step, shard, i)) for i in range(self.train.batch_size)]
 
     def to_batch(self, examples: list[NextShotExample], step: int, shard: int) -> NextShotBatch:

@@ -32,13 +32,13 @@ from shotstream import paths
 from shotstream.model.loading import export_model, from_pretrained, read_config
 from shotstream.model.memory import DualCache
 from shotstream.rollout import GENERATIONS, rollout_shot, write_global_context
-from shotstream.session import to_uint8
 from shotstream.training.data import NextShotBatch, collate, example_from_history, next_shot_example
 from shotstream.training.dmd import DMD, DMDConfig
+from shotstream.training.next_shot import NextShotStage, sample_story_sheet
 from shotstream.training.ode import init_student
 from shotstream.training.state import derive_seed
-from shotstream.training.next_shot import NextShotStage, sample_story_sheet
 from shotstream.training.trainer import OptimizerSpec, TrainConfig
+from shotstream.video import to_uint8
 from shotstream.world.dataset import training_seed
 from shotstream.world.story import sample_story
 

@@ -54,7 +54,7 @@ class TeacherConfig(NextShotData):  # and the examples it trains on
     # Shift of the training noise levels; 0 = the sampler's teacher_shift. A lower shift trains more
     # at low noise, where a 16x16 latent decides the character's shape and pattern.
     shift: float = 0.0
-    context_dropout: float = 0.1
+    context_dropout: float = 0.1  # (NextShotData's 0 is ODE pairs': the teacher learns CFG on the context)
     text_dropout: float = 0.1
     # Joint image training, as "after_step:size" entries (ascending): every step after `after_step`
     # adds `size` single frames (data.sample_image_example), until the next entry takes over.
