@@ -488,8 +488,3 @@ for _metric, _key in IDENTITY_PARTS.items():
     register_metric(_metric, higher_is_better=True, range=(0, 1), unit="accuracy", version=2,
                     doc=f"per shot: the main character's {_key} as identity_acc reads it: "
                         f"1 if probe.predict(frames)[{_key!r}] == labels[{_key!r}] else 0")(_label_accuracy(_metric))
-
-
-# --- transition control (benchmark/transitions.py registers cut_recall, cut_precision, cut_time_error) ---
-
-from benchmark import transitions  # noqa: E402,F401
