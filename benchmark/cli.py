@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from shotstream import paths
+from shotstream import paths, runtime
 from shotstream.cli import CLIError
 from shotstream.runtime import add_runtime_args, set_threads
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.runner import GenerationNotWired
     from shotstream.checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    args = runtime.parse_args(build_parser(), argv)
     try:
         return args.func(args) or 0
     except (CLIError, ValueError, OSError, KeyError, CheckpointError, GenerationNotWired) as e:

@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from benchmark.flops import chunk_flops, forward_flops, measure_matmul_flops, tokens_per_frame
 from benchmark.stream_speed import build_pipeline
+from shotstream import runtime
 from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
 from shotstream.video import encode_segment, pad_to_even
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
                     help="shipped model name or folder (default: student; 'random' = tiny preset, random weights)")
     add_runtime_args(ap, threads=torch.get_num_threads())
     ap.add_argument("--out", default="results/perf/profile.md", help="markdown table to write ('' = print only)")
-    args = ap.parse_args(argv)
+    args = runtime.parse_args(ap, argv)
     set_threads(args.threads)
     folder = None
     if args.model != "random":

@@ -41,6 +41,7 @@ import gradio as gr
 from demo.card import CHIPS_CSS, CHIPS_JS, chips_html, is_storyworld_model, model_card, unknown_words, vocabulary_hint
 from demo.playback import PLAYBACK_CSS, PLAYBACK_HTML, PLAYBACK_JS, Timeline, plain_text
 from demo.stories import IDLE_TIMEOUT, MAX_STORIES, Full, StoryRegistry, Sweeper
+from shotstream import runtime
 from shotstream.checkpoint import CheckpointError
 from shotstream.model.loading import resolve_model
 from shotstream.paths import SHIPPED
@@ -735,7 +736,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--idle-timeout", type=as_arg(positive_seconds), default=IDLE_TIMEOUT,
                    help="seconds without activity after which a story is freed, browser or not")
     p.add_argument("--no-warmup", action="store_true", help="load the model on first use instead of at start")
-    return p.parse_args(argv)
+    return runtime.parse_args(p, argv)
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from shotstream import runtime
+
 # Each module exposes add_parser(subparsers), which sets `func` on its parser.
 COMMANDS = [
     "shotstream.world.cli",
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(build_parser().parse_args(argv))
+    return dispatch(runtime.parse_args(build_parser(), argv))
 
 
 def dispatch(args) -> int:

@@ -25,6 +25,18 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, dtype_name(name))
 
 
+def dtype_arg(name: str) -> str:
+    """A --dtype as typed: a dtype's name (as torch names it) or "auto", which `parse_args` resolves
+    once the device is known."""
+    return name if name == "auto" else dtype_name(name)
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> str:
+    """torch's name of the dtype to run in: "auto" is bfloat16 where `device` multiplies bf16
+    natively (`native_bf16`), else float32 (emulated bf16 is ~100x slower than fp32)."""
+    return ("bfloat16" if native_bf16(device) else "float32") if name == "auto" else dtype_name(name)
+
+
 def check_device(name: str) -> str:
     """A device string torch understands and this machine has ('cpu', 'cuda', 'cuda:1')."""
     try:
@@ -66,18 +78,28 @@ def as_arg(parse: Callable[[str], object]) -> Callable[[str], object]:
 def add_runtime_args(parser: argparse.ArgumentParser, *, dtype: str | None = "fp32",
                      threads: int | None = None, text_device: bool = False) -> None:
     """--device, --dtype (unless dtype is None), --text-device (for a frontend that loads a text
-    encoder) and --threads, validated at parse time; --dtype parses to torch's name ('bfloat16'),
+    encoder) and --threads, validated at parse time; --dtype parses to torch's name ('bfloat16')
+    or 'auto' (resolved by `parse_args` for the chosen device),
     --threads None means torch's default, --text-device None means --device."""
     parser.add_argument("--device", type=as_arg(check_device), default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     if text_device:
         parser.add_argument("--text-device", type=as_arg(check_device),
                             help="device of the text encoder (default: --device; cpu keeps umT5-XXL off a small GPU)")
     if dtype is not None:
-        parser.add_argument("--dtype", type=as_arg(dtype_name), default=dtype_name(dtype),
-                            help=f"fp32 | bf16 | fp16 (or float32, bfloat16, float16; default: {dtype})")
+        parser.add_argument("--dtype", type=as_arg(dtype_arg), default=dtype_arg(dtype),
+                            help=f"fp32 | bf16 | fp16 (or float32, bfloat16, float16) | auto (bf16 where the "
+                                 f"device multiplies it natively, else fp32; default: {dtype})")
     default = "torch's" if threads is None else threads
     parser.add_argument("--threads", type=as_arg(positive_int), default=threads,
                         help=f"CPU threads for torch (default: {default})")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args`, with a --dtype of 'auto' resolved for the chosen --device."""
+    args = parser.parse_args(argv)
+    if getattr(args, "dtype", None) == "auto":
+        args.dtype = resolve_dtype("auto", args.device)
+    return args
 
 
 def native_bf16(device: str | torch.device) -> bool:

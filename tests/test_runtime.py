@@ -52,3 +52,35 @@ def test_auto_precision_is_bf16_only_where_the_device_has_native_bf16(monkeypatc
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert runtime.native_bf16("cpu") and runtime.resolve_precision("auto", "cpu") == "bf16"
     assert [runtime.resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_dtype_auto_is_resolved_for_the_device_by_every_entry_point(native, monkeypatch):
+    """--dtype auto: bf16 where the device multiplies it natively, fp32 elsewhere, decided once the
+    device is parsed, so no pipeline is ever asked for a dtype named 'auto'."""
+    from benchmark import cli as bench_cli
+    from benchmark import profile
+    from demo import app
+    from shotstream import cli, generate, runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    want = "bfloat16" if native else "float32"
+    assert app.parse_args(["--dtype", "auto"]).dtype == want
+    seen = []
+    monkeypatch.setattr(bench_cli, "cmd_run", lambda args: seen.append(args.dtype))
+    monkeypatch.setattr(generate, "cmd_generate", lambda args: seen.append(args.dtype))
+    assert bench_cli.main(["run", "--method", "student", "--dtype", "auto"]) == 0
+    assert cli.main(["generate", "-p", "a red star", "--dtype", "auto"]) == 0
+    assert cli.main(["generate", "-p", "a red star", "--dtype", "fp32"]) == 0
+    assert seen == [want, want, "float32"]
+
+    class Loaded(Exception):
+        pass
+
+    def build_pipeline(folder, dtype, device):
+        raise Loaded(dtype)
+
+    monkeypatch.setattr(profile, "build_pipeline", build_pipeline)
+    with pytest.raises(Loaded) as loaded:
+        profile.main(["--model", "random", "--dtype", "auto", "--out", ""])
+    assert loaded.value.args[0] == getattr(torch, want)
