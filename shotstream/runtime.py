@@ -28,13 +28,18 @@ def torch_dtype(name: str) -> torch.dtype:
 def dtype_arg(name: str) -> str:
     """A --dtype as typed: a dtype's name (as torch names it) or "auto", which `parse_args` resolves
     once the device is known."""
-    return name if name == "auto" else dtype_name(name)
+    if name == "auto":
+        return name
+    try:
+        return dtype_name(name)
+    except ValueError as e:
+        raise ValueError(f"{e}, or auto") from None
 
 
-def resolve_dtype(name: str, device: str | torch.device) -> str:
-    """torch's name of the dtype to run in: "auto" is bfloat16 where `device` multiplies bf16
-    natively (`native_bf16`), else float32 (emulated bf16 is ~100x slower than fp32)."""
-    return ("bfloat16" if native_bf16(device) else "float32") if name == "auto" else dtype_name(name)
+def auto_dtype(device: str | torch.device) -> str:
+    """The dtype "auto" runs in on `device`: bfloat16 where it multiplies bf16 natively
+    (`native_bf16`), else float32 (emulated bf16 is ~100x slower than fp32)."""
+    return "bfloat16" if native_bf16(device) else "float32"
 
 
 def check_device(name: str) -> str:
@@ -98,17 +103,20 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     """`parser.parse_args`, with a --dtype of 'auto' resolved for the chosen --device."""
     args = parser.parse_args(argv)
     if getattr(args, "dtype", None) == "auto":
-        args.dtype = resolve_dtype("auto", args.device)
+        args.dtype = auto_dtype(args.device)
     return args
 
 
 def native_bf16(device: str | torch.device) -> bool:
-    """Whether `device` multiplies bf16 natively: a CUDA GPU with bf16 support, a CPU with
+    """Whether `device` multiplies bf16 natively: a CUDA GPU of compute capability 8.0 or more
+    (Ampere on; torch's is_bf16_supported also says yes where bf16 is only emulated), a CPU with
     AVX512-BF16 or AMX (4-10x its fp32 matmul peak). Elsewhere bf16 is emulated: on an AVX2-only
-    CPU a bf16 matmul runs at ~1 GFLOP/s against ~160 in fp32 (docs/experiments.md, "bf16")."""
+    CPU a bf16 matmul runs at ~1 GFLOP/s against ~160 in fp32 (docs/experiments.md, "bf16 depends
+    on the machine")."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).major >= 8
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private in torch 2.x
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

@@ -1,5 +1,6 @@
 """The layout's two rules, read from the sources: no import cycle between the project's modules, and
-the product path (shotstream, benchmark, demo) imports nothing from experiments/."""
+the product path (shotstream, benchmark, demo) imports nothing from experiments/ (the training CLI's
+stage registry names its stages as strings, imported only when one is run: the one exception)."""
 from __future__ import annotations
 
 import ast
@@ -85,3 +86,13 @@ def test_the_product_path_imports_nothing_from_experiments():
     offenders = {m: sorted(d for d in deps if d.startswith("experiments"))
                  for m, deps in graph.items() if not m.startswith("experiments")}
     assert {m: d for m, d in offenders.items() if d} == {}
+
+
+def test_only_the_stage_registry_names_experiments_by_string():
+    named = {}
+    for name, path in _modules().items():
+        if not name.startswith("experiments"):
+            strings = [n.value for n in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            named.update({name: s for s in strings if s.startswith("experiments.")})
+    assert set(named) == {"shotstream.training.cli"}

@@ -35,7 +35,8 @@ def test_runtime_arguments_parse_and_refuse_in_one_line(capsys):
     args = parser.parse_args([])
     assert (args.device, args.dtype, args.threads) == ("cpu", "bfloat16", 2)
     assert parser.parse_args(["--dtype", "fp16", "--threads", "3"]).dtype == "float16"
-    for argv, message in ((["--threads", "-1"], "at least 1"), (["--device", "tpu"], "unknown device")):
+    for argv, message in ((["--threads", "-1"], "at least 1"), (["--device", "tpu"], "unknown device"),
+                          (["--dtype", "fp64"], "bf16, bfloat16, fp16, float16, or auto")):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
         assert message in capsys.readouterr().err
@@ -84,3 +85,17 @@ def test_dtype_auto_is_resolved_for_the_device_by_every_entry_point(native, monk
     with pytest.raises(Loaded) as loaded:
         profile.main(["--model", "random", "--dtype", "auto", "--out", ""])
     assert loaded.value.args[0] == getattr(torch, want)
+
+
+def test_a_gpu_before_ampere_emulates_bf16_so_auto_keeps_fp32(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4, which only emulate bf16."""
+    from types import SimpleNamespace
+
+    from shotstream import runtime
+
+    asked = []
+    major = {0: 7, 1: 8}  # cuda:0 a V100, cuda:1 an A100
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: asked.append(i) or SimpleNamespace(major=major[i]))
+    assert [runtime.auto_dtype(d) for d in ("cuda", "cuda:0", "cuda:1")] == ["float32", "float32", "bfloat16"]
+    assert asked == [0, 0, 1] and runtime.resolve_precision("auto", "cuda:1") == "bf16"
