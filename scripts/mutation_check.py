@@ -217,6 +217,9 @@ MUTATIONS = [
       "    if args.clip or args.clip_arch", "    if True or args.clip or args.clip_arch", ("tests/test_real_encoders.py",)),
     M("bench judges: the detector's boxes never reach the metrics", "benchmark/cli.py",
       "        scoring.localiser = detector", "        pass", ("tests/test_real_encoders.py",)),
+    M("bench judges: the cut metrics never registered", "benchmark/__init__.py",
+      "from benchmark import transitions  # noqa: F401", "pass  # noqa: F401",
+      ("tests/test_benchmark.py", "tests/test_transitions.py")),
     M("bench judges: one leaderboard table for every suite", "benchmark/report.py",
       "for suite, suite_board in suite_leaderboards(rows).items():",
       "for suite, suite_board in {s: board for s in sorted(set(rows['suite']))}.items():", ("tests/test_report.py",)),
@@ -239,6 +242,12 @@ MUTATIONS = [
       "moved = (norm - shift.repeat(1, 2)) * zoom[:, None]", "moved = norm", IDENTITY_TESTS),
     M("identity report: superseded versions averaged with the current one", "benchmark/report.py",
       'stale = current.notna() & (rows["metric_version"] != current)', "stale = current.isna()", IDENTITY_TESTS),
+    # -- runtime: the dtype a run picks (issue #34) ------------------------------------------------------
+    M("runtime: --dtype auto never resolved by the benchmark", "benchmark/cli.py",
+      "args = runtime.parse_args(build_parser(), argv)", "args = build_parser().parse_args(argv)",
+      ("tests/test_runtime.py",)),
+    M("runtime: a GPU that emulates bf16 counted as native", "shotstream/runtime.py",
+      "return torch.cuda.get_device_properties(index).major >= 8", "return True", ("tests/test_runtime.py",)),
 ]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -16,6 +19,14 @@ from benchmark.metrics import STORY_LEVEL, StoryOutput, get_metrics, score_story
 from benchmark.transitions import CUT_TOLERANCE, detect_cuts, match_cuts
 
 CUT_METRICS = get_metrics(["cut_recall", "cut_precision", "cut_time_error"])
+
+
+def test_a_fresh_import_of_the_metrics_registers_the_cut_metrics():
+    """Every entry point (benchmark run, score, report) sees them, not only code that happens to
+    import benchmark.transitions itself, as this file does."""
+    names = subprocess.run([sys.executable, "-c", "from benchmark.metrics import METRICS; print(*METRICS)"],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    assert {"cut_recall", "cut_precision", "cut_time_error"} <= set(names.stdout.split())
 
 
 def scene(seed: int, frames: int, size: int = 64) -> np.ndarray:
