@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.shape_classifier import ShapeClassifier, prediction_shape_logits
-from experiments.stories import description_pattern, named_caption, with_main
+from experiments.stories import description_pattern, named_story_caption, with_main
 from shotstream import paths
 from shotstream import flow_matching as fm
 from shotstream.autoencoder import TinyVideoAutoencoder
@@ -279,7 +279,7 @@ def other_shape_caption(e: NextShotExample) -> str:
     "it" shot) in the next shape of vocab.SHAPES instead."""
     main = e.story.shots[e.shot].labels.main
     other = next_shape(main.shape)
-    caption = story_caption(e.story, e.shot, named_caption(e.story.shots[e.shot].caption, main))
+    caption = named_story_caption(e.story, e.shot)
     for word in sorted(vocab.SHAPE_WORDS[main.shape], key=len, reverse=True):  # "plus sign" before a shorter one
         changed, n = re.subn(rf"\b{re.escape(word)}\b", vocab.SHAPE_WORDS[other][0], caption, count=1)
         if n:

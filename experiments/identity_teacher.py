@@ -27,11 +27,11 @@ from einops import reduce
 from torch import nn
 
 from experiments.shape_classifier import ShapeClassifier, prediction_shape_logits
-from experiments.stories import named_caption, with_main
+from experiments.stories import named_story_caption, with_main
 from shotstream import flow_matching as fm
 from shotstream import paths
 from shotstream.conditioning import next_shot_velocity
-from shotstream.training.data import NextShotBatch, NextShotExample, character_cells, story_caption
+from shotstream.training.data import NextShotBatch, NextShotExample, character_cells
 from shotstream.training.teacher import TeacherConfig, TeacherStage
 from shotstream.training.trainer import TrainConfig
 from shotstream.video import to_model_video
@@ -109,8 +109,7 @@ class IdentityTeacherStage(TeacherStage):
             character=torch.from_numpy(np.stack([character_cells(e.target_boxes, self.config) for e in examples])).to(self.device),
             identity=torch.tensor([identity_labels(e.story.shots[e.shot].labels.main) for e in examples], device=self.device))
         if self.cfg.named_loss_weight:
-            named = [story_caption(e.story, e.shot, named_caption(e.story.shots[e.shot].caption, e.story.shots[e.shot].labels.main))
-                     for e in examples]
+            named = [named_story_caption(e.story, e.shot) for e in examples]
             states, mask = self.text_encoder.encode(named)
             extra |= dict(named_text=states.to(self.device), named_mask=mask.to(self.device),
                           pronoun=torch.tensor([e.story.shots[e.shot].labels.pronoun for e in examples], device=self.device))

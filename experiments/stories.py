@@ -1,12 +1,13 @@
 """StoryWorld stories changed in one respect, the probes of the experiments: the main character
 recast (`with_main`), found in a caption (`description_pattern`), or named where a caption says
-"it" (`named_caption`)."""
+"it" (`named_caption`, `named_story_caption`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+from shotstream.training.data import story_caption
 from shotstream.world import vocab
 from shotstream.world.story import Character, Story, with_article
 
@@ -38,3 +39,9 @@ def named_caption(caption: str, character: Character) -> str:
         if n:
             return named
     return caption
+
+
+def named_story_caption(story: Story, k: int) -> str:
+    """What the model reads for shot k (data.story_caption), its "it" told as the main character."""
+    shot = story.shots[k]
+    return story_caption(story, k, named_caption(shot.caption, shot.labels.main))

@@ -124,14 +124,12 @@ class GuidanceConfig:
     # character, the context does.
     context_scale: float = 1.0
 
-    def check_guidance(self, group: str) -> None:
-        """Guidance on the earlier shots is relative to guidance on the caption (fm.unconditional_fn)."""
+    def validate(self, group: str = "stage") -> "GuidanceConfig":
+        """Guidance on the earlier shots is relative to guidance on the caption (fm.unconditional_fn);
+        `group` names the config section in the error."""
         if self.guidance_scale == 1.0 and self.context_scale != 1.0:
             raise ValueError(f"{group}.context_scale={self.context_scale} needs guidance on the caption "
                              f"({group}.guidance_scale != 1)")
-
-    def validate(self) -> "GuidanceConfig":
-        self.check_guidance("stage")
         return self
 
 
@@ -169,7 +167,7 @@ class SamplerConfig(GuidanceConfig):
             raise ValueError(f"sampler.teacher_context_noise must be clean or target, got {self.teacher_context_noise!r}")
         if self.teacher_null_slots not in ("target", "all"):
             raise ValueError(f"sampler.teacher_null_slots must be target or all, got {self.teacher_null_slots!r}")
-        self.check_guidance("sampler")
+        GuidanceConfig.validate(self, "sampler")
 
 
 PROMPT_FIELDS = ("global_caption", "shot", "caption")  # the placeholders of PromptConfig.template

@@ -81,36 +81,34 @@ class NextShotStage:
         self.text_encoder = TextEncoder(max_len=self.config.model.text_len, device=self.device)
         null_states, null_mask = self.text_encoder.null_caption()
         self.null_states, self.null_mask = null_states.to(self.device), null_mask.to(self.device)
-        self.data = config if isinstance(config, NextShotData) else None  # self-forcing draws its own stories
         self.latents = self.pool = None
-        if self.data and self.data.latent_cache:
-            self.latents = LatentCache(self.data.latent_cache, config.autoencoder, self.autoencoder, self.config, self.device)
-        if self.data and self.data.story_pool:
-            self.pool = StoryPool(self.data.story_pool, self.autoencoder, self.config, self.device, self.data.max_shots, self.latents)
+        if isinstance(config, NextShotData):  # (self-forcing draws its own stories)
+            if config.latent_cache:
+                self.latents = LatentCache(config.latent_cache, config.autoencoder, self.autoencoder, self.config, self.device)
+            if config.story_pool:
+                self.pool = StoryPool(config.story_pool, self.autoencoder, self.config, self.device, config.max_shots, self.latents)
 
     def batch(self, step: int, shard: int, num_shards: int) -> NextShotBatch:
         return self.to_batch(self.examples(step, shard), step, shard)
 
     def examples(self, step: int, shard: int) -> list[NextShotExample]:
-        if self.data is None:
-            raise TypeError(f"{type(self.cfg).__name__} has no NextShotData options: its stage draws its own examples")
         return [self.example(derive_seed(self.train.seed, step, shard, i)) for i in range(self.train.batch_size)]
 
     def to_batch(self, examples: list[NextShotExample], step: int, shard: int) -> NextShotBatch:
         rng = np.random.default_rng(derive_seed(self.train.seed, step, shard, 0x0D))
         return collate(examples, self.autoencoder, self.text_encoder, self.config, self.device,
-                       context_dropout=self.data.context_dropout, rng=rng,
-                       character_loss_weight=self.data.character_weight_at(step))
+                       context_dropout=self.cfg.context_dropout, rng=rng,
+                       character_loss_weight=self.cfg.character_weight_at(step))
 
     def example(self, seed: int) -> NextShotExample:
         """A target shot with its context: from the story pool if there is one, else a fresh story."""
-        share, frames = self.data.pronoun_share, self.data.target_frames
+        share, frames = self.cfg.pronoun_share, self.cfg.target_frames
         if self.pool is not None:
             e = self.pool.example(seed, share)
         elif self.latents is not None:
-            e = self.latents.example(seed, self.data.max_shots, share)
+            e = self.latents.example(seed, self.cfg.max_shots, share)
         else:
-            e = sample_example(seed, self.config, self.data.max_shots, share)
+            e = sample_example(seed, self.config, self.cfg.max_shots, share)
         return first_latent_frames(e, frames, self.config) if frames else e
 
     def drop_target_text(self, batch: NextShotBatch, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
