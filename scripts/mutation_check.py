@@ -155,6 +155,10 @@ MUTATIONS = [
       "return f\"{self.global_caption} {caption}\" if self.global_caption else caption", RELEASE_TESTS),
     M("session: release global caption cut at 2000 characters", "shotstream/session.py",
       "clean_prompt(global_caption, cfg.prompt.max_chars)", "clean_prompt(global_caption)", RELEASE_TESTS),
+    M("session: the codec left in fp32 in a bf16 pipeline", "shotstream/session.py",
+      ".to(device=device, dtype=dtype).eval()", ".to(device).eval()", ("tests/test_session.py",)),
+    M("session: chunks decoded from fp32 latents", "shotstream/session.py",
+      "decode_chunk(x0.to(pipe.autoencoder.dtype)", "decode_chunk(x0.to(torch.float32)", ("tests/test_session.py",)),
     M("model: release DiT masks the text padding", "shotstream/model/dit.py",
       "text_mask = text_mask if self.cfg.text_mask else None", "text_mask = text_mask", RELEASE_TESTS),
     # -- training batches --------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class CausalVideoAutoencoder(nn.Module):
         return self.cfg.latent_channels
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype its inputs are given in (its weights'; float32 for a codec without any)."""
+        return next((p.dtype for p in self.parameters()), torch.float32)
+
+    @property
     def temporal_stride(self) -> int:
         return self.cfg.temporal_stride
 

@@ -175,7 +175,7 @@ class ShotStreamPipeline:
             if not autoencoder and not ae_path.is_dir():  # e.g. a training run's final/ folder
                 raise FileNotFoundError(f"{path}: no autoencoder folder beside it ({ae_path}); "
                                         "pass the codec it was trained with (--autoencoder)")
-            ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device).eval()
+            ae = TinyVideoAutoencoder.from_pretrained(ae_path).to(device=device, dtype=dtype).eval()
             te = text_encoder or TextEncoder(max_len=config.model.text_len, device=text_device or device)
         # A model is tied to the codec whose latents it was trained on (shot length, fps, frame
         # size may differ: the codec is convolutional and frame-group-wise).
@@ -354,7 +354,7 @@ class ShotStreamSession:
             if picks:
                 images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
                 with record_function("context_encoding"):
-                    context = pipe.autoencoder.encode_image(images)[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
+                    context = pipe.autoencoder.encode_image(images.to(pipe.autoencoder.dtype))[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
                 text, mask = pipe.embed_captions([self.prompt(self.shots[s].caption, s) for s in sources])
             shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
             slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
@@ -393,7 +393,7 @@ class ShotStreamSession:
         with contextlib.closing(run_ahead(make) if self.overlap_decode and pipe.generation.streams else make()) as latents:
             for j, x0 in enumerate(latents):
                 with torch.no_grad(), record_function("decode"):
-                    frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(torch.float32), first_chunk=j == 0,
+                    frames = to_uint8(pipe.autoencoder.decode_chunk(x0.to(pipe.autoencoder.dtype), first_chunk=j == 0,
                                                                     state=decoding))
                 t_ready = time.perf_counter()
                 t_first = t_first or t_ready

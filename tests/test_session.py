@@ -323,6 +323,29 @@ def test_a_bf16_session_streams_the_same_story_as_fp32(kind):
     assert np.abs(stories[0] - stories[1]).mean() < 2  # of 255 (measured 0.1-0.3; another seed: ~100)
 
 
+def test_a_bf16_pipeline_runs_its_codec_in_bf16_too(tmp_path):
+    """Decoding and context encoding are a third of a streamed shot on a CPU: in bf16 they take
+    half the time (docs/experiments.md "bf16 inference"). A float32 left in the codec's path
+    raises a dtype mismatch here."""
+    from shotstream.autoencoder import TinyVideoAutoencoder
+    from shotstream.model.loading import save_pretrained
+
+    pipe = make_pipe()
+    save_pretrained(pipe.model, pipe.config, tmp_path / "m", kind="causal")
+    torch.manual_seed(0)
+    TinyVideoAutoencoder(VIDEO, base_channels=8).save_pretrained(tmp_path / "autoencoder")
+    stories = []
+    for dtype in (torch.float32, torch.bfloat16):
+        pipe = ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder(), dtype=dtype)
+        assert pipe.autoencoder.dtype == dtype
+        session = pipe.session(seed=3)
+        for prompt in ("a red circle walks left", "it spins"):  # the second shot encodes the first's frames
+            session.submit(prompt)
+        list(session.stream())
+        stories.append(session.story_frames().astype(np.float32))
+    assert np.abs(stories[0] - stories[1]).mean() < 2  # of 255
+
+
 @pytest.mark.parametrize("context_scale", [1.0, 0.0])
 def test_guidance_on_the_context_hides_the_earlier_shots_from_the_unconditional_branch(context_scale):
     # At guidance scale 0 a sample is the unconditional branch's alone. With as much guidance on
