@@ -12,8 +12,10 @@ shares the main one's colour, so on its stories a copy can be counted without a 
 Pixels are the character's when their hue is within HUE_TOLERANCE of its body colour's and they
 are saturated and bright enough: stripes and dots are the body colour darkened, same hue. Blobs
 closer than MERGE_RADIUS of the character's size are one (a pattern or an outline splits a body
-into pieces). On the 71 wide shots of the evaluation suite's ground truth it counts no copy
-(`tests/test_copies.py`). Shots without a colour label (real videos) are missing, never 0.
+into pieces), so two copies less than half a character apart count as one. On the 71 wide shots
+of the evaluation suite's ground truth it counts no copy, and a copy on every one of them with the
+character pasted a box's width beside itself (`tests/test_copies.py` checks the first 20
+stories). Shots without a colour label (real videos) are missing, never 0.
 """
 
 from __future__ import annotations

@@ -3,11 +3,22 @@
 # budget, each a resumable run under runs/study/, judged on the same held-out slice.
 #
 #   bash scripts/study_fidelity.sh autoencoder   # the codec arms, then their ceilings on the suite
+#   bash scripts/study_fidelity.sh teacher       # teachers of equal budget on each codec, judged
 #
 # Arms of the codec (the shipped recipe: 2,400 steps, constant lr after warm-up, ~35 min alone):
 #   ae_continued  the shipped autoencoder trained 1,400 steps more (today's recipe continued; its
 #                 PSNR went 18.8 -> 19.1 dB, so the budget went to the next arm)
 #   ae_stride4    4x4x4 instead of 4x8x8, 2,400 steps from scratch: twice the DiT's tokens per side
+#
+# Arms of the teacher (experiments/configs/study_teacher_*.json: 1,000 steps from scratch on a pool
+# of 300 stories, phase 3's data mix; the same DiT cost, 8x8 tokens a frame, ~75 min each at one
+# thread beside the other):
+#   today         the shipped codec (4x8x8), patch 2x2
+#   stride4       the stride-4 codec (4x4x4), patch 4x4: the higher ceiling at the same tokens
+# (twice the tokens per side, the stride-4 codec at patch 2x2, costs ~4x a step: a fifth of the
+# steps in the same time; study_teacher_stride4_p2.json.) Judged at 12 sampler steps (the ODE
+# pairs' sampler) on the 50 stories, with and without global captions; the table from
+# `python -m experiments.fidelity_study runs/study/bench_teacher`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -37,5 +48,18 @@ case $PART in
     "$PY" -m benchmark run --threads "$THREADS" --results runs/study/bench \
       --method ae_stride4=runs/study/ae_stride4/final/autoencoder
     ;;
-  *) echo "unknown part '$PART' (autoencoder)" >&2; exit 2;;
+  teacher)
+    for arm in today stride4; do
+      stage teacher experiments/configs/study_teacher_$arm.json runs/study/teacher_$arm
+    done
+    for arm in today stride4; do
+      codec=$(sed -n 's/.*"autoencoder": "\([^"]*\)".*/\1/p' experiments/configs/study_teacher_$arm.json)
+      for protocol in "" --memory-only; do
+        "$PY" -m benchmark run --threads "$THREADS" --results runs/study/bench_teacher --teacher-steps 12 \
+          --autoencoder "$codec" --method "$arm=runs/study/teacher_$arm/final/teacher" --no-report $protocol
+      done
+    done
+    "$PY" -m experiments.fidelity_study runs/study/bench_teacher --methods today stride4
+    ;;
+  *) echo "unknown part '$PART' (autoencoder, teacher)" >&2; exit 2;;
 esac

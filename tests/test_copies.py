@@ -25,13 +25,13 @@ def wide_shots(stories):
 
 
 def pasted_twice(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The shot with its main character's box copied a box and a half to its right (left near the
-    right edge)."""
+    """The shot with its main character's box copied two boxes to its right (left near the right
+    edge): a box's width apart, farther than copies.MERGE_RADIUS merges."""
     out = frames.copy()
     width = frames.shape[2]
     for f, box in enumerate(boxes[:, 0]):
         x0, y0, x1, y1 = (min(max(int(round(v)), 0), width) for v in box)
-        shift = (3 * (x1 - x0)) // 2 * (1 if x1 + (3 * (x1 - x0)) // 2 <= width else -1)
+        shift = 2 * (x1 - x0) * (1 if x1 + 2 * (x1 - x0) <= width else -1)
         out[f, y0:y1, x0 + shift : x1 + shift] = frames[f, y0:y1, x0:x1]
     return out
 
