@@ -52,9 +52,9 @@ case $PART in
     for arm in today stride4; do
       stage teacher experiments/configs/study_teacher_$arm.json runs/study/teacher_$arm
     done
-    for arm in today stride4; do
-      codec=$(sed -n 's/.*"autoencoder": "\([^"]*\)".*/\1/p' experiments/configs/study_teacher_$arm.json)
-      for protocol in "" --memory-only; do
+    for protocol in "" --memory-only; do  # (~16 min a run on 2 cores)
+      for arm in today stride4; do
+        codec=$(sed -n 's/.*"autoencoder": "\([^"]*\)".*/\1/p' experiments/configs/study_teacher_$arm.json)
         "$PY" -m benchmark run --threads "$THREADS" --results runs/study/bench_teacher --teacher-steps 12 \
           --autoencoder "$codec" --method "$arm=runs/study/teacher_$arm/final/teacher" --no-report $protocol
       done
