@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -35,23 +36,16 @@ MIN_BLOB = 0.15  # of its expected area (side^2 / 2: a shape fills about half it
 SAMPLED_FRAMES, COPY_FRAMES = 9, 2
 
 
-def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 [..., 3] -> hue in degrees [0, 360), saturation and value in [0, 1]."""
-    x = rgb.astype(np.float32) / 255.0
-    hi, lo = x.max(-1), x.min(-1)
-    span = hi - lo
-    safe = np.where(span > 0, span, 1.0)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    hue = np.where(hi == r, ((g - b) / safe) % 6, np.where(hi == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    return hue * 60.0, np.where(hi > 0, span / np.where(hi > 0, hi, 1.0), 0.0), hi
+def hsv(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [H, W, 3]: hue in degrees [0, 360), saturation and value in [0, 1]."""
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
 
 
-def character_blobs(frame: np.ndarray, rgb: tuple[int, int, int], side: float) -> list[int]:
-    """Areas (pixels) of the separate blobs of colour `rgb` in one frame [H, W, 3] that are large
-    enough to be a character of expected side `side` (pixels), largest first."""
-    hue, sat, val = hsv(frame)
-    target = hsv(np.array(rgb, np.uint8))[0]
-    mask = (np.abs((hue - target + 180) % 360 - 180) < HUE_TOLERANCE) & (sat > MIN_SATURATION) & (val > MIN_VALUE)
+def character_blobs(frame: np.ndarray, hue: float, side: float) -> list[int]:
+    """Areas (pixels) of the separate blobs of hue `hue` (degrees) in one frame [H, W, 3] that are
+    large enough to be a character of expected side `side` (pixels), largest first."""
+    h, s, v = np.moveaxis(hsv(frame), -1, 0)
+    mask = (np.abs((h - hue + 180) % 360 - 180) < HUE_TOLERANCE) & (s > MIN_SATURATION) & (v > MIN_VALUE)
     r = max(1, round(MERGE_RADIUS * side))
     groups, n = ndimage.label(ndimage.binary_dilation(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool)))
     areas = ndimage.sum(mask, groups, range(1, n + 1)) if n else []
@@ -61,8 +55,9 @@ def character_blobs(frame: np.ndarray, rgb: tuple[int, int, int], side: float) -
 def has_copy(frames: np.ndarray, colour: str) -> bool:
     """Whether a wide shot [F, H, W, 3] shows its main character of `colour` twice."""
     side = FRAMING_SIZE["wide"] * min(frames.shape[1:3])
+    hue = float(hsv(np.array([[COLOUR_RGB[colour]]], np.uint8))[0, 0, 0])
     picks = np.round(np.linspace(0, len(frames) - 1, SAMPLED_FRAMES)).astype(int)
-    return sum(len(character_blobs(frames[i], COLOUR_RGB[colour], side)) >= 2 for i in picks) >= COPY_FRAMES
+    return sum(len(character_blobs(frames[i], hue, side)) >= 2 for i in picks) >= COPY_FRAMES
 
 
 @register_metric("character_copies", higher_is_better=False, range=(0, 1), unit="share of wide shots",

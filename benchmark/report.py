@@ -318,7 +318,7 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
         "",
         "## Protocol",
         "",
-        _md_table(board[["method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS]]),
+        md_table(board[["method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS]]),
         "",
         "## Leaderboard",
         "",
@@ -333,14 +333,14 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
         score_cols = [c for c in suite_board.columns if c not in ("method", "stories", *PROTOCOL_COLUMNS, *ENV_COLUMNS)]
         stories = rows.loc[rows["suite"] == suite, "story"].nunique()
         lines += [f"### {suite or '(no suite)'} ({stories} {'story' if stories == 1 else 'stories'})", "",
-                  _md_table(suite_board[["method", *score_cols]]), ""]
+                  md_table(suite_board[["method", *score_cols]]), ""]
     ratios = speed_ratios(board)
     if not ratios.empty:
         lines += [f"## Speed against the {REFERENCE}", "", "From the rows above: compare methods measured on the "
                   "same device, dtype and threads (see Protocol).", "",
-                  _md_table(ratios), ""]
+                  md_table(ratios), ""]
     for (metric, by), table in tables.items():
-        lines += [f"## {metric} by the true {LABEL_METRICS[by]}", "", _md_table(table.reset_index()), ""]
+        lines += [f"## {metric} by the true {LABEL_METRICS[by]}", "", md_table(table.reset_index()), ""]
     lines += ["## Metrics", "",
               "| metric | unit | level | range | better | version | formula |", "|---|---|---|---|---|---|---|"]
     for name in metric_order(rows):
@@ -363,10 +363,10 @@ def render_markdown(rows: pd.DataFrame, board: pd.DataFrame, plots: list[str],
                   f"Other processes' 1-minute load average (less the run's own threads) above {BUSY_LOAD_PER_CORE:g} "
                   "per CPU core before or after the story: their threads queued for a core, so these stories' "
                   "latency, FPS and chunk times are not the model's alone (counted in the leaderboard's "
-                  "`busy_stories`; re-run them on a quiet machine).", "", _md_table(busy)]
+                  "`busy_stories`; re-run them on a quiet machine).", "", md_table(busy)]
     fails = failures(rows)
     lines += ["", "## Failures (missing values)", ""]
-    lines += ["None."] if fails.empty else [_md_table(fails)]
+    lines += ["None."] if fails.empty else [md_table(fails)]
     lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -402,7 +402,7 @@ def perf_sections(results_dir: Path) -> list[str]:
     return lines
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     def fmt(v) -> str:
         if isinstance(v, float):
             return "missing" if math.isnan(v) else f"{v:.4g}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report import label_answers, superseded_apart
+from benchmark.report import label_answers, md_table, superseded_apart
 from benchmark.rows import RowStore
 
 FRAMINGS = ("wide", "medium", "close_up")
@@ -65,11 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("results", help="a benchmark results folder")
     parser.add_argument("--methods", nargs="+", help="rows' methods, in this order (default: all)")
     args = parser.parse_args(argv)
-    table = study_table(args.results, args.methods)
-    print("| arm | " + " | ".join(table.columns) + " |")
-    print("|---" * (len(table.columns) + 1) + "|")
-    for arm, row in table.iterrows():
-        print(f"| {arm} | " + " | ".join(row) + " |")
+    print(md_table(study_table(args.results, args.methods).rename_axis("arm").reset_index()))
 
 
 if __name__ == "__main__":

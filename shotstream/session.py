@@ -354,7 +354,8 @@ class ShotStreamSession:
             if picks:
                 images = torch.stack([to_model_video(self.shots[s].frames[f:f + 1], device)[0] for s, f in picks])
                 with record_function("context_encoding"):
-                    context = pipe.autoencoder.encode_image(images.to(pipe.autoencoder.dtype))[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
+                    context = pipe.autoencoder.encode_image(images.to(pipe.autoencoder.dtype))
+                    context = context[:, 0][None].to(pipe.model.dtype)  # [1, Cf, C, h, w]
                 text, mask = pipe.embed_captions([self.prompt(self.shots[s].caption, s) for s in sources])
             shots = torch.tensor([[s for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)
             slots = torch.tensor([[sources.index(s) for s, _ in picks]], device=device, dtype=torch.long).reshape(1, -1)

@@ -5,6 +5,9 @@ and tiny random "released" Wan2.1 / ShotStream downloads in both layouts, import
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -27,6 +30,14 @@ def free_port() -> int:
 
 def subprocess_env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def metrics_registered_on_import() -> set[str]:
+    """The metrics a fresh process has after importing benchmark.metrics alone, as an entry point
+    does (a test module that imports a metric's module itself would register it anyway)."""
+    names = subprocess.run([sys.executable, "-c", "from benchmark.metrics import METRICS; print(*METRICS)"],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    return set(names.stdout.split())
 
 
 class FakeTextEncoder:

@@ -1,9 +1,6 @@
 """benchmark.copies: a second copy of the character in a wide shot."""
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import pytest
 from benchmark.copies import has_copy
 from benchmark.metrics import StoryOutput, get_metrics, score_story
 from benchmark.probe import shot_labels
+from helpers import metrics_registered_on_import
 from shotstream.world import load_eval_suite
 from shotstream.world.render import render_shot
 
@@ -83,6 +81,4 @@ def test_the_metric_scores_wide_shots_only_and_unlabelled_shots_are_missing(suit
 
 
 def test_a_fresh_import_of_the_metrics_registers_character_copies():
-    names = subprocess.run([sys.executable, "-c", "from benchmark.metrics import METRICS; print(*METRICS)"],
-                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
-    assert "character_copies" in names.stdout.split()
+    assert "character_copies" in metrics_registered_on_import()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 from benchmark.cli import main as bench_main
 from benchmark.metrics import STORY_LEVEL, StoryOutput, get_metrics, score_story
 from benchmark.transitions import CUT_TOLERANCE, detect_cuts, match_cuts
+from helpers import metrics_registered_on_import
 
 CUT_METRICS = get_metrics(["cut_recall", "cut_precision", "cut_time_error"])
 
@@ -24,9 +22,7 @@ CUT_METRICS = get_metrics(["cut_recall", "cut_precision", "cut_time_error"])
 def test_a_fresh_import_of_the_metrics_registers_the_cut_metrics():
     """Every entry point (benchmark run, score, report) sees them, not only code that happens to
     import benchmark.transitions itself, as this file does."""
-    names = subprocess.run([sys.executable, "-c", "from benchmark.metrics import METRICS; print(*METRICS)"],
-                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
-    assert {"cut_recall", "cut_precision", "cut_time_error"} <= set(names.stdout.split())
+    assert {"cut_recall", "cut_precision", "cut_time_error"} <= metrics_registered_on_import()
 
 
 def scene(seed: int, frames: int, size: int = 64) -> np.ndarray:
