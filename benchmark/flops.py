@@ -35,8 +35,9 @@ def tokens_per_frame(cfg: ShotStreamConfig) -> int:
 
 
 def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, text_tokens: int | None = None,
-                  text_kv: bool = True) -> int:
-    """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys."""
+                  text_kv: bool = True, text_embedded: bool = False) -> int:
+    """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys.
+    text_embedded: the caption arrives through the text MLP already (a session caches it per caption)."""
     m = cfg.model
     D, N, K = m.dim, query_tokens, key_tokens
     L = m.text_len if text_tokens is None else text_tokens
@@ -52,19 +53,20 @@ def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, tex
     embed = 2 * N * patch * D + 2 * N * D * patch  # patch embedding + head
     frames = N // tokens_per_frame(cfg)
     time_mlp = 2 * frames * (m.freq_dim * D + D * D + D * 6 * D)  # per-frame timestep embedding
-    text = 2 * L * (m.text_dim * D + D * D) if text_kv else 0  # text embedding MLP
+    text = 2 * L * (m.text_dim * D + D * D) if text_kv and not text_embedded else 0  # text embedding MLP
     return m.num_layers * per_layer + embed + time_mlp + text
 
 
-def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True) -> int:
+def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True,
+                text_embedded: bool = False) -> int:
     """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + cache write."""
     steps = len(cfg.sampler.student_timesteps) if steps is None else steps
     tpf, F = tokens_per_frame(cfg), cfg.model.chunk_frames
-    n = F * tpf
+    n = min(F, cfg.video.latent_frames_per_shot - chunk * F) * tpf  # a shot's last chunk may be short
     keys = (cfg.model.context_frames + chunk * F) * tpf + n
     if cfg.model.local_window:
         keys = min(keys, (cfg.model.context_frames + cfg.model.local_window) * tpf + n)
-    return (steps + 1) * forward_flops(cfg, n, keys, text_kv=text_kv)
+    return (steps + 1) * forward_flops(cfg, n, keys, text_kv=text_kv, text_embedded=text_embedded)
 
 
 def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
@@ -127,20 +129,25 @@ def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficien
     )
 
 
-def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 10, device="cpu") -> float:
-    """Measured matmul FLOP/s on this machine (the denominator of the efficiency figure)."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
+def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 10, device="cpu",
+                         shape: tuple[int, int, int] | None = None) -> float:
+    """Measured matmul FLOP/s on this machine, best of `repeats`: [n, n] @ [n, n] (the peak, the
+    denominator of the efficiency figure) or [m, k] @ [k, n] for `shape` (m, k, n)."""
+    m, k, n = shape or (n, n, n)
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
+    inner = max(1, round(1e9 / (2 * m * k * n)))  # a small product is timed over ~1 GFLOP of calls
     for _ in range(3):
         a @ b
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
-        a @ b
+        for _ in range(inner):
+            a @ b
         if device != "cpu":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        best = min(best, (time.perf_counter() - t) / inner)
+    return 2 * m * k * n / best
 
 
 # Dense bf16 tensor-core peak (TFLOP/s) and memory bandwidth (GB/s) from the vendors' data sheets.

@@ -31,8 +31,17 @@ def test_profile_times_every_phase_of_a_streamed_shot(pipe):
     assert phases["text_encoding"][1] == phases["context_encoding"][1] == phases["global_cache_write"][1] == 1
     assert all(ms > 0 for ms, _ in phases.values())
     assert sum(ms for ms, _ in phases.values()) <= result["profiled_s"] * 1000  # disjoint ranges inside the shot
-    text = report(pipe, result, peak_bf16=1e11, peak_fp32=2e11, command="python -m benchmark.profile")
-    assert all(f"| {p} |" in text for p in PHASES) and "achieved / bf16 peak" in text
+    text = report(pipe, result, peak_bf16=1e11, peak_fp32=2e11, command="python -m benchmark.profile", chunk_matmul=5e10)
+    assert all(f"| {p} |" in text for p in PHASES) and "achieved / bf16 peak" in text and "Roofline" in text
+
+
+def test_each_phase_counts_its_own_flops(pipe):
+    """The denoiser's counted FLOPs (matmuls and attention, from the profiled ops) agree with the
+    analytic model; the codec's phases count their convolutions; video encoding counts none."""
+    flops = profile_story(pipe)["flops"]
+    assert flops["denoise"] == pytest.approx(denoise_flops(pipe.config, "causal"), rel=0.02)
+    assert flops["decode"] > 0 and flops["context_encoding"] > 0 and flops["cache_write"] > 0
+    assert flops["video_encoding"] == 0
 
 
 def test_denoise_flops_count_the_sampler_passes(pipe):

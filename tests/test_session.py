@@ -10,8 +10,10 @@ import torch
 from helpers import VIDEO, FakeTextEncoder, make_pipe
 from shotstream import flow_matching as fm
 from shotstream.config import VideoConfig
+from shotstream.model.memory import select_context_frames
 from shotstream.conditioning import generate_shot_bidirectional
 from shotstream.session import ShotStreamPipeline, clean_prompt
+from shotstream.video import to_model_video
 
 def test_stream_yields_decoded_chunks_in_order():
     session = make_pipe().session(seed=1)
@@ -54,12 +56,28 @@ def test_next_shots_history_is_prepared_when_a_shot_ends():
     assert session.memory.global_context.tokens == 6 * session.memory.tokens_per_frame
     session.submit("it jumps")
     list(session.stream())
-    assert calls == [6, 6]  # nothing re-encoded for shot 1; shot 2's history prepared after it
+    # nothing re-encoded for shot 1; shot 2's history prepared after it: frames 0, 8, 16 of each
+    # earlier shot, of which shot 0's first and last were shot 1's context already
+    assert calls == [6, 4]
     queued = make_pipe().session(seed=2)
     queued.submit("a red circle walks left")
     queued.submit("it jumps")
     list(queued.stream())
     assert np.array_equal(queued.story_frames(), session.story_frames())
+
+
+def test_the_context_of_a_later_shot_is_its_frames_encoded_afresh():
+    """Latents kept from earlier shots' context are the picked frames' own: the same as encoding
+    every pick of shot 3's context now."""
+    session = make_pipe().session(seed=2)
+    for prompt in ["a red circle walks left", "it jumps", "it spins"]:
+        session.submit(prompt)
+    list(session.stream())
+    picks = select_context_frames([len(s.frames) for s in session.shots], session.pipe.config.model.context_frames)
+    images = torch.stack([to_model_video(session.shots[s].frames[f:f + 1], "cpu")[0] for s, f in picks])
+    fresh = session.pipe.autoencoder.encode_image(images)[:, 0]
+    assert {s for s, _ in picks} == {0, 1, 2}
+    torch.testing.assert_close(session.prepare_context().context[0], fresh, atol=1e-5, rtol=1e-5)
 
 
 def test_same_seed_same_story_and_seed_matters():
@@ -338,6 +356,8 @@ def test_a_bf16_pipeline_runs_its_codec_in_bf16_too(tmp_path):
     for dtype in (torch.float32, torch.bfloat16):
         pipe = ShotStreamPipeline.from_pretrained(tmp_path / "m", text_encoder=FakeTextEncoder(), dtype=dtype)
         assert pipe.autoencoder.dtype == dtype
+        conv = pipe.autoencoder.decoder[0].weight  # channels-last: oneDNN skips a reorder per call
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
         session = pipe.session(seed=3)
         for prompt in ("a red circle walks left", "it spins"):  # the second shot encodes the first's frames
             session.submit(prompt)
