@@ -10,14 +10,16 @@
 #                 PSNR went 18.8 -> 19.1 dB, so the budget went to the next arm)
 #   ae_stride4    4x4x4 instead of 4x8x8, 2,400 steps from scratch: twice the DiT's tokens per side
 #
-# Arms of the teacher (experiments/configs/study_teacher_*.json: 1,000 steps from scratch on a pool
-# of 300 stories, phase 3's data mix; the same DiT cost, 8x8 tokens a frame, ~75 min each at one
-# thread beside the other):
-#   today         the shipped codec (4x8x8), patch 2x2
-#   stride4       the stride-4 codec (4x4x4), patch 4x4: the higher ceiling at the same tokens
-# (twice the tokens per side, the stride-4 codec at patch 2x2, costs ~4x a step: a fifth of the
-# steps in the same time; study_teacher_stride4_p2.json.) Judged at 12 sampler steps (the ODE
-# pairs' sampler) on the 50 stories, with and without global captions; the table from
+# Arms of the teacher (experiments/configs/study_teacher_*.json: a pool of 300 stories, phase 3's
+# data mix, ~80 min each at one thread beside another arm):
+#   today         from scratch, 1,000 steps: the shipped codec (4x8x8), patch 2x2, 8x8 tokens a frame
+#   stride4       from scratch, 1,000 steps: the stride-4 codec (4x4x4), patch 4x4: the higher
+#                 ceiling at the same tokens
+#   continued     the shipped teacher, 1,000 steps more at phase 3's lr (today's recipe continued)
+#   stride4_p2    from scratch: the stride-4 codec at patch 2x2, 16x16 tokens a frame (twice the
+#                 tokens per side); ~7x a step, so 150 steps in the same time
+# Judged at 12 sampler steps (the ODE pairs' sampler) on the 50 stories, with and without global
+# captions, beside the shipped teacher (the continued arm's start); the table from
 # `python -m experiments.fidelity_study runs/study/bench_teacher`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,17 +51,20 @@ case $PART in
       --method ae_stride4=runs/study/ae_stride4/final/autoencoder
     ;;
   teacher)
-    for arm in today stride4; do
+    arms=(today stride4 continued stride4_p2)
+    for arm in "${arms[@]}"; do
       stage teacher experiments/configs/study_teacher_$arm.json runs/study/teacher_$arm
     done
-    for protocol in "" --memory-only; do  # (~16 min a run on 2 cores)
-      for arm in today stride4; do
+    for protocol in "" --memory-only; do  # (~16 min a run on 2 cores at 8x8 tokens)
+      "$PY" -m benchmark run --threads "$THREADS" --results runs/study/bench_teacher --teacher-steps 12 \
+        --autoencoder checkpoints/tiny/autoencoder --method teacher_shipped=checkpoints/tiny/teacher --no-report $protocol
+      for arm in "${arms[@]}"; do
         codec=$(sed -n 's/.*"autoencoder": "\([^"]*\)".*/\1/p' experiments/configs/study_teacher_$arm.json)
         "$PY" -m benchmark run --threads "$THREADS" --results runs/study/bench_teacher --teacher-steps 12 \
           --autoencoder "$codec" --method "$arm=runs/study/teacher_$arm/final/teacher" --no-report $protocol
       done
     done
-    "$PY" -m experiments.fidelity_study runs/study/bench_teacher --methods today stride4
+    "$PY" -m experiments.fidelity_study runs/study/bench_teacher --methods teacher_shipped "${arms[@]}"
     ;;
   *) echo "unknown part '$PART' (autoencoder, teacher)" >&2; exit 2;;
 esac
