@@ -166,6 +166,9 @@ MUTATIONS = [
     M("session: a kept context latent read for the wrong frame", "shotstream/session.py",
       "torch.stack([self.shots[s].context_latents[f] for", "torch.stack([self.shots[s].context_latents[min(self.shots[s].context_latents)] for",
       ("tests/test_session.py",)),
+    M("model: RoPE turns the pairs the wrong way", "shotstream/model/rope.py",
+      "(x.float().unflatten(-1, (-1, 2))) * phasors", "(x.float().unflatten(-1, (-1, 2))) * phasors.conj()",
+      ("tests/test_model.py",)),
     M("model: release DiT masks the text padding", "shotstream/model/dit.py",
       "text_mask = text_mask if self.cfg.text_mask else None", "text_mask = text_mask", RELEASE_TESTS),
     # -- training batches --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
 from shotstream.model.loading import (expand_blocks, expansion_plan, export_model, from_pretrained, load_official,
                                       load_wan_folder, save_pretrained)
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
-from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
+from shotstream.model.rope import apply_rope, rope_angles, rope_phasors
 
 TEXT_DIM = 32
 
@@ -117,6 +117,19 @@ def test_captions_no_frame_reads_do_not_change_the_output():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_rotates_each_consecutive_pair_by_its_angle(dtype):
+    """Wan's layout: pair j is (x[2j], x[2j+1]), turned counter-clockwise by angle j."""
+    angles = torch.tensor([[[0.3, -1.2, 2.5]]], dtype=torch.float64)  # [B, N, Dh/2]
+    x = torch.randn(1, 2, 1, 6).to(dtype)  # [B, H, N, Dh]: both heads rotated alike
+    out = apply_rope(x, rope_phasors(angles))
+    c, s = angles.cos().float()[0, 0], angles.sin().float()[0, 0]
+    even, odd = x.float()[..., 0::2], x.float()[..., 1::2]
+    expected = torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, atol=1e-6 if dtype == torch.float32 else 2e-2, rtol=1e-2)
+
+
 def test_rope_indicator_adds_exactly_the_shot_phase():
     """q of shot k vs k of shot i: the logit equals the one with temporal pairs rotated by (k-i)*phi."""
     head_dim, phi = 64, 1 / 6
@@ -126,17 +139,17 @@ def test_rope_indicator_adds_exactly_the_shot_phase():
     flags = torch.tensor([[4.0]]), torch.tensor([[1.0]])
 
     def logit(p):
-        cq = rope_cos_sin(rope_angles(pos[0], flags[0], (1, 1), head_dim, phi=p))
-        ck = rope_cos_sin(rope_angles(pos[1], flags[1], (1, 1), head_dim, phi=p))
-        return (apply_rope(q, *cq) * apply_rope(k, *ck)).sum().item()
+        cq = rope_phasors(rope_angles(pos[0], flags[0], (1, 1), head_dim, phi=p))
+        ck = rope_phasors(rope_angles(pos[1], flags[1], (1, 1), head_dim, phi=p))
+        return (apply_rope(q, cq) * apply_rope(k, ck)).sum().item()
 
     # Predicted: rotating q's temporal pairs by an extra (4 - 1) * phi relative to k.
     bt = (head_dim - 4 * (head_dim // 6)) // 2
     ang = rope_angles(pos[0], torch.zeros(1, 1), (1, 1), head_dim)
     ang[..., :bt] += (4 - 1) * phi
-    cq = rope_cos_sin(ang)
-    ck = rope_cos_sin(rope_angles(pos[1], torch.zeros(1, 1), (1, 1), head_dim))
-    predicted = (apply_rope(q, *cq) * apply_rope(k, *ck)).sum().item()
+    cq = rope_phasors(ang)
+    ck = rope_phasors(rope_angles(pos[1], torch.zeros(1, 1), (1, 1), head_dim))
+    predicted = (apply_rope(q, cq) * apply_rope(k, ck)).sum().item()
     assert logit(phi) == pytest.approx(predicted, abs=1e-5)
     assert logit(0.0) != pytest.approx(logit(phi), abs=1e-3)
     # same shot: no change at all

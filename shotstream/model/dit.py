@@ -25,7 +25,7 @@ from einops import rearrange, repeat
 
 from shotstream.config import ModelConfig
 from shotstream.model.memory import KVCache, LayerKV
-from shotstream.model.rope import apply_rope, rope_angles, rope_cos_sin
+from shotstream.model.rope import apply_rope, rope_angles, rope_phasors
 
 
 @dataclass
@@ -110,10 +110,10 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    def forward(self, x, cos, sin, attn_mask=None, cache: LayerKV | None = None):
+    def forward(self, x, rope, attn_mask=None, cache: LayerKV | None = None):
         heads = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)  # noqa: E731
-        q = apply_rope(heads(self.norm_q(self.q(x))), cos, sin)  # [B, H, N, Dh]
-        k = apply_rope(heads(self.norm_k(self.k(x))), cos, sin)
+        q = apply_rope(heads(self.norm_q(self.q(x))), rope)  # [B, H, N, Dh]
+        k = apply_rope(heads(self.norm_k(self.k(x))), rope)
         v = heads(self.v(x))
         if cache is not None:
             k, v = cache.extend(k, v)  # prefix (global + local context) + this chunk
@@ -158,14 +158,14 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, e, cos, sin, text, text_mask, text_index, attn_mask=None, cache: LayerKV | None = None):
+    def forward(self, x, e, rope, text, text_mask, text_index, attn_mask=None, cache: LayerKV | None = None):
         # x [B, N, D]; e [B, F, 6, D]: per-frame shift/scale/gate, broadcast over a frame's tokens
         frames = e.shape[1]
         per_frame = lambda t: rearrange(t, "b (f n) d -> b f n d", f=frames)  # noqa: E731
         tokens = lambda t: rearrange(t, "b f n d -> b (f n) d")  # noqa: E731
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[:, None] + e).unbind(2)  # each [B, F, D]
         h = tokens(modulate(per_frame(self.norm1(x)), shift1[:, :, None], scale1[:, :, None]))
-        x = x + tokens(per_frame(self.self_attn(h, cos, sin, attn_mask, cache)) * gate1[:, :, None])
+        x = x + tokens(per_frame(self.self_attn(h, rope, attn_mask, cache)) * gate1[:, :, None])
         x = x + self.cross_attn(self.norm3(x), text, text_mask, text_index, frames)
         h = tokens(modulate(per_frame(self.norm2(x)), shift2[:, :, None], scale2[:, :, None]))
         return x + tokens(per_frame(self.ffn(h)) * gate2[:, :, None])
@@ -272,14 +272,14 @@ class WanDiT(nn.Module):
 
         phi = self.cfg.shot_phase if self.cfg.shot_indicator == "rope" else 0.0
         angles = rope_angles(frames.pos, frames.shot, (h, w), self.cfg.head_dim, self.cfg.rope_theta, phi)
-        cos, sin = rope_cos_sin(angles)  # [B, 1, N, Dh/2]
+        rope = rope_phasors(angles)  # [B, 1, N, Dh/2] complex
 
         ctx = text.to(self.dtype) if text_embedded else self.embed_text(text)  # [B, S, L, D]
         text_mask = text_mask if self.cfg.text_mask else None  # (cfg.text_mask: the released model reads the padding)
         attn_mask = self._token_mask(frame_mask, key_mask, h * w, B, F)
         layers = cache.layers if cache is not None else (None,) * len(self.blocks)
         for block, layer_cache in zip(self.blocks, layers, strict=True):
-            tokens = block(tokens, e6, cos, sin, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
+            tokens = block(tokens, e6, rope, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
         out = self.head(tokens, e)  # [B, N, pt*ph*pw*C]
         return rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) c (h ph) (w pw)", f=F // pt, h=h, w=w, pt=pt, ph=ph, pw=pw)
 

@@ -64,14 +64,13 @@ def rope_angles(
     return angles.reshape(B, F * h * w, head_dim // 2)
 
 
-def rope_cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of the angles, shaped [B, 1, N, head_dim/2] to broadcast over heads."""
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+def rope_phasors(angles: torch.Tensor) -> torch.Tensor:
+    """e^(i * angle) as complex64 (Wan's `freqs`), shaped [B, 1, N, head_dim/2] to broadcast over heads."""
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)[:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x[2j], x[2j+1]) of x [B, H, N, Dh] like Wan's complex product."""
-    x2 = x.float().unflatten(-1, (-1, 2))  # [B, H, N, Dh/2, 2]
-    re, im = x2[..., 0], x2[..., 1]
-    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, phasors: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x[2j], x[2j+1]) of x [B, H, N, Dh], read as complex numbers as in
+    Wan, in fp32: one complex product (a real-valued rotation took ~6x as long on a CPU)."""
+    rotated = torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * phasors
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
