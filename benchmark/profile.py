@@ -10,7 +10,7 @@ H.264 segment the demo sends to the browser. The phases are the `record_function
 (Python, tensor glue, the profiler itself). A second new-prompt shot without the profiler gives
 the real wall time.
 
-Every phase's FLOPs are counted in the profiled shot (`phase_flops`); the figure of merit is the
+Every phase's FLOPs are counted in a replay of the profiled shot (`phase_flops`); the figure of merit is the
 denoiser's achieved FLOP/s divided by the bf16 matmul FLOP/s measured in the same run
 (`benchmark.flops.measure_matmul_flops`), beside the roofline of a chunk: the FLOP/s of its largest
 matmul alone, what a chunk of this size could reach without fusing its ops.
@@ -80,7 +80,7 @@ def phase_of(event) -> str | None:
 
 
 def phase_flops(prof) -> dict[str, float]:
-    """FLOPs each phase did in the profiled shot: matmuls and 2-D convolutions as the profiler
+    """FLOPs each phase did in a profiled shot: matmuls and 2-D convolutions as the profiler
     counts them, attention as 4 B H Nq Nk Dh from the recorded shapes of q and k (QK^T and AV).
     Not counted: element-wise ops and the DiT's 3-D patch embedding (~0.2% of a forward)."""
     out = dict.fromkeys(PHASES, 0.0)
@@ -160,7 +160,7 @@ def report(pipe, result: dict, peak_bf16: float, peak_fp32: float, command: str,
     ]
     for name, (ms, calls) in phases.items():
         flops = result["flops"][name]
-        rate = flops / (ms / 1000) if ms and flops else 0.0
+        rate = flops / (ms / 1000) if ms else 0.0
         cells = [f"{flops / 1e9:.2f}", f"{rate / 1e9:.1f}", f"{rate / peak_bf16:.1%}"] if flops else ["", "", ""]
         lines.append(f"| {name} | {ms:.1f} | {calls} | {ms / total_ms:.1%} | " + " | ".join(cells) + " |")
     other = total_ms - sum(ms for ms, _ in phases.values())
