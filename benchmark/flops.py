@@ -12,7 +12,8 @@ of N new tokens attending to K keys (global + local + themselves), per layer:
     feed-forward                2 * N * 2 D * F
 
 plus the patch embedding, the head and the per-frame timestep MLP. A chunk costs `steps` denoising forwards and one t = 0
-cache-writing forward; K grows inside a shot (local cache) but not across shots (bounded memory).
+cache-writing forward (which stops at the last block's K/V; none for a shot's last chunk); K grows
+inside a shot (local cache) but not across shots (bounded memory).
 """
 
 from __future__ import annotations
@@ -35,45 +36,56 @@ def tokens_per_frame(cfg: ShotStreamConfig) -> int:
 
 
 def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, text_tokens: int | None = None,
-                  text_kv: bool = True, text_embedded: bool = False) -> int:
+                  text_kv: bool = True, text_embedded: bool = False, cache_only: bool = False) -> int:
     """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys.
-    text_embedded: the caption arrives through the text MLP already (a session caches it per caption)."""
+    text_embedded: the caption arrives through the text MLP already (a session caches it per caption).
+    cache_only: a t = 0 pass that only writes the cache (the last block stops at its K/V, no head)."""
     m = cfg.model
     D, N, K = m.dim, query_tokens, key_tokens
     L = m.text_len if text_tokens is None else text_tokens
     patch = math.prod(m.patch_size) * cfg.video.latent_channels
+    kv = 2 * N * 2 * D * D  # k, v
     per_layer = (
-        2 * N * 4 * D * D  # q, k, v, o
+        kv + 2 * N * 2 * D * D  # q, o
         + 4 * N * K * D  # QK^T, AV
         + 2 * N * 2 * D * D  # cross q, o
         + 4 * N * L * D  # cross QK^T, AV
         + 2 * N * 2 * D * m.ffn_dim  # FFN
         + (2 * L * 2 * D * D if text_kv else 0)  # cross k, v of the caption (cacheable per caption)
     )
-    embed = 2 * N * patch * D + 2 * N * D * patch  # patch embedding + head
+    layers = (m.num_layers - 1) * per_layer + kv if cache_only else m.num_layers * per_layer
+    embed = 2 * N * patch * D + (0 if cache_only else 2 * N * D * patch)  # patch embedding + head
     frames = N // tokens_per_frame(cfg)
     time_mlp = 2 * frames * (m.freq_dim * D + D * D + D * 6 * D)  # per-frame timestep embedding
     text = 2 * L * (m.text_dim * D + D * D) if text_kv and not text_embedded else 0  # text embedding MLP
-    return m.num_layers * per_layer + embed + time_mlp + text
+    return layers + embed + time_mlp + text
+
+
+def chunk_tokens(cfg: ShotStreamConfig, chunk: int) -> tuple[int, int, bool]:
+    """Chunk `chunk` of a shot with a full global context: (its tokens, the keys they attend to,
+    whether a t = 0 pass writes it to the cache: not the shot's last chunk, which no chunk reads)."""
+    tpf, F, frames = tokens_per_frame(cfg), cfg.model.chunk_frames, cfg.video.latent_frames_per_shot
+    n = min(F, frames - chunk * F) * tpf  # a shot's last chunk may be short
+    keys = (cfg.model.context_frames + chunk * F) * tpf + n
+    if cfg.model.local_window:
+        keys = min(keys, (cfg.model.context_frames + cfg.model.local_window) * tpf + n)
+    return n, keys, (chunk + 1) * F < frames
 
 
 def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True,
                 text_embedded: bool = False) -> int:
     """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + cache write."""
     steps = len(cfg.sampler.student_timesteps) if steps is None else steps
-    tpf, F = tokens_per_frame(cfg), cfg.model.chunk_frames
-    n = min(F, cfg.video.latent_frames_per_shot - chunk * F) * tpf  # a shot's last chunk may be short
-    keys = (cfg.model.context_frames + chunk * F) * tpf + n
-    if cfg.model.local_window:
-        keys = min(keys, (cfg.model.context_frames + cfg.model.local_window) * tpf + n)
-    return (steps + 1) * forward_flops(cfg, n, keys, text_kv=text_kv, text_embedded=text_embedded)
+    n, keys, written = chunk_tokens(cfg, chunk)
+    flops = lambda **kw: forward_flops(cfg, n, keys, text_kv=text_kv, text_embedded=text_embedded, **kw)  # noqa: E731
+    return steps * flops() + (flops(cache_only=True) if written else 0)
 
 
 def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
     """FLOPs of one streamed shot: the global-context pass plus every chunk."""
-    tpf, C = tokens_per_frame(cfg), cfg.model.context_frames
+    C = cfg.model.context_frames * tokens_per_frame(cfg)
     chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
-    return forward_flops(cfg, C * tpf, C * tpf) + sum(chunk_flops(cfg, j, steps) for j in range(chunks))
+    return forward_flops(cfg, C, C, cache_only=True) + sum(chunk_flops(cfg, j, steps) for j in range(chunks))
 
 
 def cache_bytes(cfg: ShotStreamConfig, bytes_per_value: int = 2) -> int:
@@ -104,8 +116,7 @@ def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficien
     frame needs the global-context pass and the first chunk (decoding not counted).
     """
     steps = len(cfg.sampler.student_timesteps)
-    tpf, F = tokens_per_frame(cfg), cfg.model.chunk_frames
-    chunks = -(-cfg.video.latent_frames_per_shot // F)
+    chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
 
     def seconds(flops: float, keys: int) -> tuple[float, bool]:
         kv = 2 * cfg.model.num_layers * keys * cfg.model.dim * 2
@@ -115,11 +126,12 @@ def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficien
 
     per_chunk = []
     for j in range(chunks):
-        keys = (cfg.model.context_frames + (j + 1) * F) * tpf
-        t, bound = seconds(chunk_flops(cfg, j) / (steps + 1), keys)
-        per_chunk.append((steps + 1) * t)
-    ctx, _ = seconds(forward_flops(cfg, cfg.model.context_frames * tpf, cfg.model.context_frames * tpf),
-                     cfg.model.context_frames * tpf)
+        n, keys, written = chunk_tokens(cfg, j)
+        t, bound = seconds(forward_flops(cfg, n, keys), keys)
+        write = seconds(forward_flops(cfg, n, keys, cache_only=True), keys)[0] if written else 0.0
+        per_chunk.append(steps * t + write)
+    C = cfg.model.context_frames * tokens_per_frame(cfg)
+    ctx, _ = seconds(forward_flops(cfg, C, C, cache_only=True), C)
     frames = cfg.video.frames_per_shot
     return Projection(
         seconds_per_chunk=sum(per_chunk) / chunks,

@@ -29,7 +29,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler's own start/s
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmark.flops import chunk_flops, forward_flops, measure_matmul_flops, tokens_per_frame
+from benchmark.flops import chunk_tokens, forward_flops, measure_matmul_flops, tokens_per_frame
 from benchmark.stream_speed import build_pipeline
 from shotstream import runtime
 from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
@@ -107,7 +107,7 @@ def denoise_flops(cfg, kind: str) -> float:
         return passes * forward_flops(cfg, n, n)
     steps = len(cfg.sampler.student_timesteps)
     chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
-    return sum(chunk_flops(cfg, j, text_embedded=True) * steps / (steps + 1) for j in range(chunks))
+    return sum(steps * forward_flops(cfg, *chunk_tokens(cfg, j)[:2], text_embedded=True) for j in range(chunks))
 
 
 def profile_story(pipe, seed: int = 0) -> dict:

@@ -5,7 +5,8 @@ functions; the trainer only adds gradient control (exit step, which chunks keep 
 
 Causal (student):  write_global_context() once per shot, then rollout_shot() chunk by chunk:
     a chunk of noise is denoised in a few steps against [global K/V, local K/V, itself], then its
-    clean prediction is run once more at t = 0 to write its K/V into the local cache.
+    clean prediction is run once more at t = 0 to write its K/V into the local cache (not the
+    shot's last chunk: no later chunk reads it).
 Bidirectional models (teacher, baselines) denoise a whole shot at once: conditioning.py.
 A pipeline picks one `Generation` by its model's kind when it loads (GENERATIONS).
 
@@ -33,7 +34,7 @@ def write_global_context(model: WanDiT, memory: DualCache, cond: NextShotConditi
     if cond.num_context:
         zero = torch.zeros(cond.context.shape[0], device=cond.context.device)
         with torch.no_grad(), record_function("global_cache_write"):
-            model_velocity(model, cond.context, zero, cond, cond.context_frames(), cache=memory.kv)
+            model_velocity(model, cond.context, zero, cond, cond.context_frames(), cache=memory.kv, cache_only=True)
     memory.seal_global()
 
 
@@ -73,11 +74,15 @@ def rollout_shot(
                 exit_step=None if exit_steps is None else exit_steps[start // chunk],
             )
         # The chunk goes out first, so its decoding and display do not wait for its K/V; then
-        # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context.
+        # Self-Forcing: the clean chunk, run once at t = 0, becomes the local context of the shot's
+        # later chunks. The last chunk's would be read by none (the next shot starts from its global
+        # context alone), unless the memory rolls on across shots.
         yield x0
-        with torch.no_grad(), record_function("cache_write"):
-            model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=cache)
-        memory.commit()
+        if start + n < F or memory.rolling:
+            with torch.no_grad(), record_function("cache_write"):
+                model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=cache,
+                               cache_only=True)
+            memory.commit()
 
 
 class Generation:

@@ -4,7 +4,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark.flops import cache_bytes, chunk_flops, forward_flops, project, tokens_per_frame
+from benchmark.flops import cache_bytes, chunk_flops, chunk_tokens, forward_flops, project, tokens_per_frame
 from shotstream.config import apply_overrides, get_preset
 from shotstream.model.dit import FrameInfo, WanDiT
 from shotstream.model.memory import DualCache
@@ -20,17 +20,20 @@ def test_forward_flops_match_torch_flop_counter():
     text, mask = torch.randn(1, 1, cfg.model.text_len, 384), torch.ones(1, 1, cfg.model.text_len, dtype=torch.bool)
     frames = FrameInfo.build(pos=[6, 7, 8], shot=[1, 1, 1])
     # the math backend runs attention as matmuls, which the counter sees
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x, t, text, mask, frames, cache=mem.kv)
-    assert counter.get_total_flops() == forward_flops(cfg, 3 * tpf, 9 * tpf)
+    for cache_only in (False, True):  # a denoising pass, then a cache write (stops at the last K/V)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(x, t, text, mask, frames, cache=mem.kv, cache_only=cache_only)
+        assert counter.get_total_flops() == forward_flops(cfg, 3 * tpf, 9 * tpf, cache_only=cache_only)
 
 
 def test_chunk_cost_is_bounded_and_projection_is_sane():
     cfg = get_preset("wan2.1-1.3b")
     assert tokens_per_frame(cfg) == 1560
-    # the local cache grows inside a shot, never across shots: the last chunk is the dearest
+    # the local cache grows inside a shot, never across shots: each chunk dearer than the one
+    # before, but the last, whose K/V no chunk reads (no cache write)
     costs = [chunk_flops(cfg, j) for j in range(7)]
-    assert costs == sorted(costs)
+    assert costs[:-1] == sorted(costs[:-1]) and chunk_tokens(cfg, 6)[2] is False
+    assert costs[-1] == 4 * forward_flops(cfg, *chunk_tokens(cfg, 6)[:2])
     assert cache_bytes(cfg) == 2 * 30 * (6 + 21 + 3) * 1560 * 1536 * 2
     slow, fast = project(cfg, 100, 1000), project(cfg, 1000, 3000)
     assert fast.fps > slow.fps and fast.first_frame_s < slow.first_frame_s

@@ -53,7 +53,7 @@ class Call:
     frames: FrameInfo
     cache: KVCache | None
     prefix: int  # tokens in the cache before this forward (global + local context)
-    v: torch.Tensor
+    v: torch.Tensor | None  # (None: a pass that only writes the cache)
 
     @property
     def clean(self) -> bool:  # a t = 0 pass: a cache write
@@ -71,7 +71,7 @@ def recorded(model: WanDiT):
         cache = a.get("cache")
         frames = FrameInfo(*(getattr(a["frames"], k).clone() for k in ("pos", "shot", "text_index", "cut")))
         calls.append(Call(a["x"].detach().clone(), a["timestep"].clone(), a["text"].detach().clone(), a["text_mask"].clone(),
-                          frames, cache, cache.length if cache is not None else 0, out.detach().clone()))
+                          frames, cache, cache.length if cache is not None else 0, out.detach().clone() if out is not None else None))
 
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -81,15 +81,19 @@ def recorded(model: WanDiT):
 
 
 def split_streamed(calls: list[Call], steps: int) -> tuple[list[Call], list[list[Call]], list[Call]]:
-    """A causal shot's calls -> (global writes, each chunk's denoising calls, local cache writes)."""
+    """A causal shot's calls -> (global writes, each chunk's denoising calls, local cache writes).
+    Every chunk but the last is followed by one t = 0 write: no later chunk reads the last one's."""
     first = next(i for i, c in enumerate(calls) if not c.clean)
     writes, rest = calls[:first], calls[first:]
     chunks, local = [], []
     while rest:
         chunks.append(rest[:steps])
-        local.append(rest[steps])
-        assert not any(c.clean for c in chunks[-1]) and local[-1].clean, "each chunk: its steps, then one t = 0 write"
-        rest = rest[steps + 1:]
+        assert not any(c.clean for c in chunks[-1]), "each chunk: its denoising steps"
+        rest = rest[steps:]
+        if rest:
+            local.append(rest[0])
+            assert local[-1].clean, "then one t = 0 write, unless it was the shot's last chunk"
+            rest = rest[1:]
     return writes, chunks, local
 
 
@@ -162,7 +166,7 @@ def test_streamed_shot_equals_its_teacher_forced_twin(indicator, shot):
         write_global_context(model, memory, cond)
         list(rollout_shot(model, memory, cond, torch.randn(B, F, 4, 4, 4), sigmas, torch.Generator().manual_seed(3)))
     writes, chunks, local = split_streamed(calls, len(sigmas))
-    assert len(writes) == (shot > 0) and [len(c[0].x[0]) for c in chunks] == [2, 2, 1]
+    assert len(writes) == (shot > 0) and [len(c[0].x[0]) for c in chunks] == [2, 2, 1] and len(local) == 2
     for streamed, forced in teacher_forced(model, batch, chunks):
         torch.testing.assert_close(streamed, forced, **TOL)
 
@@ -184,11 +188,14 @@ def test_rollout_stops_each_chunk_at_its_exit_step_with_gradients_there_only():
                                 exit_steps=exits, grad_chunks={1}))
     calls = calls[1:]  # (the global write)
     for j, (e, x0) in enumerate(zip(exits, out)):
-        steps, write, calls = calls[:e + 1], calls[e + 1], calls[e + 2:]
+        steps, calls = calls[:e + 1], calls[e + 1:]
         assert [c.t[0, 0].item() for c in steps] == pytest.approx([1000 * s for s in sigmas[:e + 1].tolist()])
-        assert write.clean and x0.requires_grad == (j == 1)
-        torch.testing.assert_close(write.x, x0.detach())
+        assert x0.requires_grad == (j == 1)
         torch.testing.assert_close(x0.detach(), fm.predict_x0(steps[-1].x, steps[-1].v, float(sigmas[e])))
+        if j < len(exits) - 1:  # (the last chunk's K/V are read by none)
+            write, calls = calls[0], calls[1:]
+            assert write.clean
+            torch.testing.assert_close(write.x, x0.detach())
     assert not calls
 
 
@@ -294,7 +301,8 @@ def test_session_feeds_every_frame_its_flag_position_caption_and_noise_level():
                 torch.testing.assert_close(w.text[0, w.frames.text_index[0, i]], caption(s))
         assert sum(len(c[0].x[0]) for c in chunks) == F
         start = 0
-        for steps, write in zip(chunks, local):
+        assert len(local) == len(chunks) - 1  # the last chunk's K/V are read by none: not written
+        for steps, write in zip(chunks, local + [None]):
             n = steps[0].x.shape[1]
             for i, c in enumerate(steps):
                 torch.testing.assert_close(c.t, torch.full_like(c.t, float(sigmas[i]) * 1000))
@@ -305,9 +313,10 @@ def test_session_feeds_every_frame_its_flag_position_caption_and_noise_level():
                 assert (c.frames.text_index == c.frames.text_index[0, 0]).all()
                 torch.testing.assert_close(c.text[0, c.frames.text_index[0, 0]], caption(k))
             last = steps[-1]
-            x0 = fm.predict_x0(last.x, last.v.float(), float(sigmas[-1]))
-            torch.testing.assert_close(write.x, x0)  # the clean chunk, not the noisy one
-            assert write.prefix == (Cf + start) * tpf and write.frames.pos.equal(last.frames.pos)
+            if write is not None:
+                x0 = fm.predict_x0(last.x, last.v.float(), float(sigmas[-1]))
+                torch.testing.assert_close(write.x, x0)  # the clean chunk, not the noisy one
+                assert write.prefix == (Cf + start) * tpf and write.frames.pos.equal(last.frames.pos)
             start += n
     # after the story: the next shot's global context (6 frames of 3 shots) and nothing local yet
     assert session.memory.global_context.tokens == 6 * tpf and session.memory.kv.length == 6 * tpf

@@ -84,9 +84,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+    def forward(self, x):  # (in fp32, as Wan's; one fused op instead of five)
+        return F_.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * self.weight
 
 
 class LayerNorm(nn.LayerNorm):
@@ -111,14 +110,19 @@ class Attention(nn.Module):
 
 class SelfAttention(Attention):
     def forward(self, x, rope, attn_mask=None, cache: LayerKV | None = None):
-        heads = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)  # noqa: E731
-        q = apply_rope(heads(self.norm_q(self.q(x))), rope)  # [B, H, N, Dh]
-        k = apply_rope(heads(self.norm_k(self.k(x))), rope)
-        v = heads(self.v(x))
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope)  # [B, H, N, Dh]
+        k, v = self.keys_values(x, rope)
         if cache is not None:
             k, v = cache.extend(k, v)  # prefix (global + local context) + this chunk
         out = F_.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.o(rearrange(out, "b h n d -> b n (h d)"))
+
+    def keys_values(self, x, rope):
+        """The K/V [B, H, N, Dh] of tokens x: what a cache keeps of them."""
+        return apply_rope(self.heads(self.norm_k(self.k(x))), rope), self.heads(self.v(x))
+
+    def heads(self, t):
+        return rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
 
 
 class CrossAttention(Attention):
@@ -130,20 +134,24 @@ class CrossAttention(Attention):
         # Project only the slots these frames read: a streamed chunk reads one caption of the
         # session's up to C + 1, so its cost stays flat as the story's history fills the slots.
         slots, text_index = torch.unique(text_index, return_inverse=True)
-        text = text[:, slots]
-        B, S, L, _ = text.shape
-        gather = lambda t: torch.gather(t, 1, text_index[:, :, None, None].expand(-1, -1, L, t.shape[-1]))  # noqa: E731
-        k = gather(self.norm_k(self.k(text)))  # [B, F, L, D]
-        v = gather(self.v(text))
-        mask = None
-        if text_mask is not None:
-            mask = torch.gather(text_mask[:, slots], 1, text_index[:, :, None].expand(-1, -1, L))  # [B, F, L]
-            mask = rearrange(mask, "b f l -> (b f) 1 1 l")
-        q = rearrange(self.norm_q(self.q(x)), "b (f n) (h d) -> (b f) h n d", f=frames, h=self.num_heads)
-        k = rearrange(k, "b f l (h d) -> (b f) h l d", h=self.num_heads)
-        v = rearrange(v, "b f l (h d) -> (b f) h l d", h=self.num_heads)
-        out = F_.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o(rearrange(out, "(b f) h n d -> b (f n) (h d)", b=B))
+        q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(text[:, slots])), self.v(text[:, slots])  # k, v [B, S', L, D]
+        mask = text_mask[:, slots] if text_mask is not None else None
+        if len(slots) == 1:  # every frame reads the same caption (a streamed chunk): one attention for all
+            return self.o(self.attend(q, k[:, 0], v[:, 0], mask[:, 0] if mask is not None else None))
+        B, L = x.shape[0], k.shape[2]
+        index = text_index[:, :, None].expand(-1, -1, L)
+        per_frame = lambda t: rearrange(torch.gather(t, 1, index[..., None].expand(-1, -1, -1, t.shape[-1])),  # noqa: E731
+                                        "b f l d -> (b f) l d")
+        if mask is not None:
+            mask = rearrange(torch.gather(mask, 1, index), "b f l -> (b f) l")
+        out = self.attend(rearrange(q, "b (f n) d -> (b f) n d", f=frames), per_frame(k), per_frame(v), mask)
+        return self.o(rearrange(out, "(b f) n d -> b (f n) d", b=B))
+
+    def attend(self, q, k, v, mask):
+        """Queries [B, N, D] to keys and values [B, L, D], where mask [B, L] (or None) allows -> [B, N, D]."""
+        heads = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)  # noqa: E731
+        mask = mask[:, None, None] if mask is not None else None
+        return rearrange(F_.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask), "b h n d -> b n (h d)")
 
 
 class WanBlock(nn.Module):
@@ -160,15 +168,26 @@ class WanBlock(nn.Module):
 
     def forward(self, x, e, rope, text, text_mask, text_index, attn_mask=None, cache: LayerKV | None = None):
         # x [B, N, D]; e [B, F, 6, D]: per-frame shift/scale/gate, broadcast over a frame's tokens
-        frames = e.shape[1]
-        per_frame = lambda t: rearrange(t, "b (f n) d -> b f n d", f=frames)  # noqa: E731
-        tokens = lambda t: rearrange(t, "b f n d -> b (f n) d")  # noqa: E731
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation[:, None] + e).unbind(2)  # each [B, F, D]
-        h = tokens(modulate(per_frame(self.norm1(x)), shift1[:, :, None], scale1[:, :, None]))
-        x = x + tokens(per_frame(self.self_attn(h, rope, attn_mask, cache)) * gate1[:, :, None])
-        x = x + self.cross_attn(self.norm3(x), text, text_mask, text_index, frames)
-        h = tokens(modulate(per_frame(self.norm2(x)), shift2[:, :, None], scale2[:, :, None]))
-        return x + tokens(per_frame(self.ffn(h)) * gate2[:, :, None])
+        x = x + gated(self.self_attn(modulate_frames(self.norm1(x), shift1, scale1), rope, attn_mask, cache), gate1)
+        x = x + self.cross_attn(self.norm3(x), text, text_mask, text_index, e.shape[1])
+        return x + gated(self.ffn(modulate_frames(self.norm2(x), shift2, scale2)), gate2)
+
+    def stage(self, x, e, rope, cache: LayerKV) -> None:
+        """Only write x's keys and values to the cache: all a t = 0 pass needs of the last block."""
+        shift1, scale1 = (self.modulation[:, None, :2] + e[:, :, :2]).unbind(2)
+        cache.extend(*self.self_attn.keys_values(modulate_frames(self.norm1(x), shift1, scale1), rope))
+
+
+def modulate_frames(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Tokens x [B, N, D] modulated by their frame's shift and scale [B, F, D]."""
+    h = rearrange(x, "b (f n) d -> b f n d", f=shift.shape[1])
+    return rearrange(modulate(h, shift[:, :, None], scale[:, :, None]), "b f n d -> b (f n) d")
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Tokens x [B, N, D] gated by their frame's gate [B, F, D]."""
+    return rearrange(rearrange(x, "b (f n) d -> b f n d", f=gate.shape[1]) * gate[:, :, None], "b f n d -> b (f n) d")
 
 
 class Head(nn.Module):
@@ -180,10 +199,8 @@ class Head(nn.Module):
 
     def forward(self, x, e):
         # x [B, N, D]; e [B, F, D]
-        frames = e.shape[1]
         shift, scale = (self.modulation[:, None] + e[:, :, None]).unbind(2)  # [B, F, D]
-        h = modulate(rearrange(self.norm(x), "b (f n) d -> b f n d", f=frames), shift[:, :, None], scale[:, :, None])
-        return self.head(rearrange(h, "b f n d -> b (f n) d"))
+        return self.head(modulate_frames(self.norm(x), shift, scale))
 
 
 class WanDiT(nn.Module):
@@ -245,7 +262,8 @@ class WanDiT(nn.Module):
         frame_mask: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         text_embedded: bool = False,
-    ) -> torch.Tensor:
+        cache_only: bool = False,
+    ) -> torch.Tensor | None:
         """Predict the flow-matching velocity of every frame.
 
         x: latents [B, F, C, H, W]; timestep: [B, F] on Wan's 0..1000 scale (0 = clean);
@@ -254,7 +272,8 @@ class WanDiT(nn.Module):
         cache: attend to its prefix and stage this input after it (block-causal streaming).
         frame_mask: [F, F] bool, True where frame q may attend to frame k (None = full).
         key_mask: [B, F] bool, False for frames nobody may attend to (dropped context).
-        Returns velocity [B, F, C, H, W].
+        Returns velocity [B, F, C, H, W]; `cache_only` (a t = 0 pass that writes the cache): None,
+        since what the last block computes after its keys and values and the head would be read by none.
         """
         B, F, C, H, W = self._check_inputs(x, timestep, text, text_mask, frames, text_embedded)
         pt, ph, pw = self.cfg.patch_size
@@ -278,6 +297,14 @@ class WanDiT(nn.Module):
         text_mask = text_mask if self.cfg.text_mask else None  # (cfg.text_mask: the released model reads the padding)
         attn_mask = self._token_mask(frame_mask, key_mask, h * w, B, F)
         layers = cache.layers if cache is not None else (None,) * len(self.blocks)
+        if cache_only:
+            if cache is None:
+                raise ValueError("cache_only needs a cache to write")
+            *blocks, (last, last_cache) = zip(self.blocks, layers, strict=True)
+            for block, layer_cache in blocks:
+                tokens = block(tokens, e6, rope, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
+            last.stage(tokens, e6, rope, last_cache)
+            return None
         for block, layer_cache in zip(self.blocks, layers, strict=True):
             tokens = block(tokens, e6, rope, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
         out = self.head(tokens, e)  # [B, N, pt*ph*pw*C]
