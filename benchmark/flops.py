@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -61,24 +62,32 @@ def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, tex
     return layers + embed + time_mlp + text
 
 
-def chunk_tokens(cfg: ShotStreamConfig, chunk: int) -> tuple[int, int, bool]:
-    """Chunk `chunk` of a shot with a full global context: (its tokens, the keys they attend to,
-    whether a t = 0 pass writes it to the cache: not the shot's last chunk, which no chunk reads)."""
-    tpf, F, frames = tokens_per_frame(cfg), cfg.model.chunk_frames, cfg.video.latent_frames_per_shot
-    n = min(F, frames - chunk * F) * tpf  # a shot's last chunk may be short
-    keys = (cfg.model.context_frames + chunk * F) * tpf + n
+class ChunkTokens(NamedTuple):
+    tokens: int  # the chunk's own
+    keys: int  # what they attend to: global context, the shot's earlier chunks, themselves
+    written: bool  # whether a t = 0 pass writes the chunk to the cache
+
+
+def chunk_tokens(cfg: ShotStreamConfig, chunk: int) -> ChunkTokens:
+    """Chunk `chunk` of a shot of the causal student, with a full global context. Its K/V are
+    written for the shot's later chunks: not the last one's, which none reads."""
+    tpf, chunk_frames, shot_frames = tokens_per_frame(cfg), cfg.model.chunk_frames, cfg.video.latent_frames_per_shot
+    n = min(chunk_frames, shot_frames - chunk * chunk_frames) * tpf  # a shot's last chunk may be short
+    keys = (cfg.model.context_frames + chunk * chunk_frames) * tpf + n
     if cfg.model.local_window:
         keys = min(keys, (cfg.model.context_frames + cfg.model.local_window) * tpf + n)
-    return n, keys, (chunk + 1) * F < frames
+    return ChunkTokens(n, keys, (chunk + 1) * chunk_frames < shot_frames)
 
 
 def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True,
                 text_embedded: bool = False) -> int:
-    """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + cache write."""
+    """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + the cache
+    write (none after the shot's last chunk)."""
     steps = len(cfg.sampler.student_timesteps) if steps is None else steps
-    n, keys, written = chunk_tokens(cfg, chunk)
-    flops = lambda **kw: forward_flops(cfg, n, keys, text_kv=text_kv, text_embedded=text_embedded, **kw)  # noqa: E731
-    return steps * flops() + (flops(cache_only=True) if written else 0)
+    c = chunk_tokens(cfg, chunk)
+    denoise = forward_flops(cfg, c.tokens, c.keys, text_kv=text_kv, text_embedded=text_embedded)
+    write = forward_flops(cfg, c.tokens, c.keys, text_kv=text_kv, text_embedded=text_embedded, cache_only=True)
+    return steps * denoise + (write if c.written else 0)
 
 
 def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
@@ -177,7 +186,7 @@ def projection_page(preset: str, efficiencies=(0.25, 0.4)) -> str:
         "(checked against torch's FlopCounterMode in tests/test_flops.py) and a roofline per forward._",
         "",
         f"{tokens_per_frame(cfg)} tokens per latent frame, chunks of {cfg.model.chunk_frames} latent frames, "
-        f"{len(cfg.sampler.student_timesteps)} denoising steps + 1 cache write per chunk: "
+        f"{len(cfg.sampler.student_timesteps)} denoising steps a chunk and a K/V-only cache write after each but the last: "
         f"{chunk_flops(cfg, 3) / 1e12:.1f} TFLOP per mid-shot chunk, {shot_flops(cfg) / 1e12:.0f} TFLOP per "
         f"{cfg.video.frames_per_shot}-frame shot; dual cache {cache_bytes(cfg) / 2**30:.2f} GiB and weights "
         f"{weight_bytes(cfg) / 2**30:.2f} GiB in bf16, the same at every shot.",

@@ -107,7 +107,8 @@ def denoise_flops(cfg, kind: str) -> float:
         return passes * forward_flops(cfg, n, n)
     steps = len(cfg.sampler.student_timesteps)
     chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
-    return sum(steps * forward_flops(cfg, *chunk_tokens(cfg, j)[:2], text_embedded=True) for j in range(chunks))
+    return sum(steps * forward_flops(cfg, c.tokens, c.keys, text_embedded=True)
+               for c in (chunk_tokens(cfg, j) for j in range(chunks)))
 
 
 def profile_story(pipe, seed: int = 0) -> dict:

@@ -118,9 +118,10 @@ def concat_frames(a: FrameInfo, b: FrameInfo) -> FrameInfo:
     return FrameInfo(*(torch.cat([getattr(a, k), getattr(b, k)], dim=1) for k in ("pos", "shot", "text_index", "cut")))
 
 
-def model_velocity(model: WanDiT, x, sigma, cond: NextShotConditioning, frames: FrameInfo, **kw) -> torch.Tensor:
+def model_velocity(model: WanDiT, x, sigma, cond: NextShotConditioning, frames: FrameInfo, **kw) -> torch.Tensor | None:
     """The DiT's velocity for latents x [B, F, ...] at noise level sigma [B] (or [B, F]), reading
-    `cond`'s caption slots; `kw`: cache, frame_mask, key_mask. In the model's dtype."""
+    `cond`'s caption slots; `kw`: cache, frame_mask, key_mask, cache_only (then None: the pass
+    only writes the cache). In the model's dtype."""
     t = sigma * fm.TIMESTEP_SCALE
     t = (t[:, None] if t.dim() == 1 else t).expand(x.shape[0], x.shape[1]).to(torch.float32)
     return model(x, t, cond.text, cond.text_mask, frames, text_embedded=cond.text_embedded, **kw)

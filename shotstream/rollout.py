@@ -6,7 +6,7 @@ functions; the trainer only adds gradient control (exit step, which chunks keep 
 Causal (student):  write_global_context() once per shot, then rollout_shot() chunk by chunk:
     a chunk of noise is denoised in a few steps against [global K/V, local K/V, itself], then its
     clean prediction is run once more at t = 0 to write its K/V into the local cache (not the
-    shot's last chunk: no later chunk reads it).
+    shot's last chunk, which no later chunk reads, unless the memory rolls on across shots).
 Bidirectional models (teacher, baselines) denoise a whole shot at once: conditioning.py.
 A pipeline picks one `Generation` by its model's kind when it loads (GENERATIONS).
 
@@ -78,7 +78,7 @@ def rollout_shot(
         # later chunks. The last chunk's would be read by none (the next shot starts from its global
         # context alone), unless the memory rolls on across shots.
         yield x0
-        if start + n < F or memory.rolling:
+        if start + n < F or memory.carries_over:
             with torch.no_grad(), record_function("cache_write"):
                 model_velocity(model, x0.detach(), torch.zeros(B, device=x0.device), cond, frames, cache=cache,
                                cache_only=True)

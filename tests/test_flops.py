@@ -32,8 +32,9 @@ def test_chunk_cost_is_bounded_and_projection_is_sane():
     # the local cache grows inside a shot, never across shots: each chunk dearer than the one
     # before, but the last, whose K/V no chunk reads (no cache write)
     costs = [chunk_flops(cfg, j) for j in range(7)]
-    assert costs[:-1] == sorted(costs[:-1]) and chunk_tokens(cfg, 6)[2] is False
-    assert costs[-1] == 4 * forward_flops(cfg, *chunk_tokens(cfg, 6)[:2])
+    last = chunk_tokens(cfg, 6)
+    assert costs[:-1] == sorted(costs[:-1]) and not last.written
+    assert costs[-1] == 4 * forward_flops(cfg, last.tokens, last.keys)
     assert cache_bytes(cfg) == 2 * 30 * (6 + 21 + 3) * 1560 * 1536 * 2
     slow, fast = project(cfg, 100, 1000), project(cfg, 1000, 3000)
     assert fast.fps > slow.fps and fast.first_frame_s < slow.first_frame_s

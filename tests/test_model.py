@@ -64,6 +64,24 @@ def test_cached_rollout_equals_block_causal_forward(indicator):
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_a_cache_only_pass_writes_what_a_whole_forward_writes():
+    """A t = 0 pass that only writes the cache (the last block stops at its K/V, no head) leaves
+    every layer's keys and values exactly as the whole forward does, and returns nothing."""
+    model = make_model()
+    x, t, text, mask, frames, bounds, _ = story_inputs()
+    caches = [KVCache(2, x.shape[0], 4, 16, capacity=x.shape[1] * 16) for _ in range(2)]
+    with torch.no_grad():
+        for a, b in zip(bounds, bounds[1:]):
+            assert model(x[:, a:b], t[:, a:b], text, mask, frames.slice(a, b), cache=caches[0]) is not None
+            assert model(x[:, a:b], t[:, a:b], text, mask, frames.slice(a, b), cache=caches[1], cache_only=True) is None
+            for c in caches:
+                c.commit()
+    assert caches[0].length == caches[1].length == x.shape[1] * 16
+    assert torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
+    with pytest.raises(ValueError, match="cache_only needs a cache"):
+        model(x, t, text, mask, frames, cache_only=True)
+
+
 def test_future_frames_do_not_change_the_past():
     model = make_model()
     x, t, text, mask, frames, bounds, blocks = story_inputs()

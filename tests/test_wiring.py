@@ -82,7 +82,8 @@ def recorded(model: WanDiT):
 
 def split_streamed(calls: list[Call], steps: int) -> tuple[list[Call], list[list[Call]], list[Call]]:
     """A causal shot's calls -> (global writes, each chunk's denoising calls, local cache writes).
-    Every chunk but the last is followed by one t = 0 write: no later chunk reads the last one's."""
+    Every chunk but the last is followed by one t = 0 write: no later chunk reads the last one's
+    (a rolling memory, which carries its window into the next shot, writes it too)."""
     first = next(i for i, c in enumerate(calls) if not c.clean)
     writes, rest = calls[:first], calls[first:]
     chunks, local = [], []

@@ -84,7 +84,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):  # (in fp32, as Wan's; one fused op instead of five)
+    def forward(self, x):  # (in fp32, as Wan's)
         return F_.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * self.weight
 
 
@@ -107,6 +107,9 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
+    def heads(self, t):
+        return rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
+
 
 class SelfAttention(Attention):
     def forward(self, x, rope, attn_mask=None, cache: LayerKV | None = None):
@@ -121,9 +124,6 @@ class SelfAttention(Attention):
         """The K/V [B, H, N, Dh] of tokens x: what a cache keeps of them."""
         return apply_rope(self.heads(self.norm_k(self.k(x))), rope), self.heads(self.v(x))
 
-    def heads(self, t):
-        return rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
-
 
 class CrossAttention(Attention):
     """Each frame attends to the caption in its own slot: queries grouped per frame."""
@@ -134,8 +134,8 @@ class CrossAttention(Attention):
         # Project only the slots these frames read: a streamed chunk reads one caption of the
         # session's up to C + 1, so its cost stays flat as the story's history fills the slots.
         slots, text_index = torch.unique(text_index, return_inverse=True)
-        q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(text[:, slots])), self.v(text[:, slots])  # k, v [B, S', L, D]
-        mask = text_mask[:, slots] if text_mask is not None else None
+        text, mask = text[:, slots], text_mask[:, slots] if text_mask is not None else None
+        q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(text)), self.v(text)  # k, v [B, S', L, D]
         if len(slots) == 1:  # every frame reads the same caption (a streamed chunk): one attention for all
             return self.o(self.attend(q, k[:, 0], v[:, 0], mask[:, 0] if mask is not None else None))
         B, L = x.shape[0], k.shape[2]
@@ -149,9 +149,9 @@ class CrossAttention(Attention):
 
     def attend(self, q, k, v, mask):
         """Queries [B, N, D] to keys and values [B, L, D], where mask [B, L] (or None) allows -> [B, N, D]."""
-        heads = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)  # noqa: E731
         mask = mask[:, None, None] if mask is not None else None
-        return rearrange(F_.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask), "b h n d -> b n (h d)")
+        out = F_.scaled_dot_product_attention(self.heads(q), self.heads(k), self.heads(v), attn_mask=mask)
+        return rearrange(out, "b h n d -> b n (h d)")
 
 
 class WanBlock(nn.Module):
@@ -276,6 +276,8 @@ class WanDiT(nn.Module):
         since what the last block computes after its keys and values and the head would be read by none.
         """
         B, F, C, H, W = self._check_inputs(x, timestep, text, text_mask, frames, text_embedded)
+        if cache_only and cache is None:
+            raise ValueError("cache_only needs a cache to write")
         pt, ph, pw = self.cfg.patch_size
         h, w = H // ph, W // pw
 
@@ -297,16 +299,12 @@ class WanDiT(nn.Module):
         text_mask = text_mask if self.cfg.text_mask else None  # (cfg.text_mask: the released model reads the padding)
         attn_mask = self._token_mask(frame_mask, key_mask, h * w, B, F)
         layers = cache.layers if cache is not None else (None,) * len(self.blocks)
-        if cache_only:
-            if cache is None:
-                raise ValueError("cache_only needs a cache to write")
-            *blocks, (last, last_cache) = zip(self.blocks, layers, strict=True)
-            for block, layer_cache in blocks:
-                tokens = block(tokens, e6, rope, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
-            last.stage(tokens, e6, rope, last_cache)
-            return None
-        for block, layer_cache in zip(self.blocks, layers, strict=True):
+        full = len(self.blocks) - cache_only  # (a cache-only pass: the last block only stages its K/V)
+        for block, layer_cache in zip(self.blocks[:full], layers[:full], strict=True):
             tokens = block(tokens, e6, rope, ctx, text_mask, frames.text_index, attn_mask, layer_cache)
+        if cache_only:
+            self.blocks[-1].stage(tokens, e6, rope, layers[-1])
+            return None
         out = self.head(tokens, e)  # [B, N, pt*ph*pw*C]
         return rearrange(out, "b (f h w) (pt ph pw c) -> b (f pt) c (h ph) (w pw)", f=F // pt, h=h, w=w, pt=pt, ph=ph, pw=pw)
 

@@ -7,7 +7,8 @@ view and nothing grows by concatenation while streaming:
 - `GlobalContextCache`: K/V of the conditional frames picked from earlier shots by
   `select_context_frames`, written once per shot by a single t = 0 pass.
 - `LocalContextCache`: K/V of the current shot's finished chunks (written by the t = 0 pass on
-  each clean chunk), reset at every shot; optionally a rolling window with attention sink.
+  each clean chunk but the shot's last, which no later chunk reads), reset at every shot;
+  optionally a rolling window with attention sink.
 - The chunk being denoised is *staged* after them: it attends to itself and to everything before
   it, but is only committed (kept) by the clean t = 0 pass.
 
@@ -173,7 +174,8 @@ class DualCache:
 
     Its lifecycle, shot by shot (rollout.py runs it):
         clear() -> a t = 0 pass over the conditional frames through `kv` -> seal_global();
-        start_shot(); then per chunk: stage(frames) -> passes through `kv` -> commit().
+        start_shot(); then per chunk: stage(frames) -> passes through `kv` -> commit(), but
+        the shot's last chunk, whose staged K/V the next clear() or start_shot() forgets.
     `rolling` (the rolling-window ablation) has no global segment: its local window runs on
     across shots, and so do the positions of its frames (`next_position`).
     """
@@ -197,6 +199,11 @@ class DualCache:
     @property
     def nbytes(self) -> int:
         return self.kv.nbytes
+
+    @property
+    def carries_over(self) -> bool:
+        """Whether a shot's chunks are read after the shot (a rolling window), so its last is written too."""
+        return self.rolling
 
     @property
     def next_position(self) -> int | None:
