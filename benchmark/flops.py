@@ -13,7 +13,8 @@ of N new tokens attending to K keys (global + local + themselves), per layer:
 
 plus the patch embedding, the head and the per-frame timestep MLP. A chunk costs `steps` denoising forwards and one t = 0
 cache-writing forward (which stops at the last block's K/V; none for a shot's last chunk); K grows
-inside a shot (local cache) but not across shots (bounded memory).
+inside a shot (local cache) but not across shots (bounded memory). A shot reads its caption once
+(the text MLP and every block's K/V of it), not in every forward: the cache keeps it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def tokens_per_frame(cfg: ShotStreamConfig) -> int:
 def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, text_tokens: int | None = None,
                   text_kv: bool = True, text_embedded: bool = False, cache_only: bool = False) -> int:
     """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys.
-    text_embedded: the caption arrives through the text MLP already (a session caches it per caption).
+    text_kv: the forward reads its caption afresh (`caption_flops`): a streamed chunk's do not,
+    since the session embeds a caption once and the cache keeps its K/V; text_embedded: it arrives
+    through the text MLP already.
     cache_only: a t = 0 pass that only writes the cache (the last block stops at its K/V, no head)."""
     m = cfg.model
     D, N, K = m.dim, query_tokens, key_tokens
@@ -52,14 +55,24 @@ def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, tex
         + 2 * N * 2 * D * D  # cross q, o
         + 4 * N * L * D  # cross QK^T, AV
         + 2 * N * 2 * D * m.ffn_dim  # FFN
-        + (2 * L * 2 * D * D if text_kv else 0)  # cross k, v of the caption (cacheable per caption)
     )
-    layers = (m.num_layers - 1) * per_layer + kv if cache_only else m.num_layers * per_layer
+    full = m.num_layers - cache_only  # (a cache-only pass: the last block computes its K/V alone)
+    layers = full * per_layer + (kv if cache_only else 0)
     embed = 2 * N * patch * D + (0 if cache_only else 2 * N * D * patch)  # patch embedding + head
     frames = N // tokens_per_frame(cfg)
     time_mlp = 2 * frames * (m.freq_dim * D + D * D + D * 6 * D)  # per-frame timestep embedding
-    text = 2 * L * (m.text_dim * D + D * D) if text_kv and not text_embedded else 0  # text embedding MLP
-    return layers + embed + time_mlp + text
+    caption = caption_flops(cfg, L, layers=full, embed=not text_embedded) if text_kv else 0
+    return layers + embed + time_mlp + caption
+
+
+def caption_flops(cfg: ShotStreamConfig, text_tokens: int | None = None, layers: int | None = None,
+                  embed: bool = True) -> int:
+    """FLOPs of reading a caption of `text_tokens`: the text MLP (`embed`) and the cross-attention
+    K/V of `layers` blocks (default all)."""
+    m = cfg.model
+    L = m.text_len if text_tokens is None else text_tokens
+    layers = m.num_layers if layers is None else layers
+    return layers * 2 * L * 2 * m.dim * m.dim + (2 * L * (m.text_dim * m.dim + m.dim * m.dim) if embed else 0)
 
 
 class ChunkTokens(NamedTuple):
@@ -79,15 +92,14 @@ def chunk_tokens(cfg: ShotStreamConfig, chunk: int) -> ChunkTokens:
     return ChunkTokens(n, keys, (chunk + 1) * chunk_frames < shot_frames)
 
 
-def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None, text_kv: bool = True,
-                text_embedded: bool = False) -> int:
+def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None) -> int:
     """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + the cache
-    write (none after the shot's last chunk)."""
+    write (none after the shot's last chunk). The shot's caption is read once, by its first chunk."""
     steps = len(cfg.sampler.student_timesteps) if steps is None else steps
     c = chunk_tokens(cfg, chunk)
-    denoise = forward_flops(cfg, c.tokens, c.keys, text_kv=text_kv, text_embedded=text_embedded)
-    write = forward_flops(cfg, c.tokens, c.keys, text_kv=text_kv, text_embedded=text_embedded, cache_only=True)
-    return steps * denoise + (write if c.written else 0)
+    denoise = forward_flops(cfg, c.tokens, c.keys, text_kv=False)
+    write = forward_flops(cfg, c.tokens, c.keys, text_kv=False, cache_only=True)
+    return steps * denoise + (write if c.written else 0) + (caption_flops(cfg) if chunk == 0 else 0)
 
 
 def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
@@ -136,9 +148,10 @@ def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficien
     per_chunk = []
     for j in range(chunks):
         n, keys, written = chunk_tokens(cfg, j)
-        t, bound = seconds(forward_flops(cfg, n, keys), keys)
-        write = seconds(forward_flops(cfg, n, keys, cache_only=True), keys)[0] if written else 0.0
-        per_chunk.append(steps * t + write)
+        t, bound = seconds(forward_flops(cfg, n, keys, text_kv=False), keys)
+        write = seconds(forward_flops(cfg, n, keys, text_kv=False, cache_only=True), keys)[0] if written else 0.0
+        caption = seconds(caption_flops(cfg), 0)[0] if j == 0 else 0.0  # (the shot's caption, read once)
+        per_chunk.append(steps * t + write + caption)
     C = cfg.model.context_frames * tokens_per_frame(cfg)
     ctx, _ = seconds(forward_flops(cfg, C, C, cache_only=True), C)
     frames = cfg.video.frames_per_shot

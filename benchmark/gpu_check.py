@@ -29,7 +29,7 @@ Captions are embedded before the story in every case, so timings exclude text en
 `--model` the real umT5's time per prompt is measured separately and reported.
 
 Run time at the real size (480x832, 81-frame shots, 21 latent frames): the FLOP model gives
-1,262 TFLOP per shot, ~5 s of DiT per shot at 25% of an H100's 989 TFLOP/s; with the Wan VAE's
+1,257 TFLOP per shot, ~5 s of DiT per shot at 25% of an H100's 989 TFLOP/s; with the Wan VAE's
 decode (a few seconds per 81-frame shot) the warm-up shot + five shots take ~1 minute, and under
 4 minutes even at 5% of peak: within 5 minutes on one H100-class GPU, model building included.
 """

@@ -29,7 +29,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler's own start/s
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmark.flops import chunk_tokens, forward_flops, measure_matmul_flops, tokens_per_frame
+from benchmark.flops import caption_flops, chunk_tokens, forward_flops, measure_matmul_flops, tokens_per_frame
 from benchmark.stream_speed import build_pipeline
 from shotstream import runtime
 from shotstream.runtime import add_runtime_args, set_threads, torch_dtype
@@ -107,8 +107,8 @@ def denoise_flops(cfg, kind: str) -> float:
         return passes * forward_flops(cfg, n, n)
     steps = len(cfg.sampler.student_timesteps)
     chunks = -(-cfg.video.latent_frames_per_shot // cfg.model.chunk_frames)
-    return sum(steps * forward_flops(cfg, c.tokens, c.keys, text_embedded=True)
-               for c in (chunk_tokens(cfg, j) for j in range(chunks)))
+    return sum(steps * forward_flops(cfg, c.tokens, c.keys, text_kv=False)
+               for c in (chunk_tokens(cfg, j) for j in range(chunks))) + caption_flops(cfg, embed=False)
 
 
 def profile_story(pipe, seed: int = 0) -> dict:

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shotstream.checkpoint import CheckpointError
 from shotstream.config import ModelConfig, ShotStreamConfig, VideoConfig
-from shotstream.model.dit import FrameInfo, WanDiT, block_causal_mask
+from shotstream.model.dit import FrameInfo, LayerNorm, WanDiT, block_causal_mask
 from shotstream.model.loading import (expand_blocks, expansion_plan, export_model, from_pretrained, load_official,
                                       load_wan_folder, save_pretrained)
 from shotstream.model.memory import DualCache, KVCache, select_context_frames
@@ -80,6 +81,54 @@ def test_a_cache_only_pass_writes_what_a_whole_forward_writes():
     assert torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
     with pytest.raises(ValueError, match="cache_only needs a cache"):
         model(x, t, text, mask, frames, cache_only=True)
+
+
+def test_the_cache_projects_a_caption_once_and_never_serves_a_stale_one():
+    """Streaming reads a shot's caption at every step and chunk: through a cache each block
+    projects its K/V once, with the velocities of projecting every pass; other captions, or these
+    edited in place, are projected afresh; with autograd on every pass projects (training's
+    gradients reach the projections)."""
+    model = make_model()
+    x, t, text, mask, frames, bounds, _ = story_inputs()
+    a, b = bounds[1], bounds[2]  # the target's first chunk (caption slot 1)
+    projected = []
+    model.blocks[0].cross_attn.k.register_forward_hook(lambda m, i, o: projected.append(i[0].shape))
+    cache = KVCache(2, x.shape[0], 4, 16, capacity=x.shape[1] * 16)
+    chunk = lambda text, **kw: model(x[:, a:b], t[:, a:b], text, mask, frames.slice(a, b),  # noqa: E731
+                                     text_embedded=True, **kw)
+    with torch.no_grad():
+        emb = model.embed_text(text)
+        expected = chunk(emb.clone())
+        projected.clear()
+        outs = [chunk(emb, cache=cache) for _ in range(3)]  # staged, never committed: the same pass
+        assert len(projected) == 1 and all(torch.equal(out, expected) for out in outs)
+        other = emb.flip(1)  # another caption, as fresh as the first
+        assert torch.equal(chunk(other, cache=cache), chunk(other.clone())) and len(projected) == 3
+        chunk(emb, cache=cache)
+        emb[:, 1] += 1.0  # edited in place
+        assert torch.equal(chunk(emb, cache=cache), chunk(emb.clone())) and len(projected) == 6
+    chunk(emb, cache=cache).square().sum().backward()  # right after a pass without autograd
+    assert len(projected) == 7 and model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_layer_norm_is_wans_fp32_norm_returned_in_the_inputs_dtype(affine):
+    """A bf16 input goes straight to torch's kernel when the weights are bf16 too (it normalises
+    in fp32), through fp32 when they are not (autocast): both equal the fp32 round trip but for
+    one rounding step, in bf16."""
+    torch.manual_seed(0)
+    x = (torch.randn(2, 384, 64) * 3 + 1).bfloat16()
+    norm = LayerNorm(64, eps=1e-6, elementwise_affine=affine)
+    if affine:
+        with torch.no_grad():  # (values bf16 holds exactly, so that both dtypes hold the same weights)
+            norm.weight.copy_(torch.randn(64).bfloat16()), norm.bias.copy_(torch.randn(64).bfloat16())
+    w, b = (norm.weight, norm.bias) if affine else (None, None)
+    expected = F.layer_norm(x.float(), (64,), w, b, 1e-6).bfloat16()
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad():
+            out = norm.to(dtype)(x)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, expected, atol=1e-2, rtol=2**-7)
 
 
 def test_future_frames_do_not_change_the_past():

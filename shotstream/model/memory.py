@@ -11,6 +11,8 @@ view and nothing grows by concatenation while streaming:
   optionally a rolling window with attention sink.
 - The chunk being denoised is *staged* after them: it attends to itself and to everything before
   it, but is only committed (kept) by the clean t = 0 pass.
+- Beside them, each layer's cross-attention keys and values of the captions being read, projected
+  once a shot instead of at every pass (`KVCache.caption`).
 
 Capacity is derived from the model config and the latent shape, never written as a literal, and
 it does not depend on how many shots came before: the cost per chunk is bounded by construction.
@@ -59,6 +61,8 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.staged = 0
+        self._captions: list[dict] = [{} for _ in range(num_layers)]  # see `caption`
+        self._caption_text: tuple | None = None
 
     @property
     def layers(self) -> tuple[LayerKV, ...]:
@@ -93,6 +97,22 @@ class KVCache:
                     torch.cat([self.v[layer, :, :, : self.length], v], dim=2))
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def caption(self, layer: int, text: torch.Tensor, slots: torch.Tensor, project):
+        """Cross-attention's keys and values of caption slots `slots` [S'] of `text` [B, S, L, D],
+        `project(text[:, slots])`, kept while the same `text` comes back: every step and chunk of a
+        shot reads its caption, whose K/V a denoising pass would otherwise project again (Self
+        Forcing's cross-attention cache). With autograd on they are projected every call, so that
+        gradients reach the projections."""
+        if torch.is_grad_enabled():
+            return project(text[:, slots])
+        if self._caption_text is None or self._caption_text[0] is not text or self._caption_text[1] != text._version:
+            self._caption_text = (text, text._version)  # other captions (a new shot's), or these edited in place
+            self._captions = [{} for _ in self._captions]
+        kept, key = self._captions[layer], tuple(slots.tolist())
+        if key not in kept:
+            kept[key] = project(text[:, slots])
+        return kept[key]
+
     def commit(self) -> None:
         """Keep the tokens staged by the last forward as part of the prefix."""
         self.length += self.staged
@@ -113,13 +133,17 @@ class KVCache:
 
 
 class LayerKV:
-    """One layer's view of a KVCache: its self-attention stages keys and values through `extend`."""
+    """One layer's view of a KVCache: its self-attention stages keys and values through `extend`,
+    its cross-attention reads the caption's through `caption`."""
 
     def __init__(self, cache: KVCache, layer: int):
         self.cache, self.layer = cache, layer
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.extend(self.layer, k, v)
+
+    def caption(self, text: torch.Tensor, slots: torch.Tensor, project):
+        return self.cache.caption(self.layer, text, slots, project)
 
 
 class GlobalContextCache:
