@@ -13,8 +13,8 @@ of N new tokens attending to K keys (global + local + themselves), per layer:
 
 plus the patch embedding, the head and the per-frame timestep MLP. A chunk costs `steps` denoising forwards and one t = 0
 cache-writing forward (which stops at the last block's K/V; none for a shot's last chunk); K grows
-inside a shot (local cache) but not across shots (bounded memory). A shot reads its caption once
-(the text MLP and every block's K/V of it), not in every forward: the cache keeps it.
+inside a shot (local cache) but not across shots (bounded memory). A shot projects its caption's
+K/V once, not in every forward (the cache keeps them), and embeds it once per caption.
 """
 
 from __future__ import annotations
@@ -94,12 +94,13 @@ def chunk_tokens(cfg: ShotStreamConfig, chunk: int) -> ChunkTokens:
 
 def chunk_flops(cfg: ShotStreamConfig, chunk: int, steps: int | None = None) -> int:
     """FLOPs to stream chunk `chunk` of a shot with a full global context: denoising + the cache
-    write (none after the shot's last chunk). The shot's caption is read once, by its first chunk."""
+    write (none after the shot's last chunk). The first chunk's first forward also projects the
+    caption's K/V, which the cache keeps for the shot (embedded before, once per caption)."""
     steps = len(cfg.sampler.student_timesteps) if steps is None else steps
     c = chunk_tokens(cfg, chunk)
     denoise = forward_flops(cfg, c.tokens, c.keys, text_kv=False)
     write = forward_flops(cfg, c.tokens, c.keys, text_kv=False, cache_only=True)
-    return steps * denoise + (write if c.written else 0) + (caption_flops(cfg) if chunk == 0 else 0)
+    return steps * denoise + (write if c.written else 0) + (caption_flops(cfg, embed=False) if chunk == 0 else 0)
 
 
 def shot_flops(cfg: ShotStreamConfig, steps: int | None = None) -> int:
@@ -150,8 +151,11 @@ def project(cfg: ShotStreamConfig, tflops: float, bandwidth_gbs: float, efficien
         n, keys, written = chunk_tokens(cfg, j)
         t, bound = seconds(forward_flops(cfg, n, keys, text_kv=False), keys)
         write = seconds(forward_flops(cfg, n, keys, text_kv=False, cache_only=True), keys)[0] if written else 0.0
-        caption = seconds(caption_flops(cfg), 0)[0] if j == 0 else 0.0  # (the shot's caption, read once)
-        per_chunk.append(steps * t + write + caption)
+        if j == 0:  # the shot's first forward also projects its caption's K/V
+            t0 = seconds(forward_flops(cfg, n, keys, text_embedded=True), keys)[0]
+            per_chunk.append(t0 + (steps - 1) * t + write)
+        else:
+            per_chunk.append(steps * t + write)
     C = cfg.model.context_frames * tokens_per_frame(cfg)
     ctx, _ = seconds(forward_flops(cfg, C, C, cache_only=True), C)
     frames = cfg.video.frames_per_shot

@@ -107,8 +107,16 @@ def test_the_cache_projects_a_caption_once_and_never_serves_a_stale_one():
         chunk(emb, cache=cache)
         emb[:, 1] += 1.0  # edited in place
         assert torch.equal(chunk(emb, cache=cache), chunk(emb.clone())) and len(projected) == 6
+        mem = DualCache(model.cfg, model.grid(8, 8), 8, batch=x.shape[0])
+        chunk(emb, cache=mem.kv)
+        mem.clear()  # (a new shot: what was kept may be another model's)
+        chunk(emb, cache=mem.kv)
+        assert len(projected) == 8
+    with torch.inference_mode():  # (its tensors keep no version: every pass projects)
+        assert torch.equal(chunk(emb.clone(), cache=cache), chunk(emb.clone()))
+    projected.clear()
     chunk(emb, cache=cache).square().sum().backward()  # right after a pass without autograd
-    assert len(projected) == 7 and model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0
+    assert len(projected) == 1 and model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -96,7 +96,7 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x):
         if self.weight is None or self.weight.dtype == x.dtype:
-            return super().forward(x)
+            return super().forward(x).to(x.dtype)  # (CUDA's autocast runs layer_norm in fp32)
         b = self.bias.float() if self.bias is not None else None  # (fp32 weights, a bf16 input: autocast)
         return F_.layer_norm(x.float(), self.normalized_shape, self.weight.float(), b, self.eps).to(x.dtype)
 

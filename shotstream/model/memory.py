@@ -61,8 +61,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.staged = 0
-        self._captions: list[dict] = [{} for _ in range(num_layers)]  # see `caption`
-        self._caption_text: tuple | None = None
+        self.forget_captions()
 
     @property
     def layers(self) -> tuple[LayerKV, ...]:
@@ -99,19 +98,25 @@ class KVCache:
 
     def caption(self, layer: int, text: torch.Tensor, slots: torch.Tensor, project):
         """Cross-attention's keys and values of caption slots `slots` [S'] of `text` [B, S, L, D],
-        `project(text[:, slots])`, kept while the same `text` comes back: every step and chunk of a
-        shot reads its caption, whose K/V a denoising pass would otherwise project again (Self
-        Forcing's cross-attention cache). With autograd on they are projected every call, so that
-        gradients reach the projections."""
-        if torch.is_grad_enabled():
+        `project(text[:, slots])`. A streamed chunk reads one caption at every step and cache write
+        of its shot, so one slot's are kept while the same `text` comes back (Self Forcing's
+        cross-attention cache); a read of several (the global context's single pass) is not.
+        Projected every call with autograd on (training's gradients reach the projections) and for
+        inference tensors (no version counter to tell an edit). What is kept assumes unchanged
+        weights: `DualCache.clear`, at every shot, forgets it."""
+        if len(slots) != 1 or torch.is_grad_enabled() or text.is_inference():
             return project(text[:, slots])
-        if self._caption_text is None or self._caption_text[0] is not text or self._caption_text[1] != text._version:
-            self._caption_text = (text, text._version)  # other captions (a new shot's), or these edited in place
-            self._captions = [{} for _ in self._captions]
-        kept, key = self._captions[layer], tuple(slots.tolist())
-        if key not in kept:
-            kept[key] = project(text[:, slots])
-        return kept[key]
+        read = (text._version, int(slots[0]))
+        if self._caption_of is None or self._caption_of[0] is not text or self._caption_of[1:] != read:
+            self.forget_captions()  # another caption (a new shot's), or this one edited in place
+            self._caption_of = (text, *read)
+        if self._caption_kv[layer] is None:
+            self._caption_kv[layer] = project(text[:, slots])
+        return self._caption_kv[layer]
+
+    def forget_captions(self) -> None:
+        self._caption_of: tuple | None = None
+        self._caption_kv: list[tuple | None] = [None] * self.k.shape[0]
 
     def commit(self) -> None:
         """Keep the tokens staged by the last forward as part of the prefix."""
@@ -237,6 +242,7 @@ class DualCache:
     def clear(self) -> None:
         """Forget everything: a new story, or a shot whose global context is about to be rebuilt."""
         self.global_context.begin()
+        self.kv.forget_captions()
         self.frames_written = 0
 
     def seal_global(self) -> None:
