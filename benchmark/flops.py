@@ -40,9 +40,9 @@ def tokens_per_frame(cfg: ShotStreamConfig) -> int:
 def forward_flops(cfg: ShotStreamConfig, query_tokens: int, key_tokens: int, text_tokens: int | None = None,
                   text_kv: bool = True, text_embedded: bool = False, cache_only: bool = False) -> int:
     """FLOPs of one DiT forward: `query_tokens` new tokens attending to `key_tokens` keys.
-    text_kv: the forward reads its caption afresh (`caption_flops`): a streamed chunk's do not,
-    since the session embeds a caption once and the cache keeps its K/V; text_embedded: it arrives
-    through the text MLP already.
+    text_kv: the forward reads its caption afresh (`caption_flops`); a streamed chunk's forwards do
+    not, since the session embeds a caption once and the cache keeps its K/V. text_embedded: the
+    caption arrives through the text MLP already.
     cache_only: a t = 0 pass that only writes the cache (the last block stops at its K/V, no head)."""
     m = cfg.model
     D, N, K = m.dim, query_tokens, key_tokens

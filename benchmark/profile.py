@@ -99,7 +99,8 @@ def phase_flops(prof) -> dict[str, float]:
 
 
 def denoise_flops(cfg, kind: str) -> float:
-    """Analytic FLOPs of one shot's denoising forwards (no cache writes, no context pass)."""
+    """Analytic FLOPs of one shot's denoising forwards (no cache writes, no context pass); a streamed
+    shot projects its caption's K/V once, in its first forward."""
     if kind == "bidirectional":
         tpf = tokens_per_frame(cfg)
         n = (cfg.model.context_frames + cfg.video.latent_frames_per_shot) * tpf
