@@ -20,3 +20,24 @@ def test_a_smoke_run_times_every_variant(tmp_path, capsys):
     text = out.read_text()
     assert "| fp32 |" in text and "| fp32+cache |" in text and "batch 2" in text
     assert "fp32+cache step 1" in capsys.readouterr().out
+
+
+def test_a_dmd_stage_times_the_update_asked_for(smoke_models, tmp_path, capsys):
+    """The DMD stages have two updates (critic every step, generator every k-th): --optimizer picks
+    the one timed and the page names it; they have no latent cache to read."""
+    from shotstream.model.dit import WanDiT
+    from shotstream.model.loading import from_pretrained, save_pretrained
+
+    _, ae, teacher = smoke_models
+    _, config, _ = from_pretrained(teacher)
+    save_pretrained(WanDiT(config.model, config.video.latent_channels), config, tmp_path / "student", kind="causal")
+    stage = ["--stage", "inter", "--config", "inter_smoke", "--override", f"stage.teacher={teacher}",
+             "--override", f"stage.autoencoder={ae}", "--override", f"stage.init={tmp_path / 'student'}"]
+    out = tmp_path / "speed.md"
+    assert main([*stage, "--optimizer", "generator", "--variants", "fp32", "--steps", "1", "--out", str(out)]) == 0
+    assert "batch 2, the generator update" in out.read_text()
+    for args, message in ((["--optimizer", "teacher"], "has critic, generator"),
+                          (["--variants", "fp32+cache"], "no latent cache")):
+        with pytest.raises(SystemExit):
+            main([*stage, *args, "--steps", "1"])
+        assert message in capsys.readouterr().err
