@@ -99,26 +99,25 @@ def main(argv=None) -> int:
             elif cached:
                 p.error(f"the {args.stage} stage has no latent cache: drop the +cache variants")
             stage = load_stage(args.stage)(cfg.stage, cfg)
+            specs = stage.optimizers()
+            name = args.optimizer or next(iter(specs))  # (the same for every variant)
+            if name not in specs:
+                p.error(f"--optimizer {name!r}: the {args.stage} stage has {', '.join(specs)}")
             if cached:
                 for step in range(args.steps + 1):  # warm the cache for every step timed
                     stage.batch(step, 0, 1)
-            specs = stage.optimizers()
-            name = args.optimizer or next(iter(specs))
-            if name not in specs:
-                p.error(f"--optimizer {name!r}: the {args.stage} stage has {', '.join(specs)}")
             params = [q for m in specs[name].modules for q in stage.modules()[m].parameters() if q.requires_grad]
             # (an optimizer of its own: nothing is saved, the weights only move a little)
-            stages[cached] = stage, name, torch.optim.AdamW(params, lr=1e-5)
+            stages[cached] = stage, torch.optim.AdamW(params, lr=1e-5)
         rows: dict[str, list[tuple[float, float]]] = {v: [] for v in args.variants}
         for step in range(args.steps + 1):
             for v in args.variants:
-                stage, name, opt = stages[v.endswith("+cache")]
+                stage, opt = stages[v.endswith("+cache")]
                 t = time_step(stage, name, opt, v.split("+")[0], step, args.device)
                 if step:  # the first round warms up
                     rows[v].append(t)
                 print(f"{v} step {step}: batch {t[0]:.2f} s, update {t[1]:.2f} s", flush=True)
-    several = len(stage.optimizers()) > 1
-    text = page(args.config, cfg.batch_size, rows, machine, update=name if several else None)
+    text = page(args.config, cfg.batch_size, rows, machine, update=name if len(specs) > 1 else None)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
